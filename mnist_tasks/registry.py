@@ -1,0 +1,252 @@
+"""The published-model registry in S3: numbered versions, their manifests, the `latest` pointer.
+
+Layout under `models_uri` (s3://bucket/prefix/):
+
+    prefix/<version>/model.keras, metrics.json, ...   immutable once the manifest exists
+    prefix/<version>/manifest.json                     written last within the version
+    prefix/latest.json                                 the pointer, moved only to a verified version
+
+`<version>` is a plain integer so TensorFlow Serving style loaders, which scan
+numbered directories, can read the tree as is. A directory without a manifest
+is an unfinished publish and is not a version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from mnist_tasks.storage import atomic_path, sha256_file, sha256_stream, split_s3_uri
+
+MODEL_FILE = "model.keras"
+MANIFEST_FILE = "manifest.json"
+LATEST_FILE = "latest.json"
+
+# Only canonical integers name versions: "0042" would read as 42 and then
+# point at a directory that does not exist.
+_VERSION_DIR = re.compile(r"[1-9][0-9]*")
+
+
+class VersionNotFoundError(LookupError):
+    """The version has no manifest, or nothing has been published yet."""
+
+
+class PublishVerificationError(RuntimeError):
+    """An object in the bucket is missing or differs from what its manifest records."""
+
+
+def models_location(models_uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` -> ("bucket", "a/b/"); an empty prefix stays ""."""
+    bucket, prefix = split_s3_uri(models_uri)
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def version_prefix(models_uri: str, version: int) -> str:
+    """Key prefix of one version's directory, ending in '/'."""
+    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    return f"{models_location(models_uri)[1]}{version}/"
+
+
+def gate_passed(metrics: dict[str, Any]) -> bool | None:
+    """The gate decision recorded in a manifest's metrics; None when it records none.
+
+    evaluate_model returns the decision as `passed` at the top level; a nested
+    `gate` dict ({"passed": ..., "threshold": ...}) is read the same way.
+    """
+    gate = metrics.get("gate", metrics)
+    return gate.get("passed") if isinstance(gate, dict) else None
+
+
+def _is_missing(err: ClientError) -> bool:
+    return err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404")
+
+
+def _get_bytes(s3_client: Any, bucket: str, key: str) -> bytes | None:
+    """Whole object, or None when the key does not exist (other errors propagate)."""
+    try:
+        return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as err:
+        if _is_missing(err):
+            return None
+        raise
+
+
+def _load_manifest(
+    s3_client: Any, models_uri: str, version: int, manifest_sha256: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """(manifest, sha256 of its stored bytes) for a version.
+
+    VersionNotFoundError when it has none. With `manifest_sha256` (publish knows
+    what it uploaded, `latest.json` names what it vouches for) the stored bytes
+    must have exactly that checksum, and the manifest must describe this version
+    and list a model.
+    """
+    bucket, _ = models_location(models_uri)
+    key = version_prefix(models_uri, version) + MANIFEST_FILE
+    raw = _get_bytes(s3_client, bucket, key)
+    if raw is None:
+        raise VersionNotFoundError(f"no version {version} in {models_uri}: s3://{bucket}/{key} does not exist")
+    sha = hashlib.sha256(raw).hexdigest()
+    if manifest_sha256 is not None and sha != manifest_sha256:
+        raise PublishVerificationError(f"s3://{bucket}/{key}: expected sha256 {manifest_sha256}, got {sha}")
+    manifest = json.loads(raw)
+    if manifest.get("version") != version:
+        raise PublishVerificationError(
+            f"s3://{bucket}/{key}: expected version {version}, got {manifest.get('version')!r}"
+        )
+    if MODEL_FILE not in manifest.get("files", {}):
+        raise PublishVerificationError(f"s3://{bucket}/{key}: lists no {MODEL_FILE}")
+    return manifest, sha
+
+
+def read_latest(*, s3_client: Any, models_uri: str) -> dict[str, Any] | None:
+    """The `latest.json` pointer, or None when nothing has been published yet."""
+    bucket, prefix = models_location(models_uri)
+    raw = _get_bytes(s3_client, bucket, prefix + LATEST_FILE)
+    return None if raw is None else json.loads(raw)
+
+
+def read_manifest(*, s3_client: Any, models_uri: str, version: int) -> dict[str, Any]:
+    """The manifest of one version (not verified against the objects; see verify_version)."""
+    return _load_manifest(s3_client, models_uri, version)[0]
+
+
+def list_versions(*, s3_client: Any, models_uri: str) -> list[dict[str, Any]]:
+    """One row per published version (a directory with a manifest), oldest first."""
+    bucket, prefix = models_location(models_uri)
+    versions = []
+    paginator = s3_client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            name = common["Prefix"][len(prefix) :].rstrip("/")
+            if _VERSION_DIR.fullmatch(name):
+                versions.append(int(name))
+
+    latest = read_latest(s3_client=s3_client, models_uri=models_uri)
+    rows = []
+    for version in sorted(versions):
+        try:
+            manifest = read_manifest(s3_client=s3_client, models_uri=models_uri, version=version)
+        except VersionNotFoundError:
+            continue
+        rows.append(
+            {
+                "version": version,
+                "created_at": manifest["created_at"],
+                "accuracy": manifest["metrics"].get("accuracy"),
+                "passed": gate_passed(manifest["metrics"]),
+                "data_sha256": manifest["data"].get("data_sha256"),
+                "run_id": manifest["run_id"],
+                "is_latest": latest is not None and latest["version"] == version,
+            }
+        )
+    return rows
+
+
+def _verify(
+    s3_client: Any, models_uri: str, version: int, manifest_sha256: str | None
+) -> tuple[dict[str, Any], str]:
+    """verify_version, also returning the sha256 of the manifest bytes it checked against."""
+    bucket, _ = models_location(models_uri)
+    base = version_prefix(models_uri, version)
+    manifest, sha = _load_manifest(s3_client, models_uri, version, manifest_sha256)
+    for name, expected in manifest["files"].items():
+        key = base + name
+        try:
+            body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
+        except ClientError as err:
+            if _is_missing(err):
+                raise PublishVerificationError(
+                    f"s3://{bucket}/{key}: expected sha256 {expected['sha256']}, got a missing object"
+                ) from err
+            raise
+        got_sha, got_bytes = sha256_stream(body)
+        if (got_sha, got_bytes) != (expected["sha256"], expected["bytes"]):
+            raise PublishVerificationError(
+                f"s3://{bucket}/{key}: expected sha256 {expected['sha256']} ({expected['bytes']} bytes), "
+                f"got {got_sha} ({got_bytes} bytes)"
+            )
+    return manifest, sha
+
+
+def verify_version(
+    *, s3_client: Any, models_uri: str, version: int, manifest_sha256: str | None = None
+) -> dict[str, Any]:
+    """Read every object of a version back and check it against the manifest; return the manifest.
+
+    `manifest_sha256` pins the manifest itself. Raises PublishVerificationError
+    naming the key, what was expected and what the bucket holds.
+    """
+    return _verify(s3_client, models_uri, version, manifest_sha256)[0]
+
+
+def promote(
+    *, s3_client: Any, models_uri: str, version: int, manifest_sha256: str | None = None
+) -> dict[str, Any]:
+    """Point `latest.json` at a version once verify_version passes; return the new pointer.
+
+    Used for rollbacks, and by publish_model as its last step. An unknown or
+    damaged version is refused (raises) and the pointer stays where it was.
+    """
+    _, manifest_sha256 = _verify(s3_client, models_uri, version, manifest_sha256)
+    bucket, prefix = models_location(models_uri)
+    base = version_prefix(models_uri, version)
+    pointer = {
+        "version": version,
+        "manifest_key": base + MANIFEST_FILE,
+        # The checksum of the manifest bytes just verified, so readers can tell
+        # if the version changed after it was vouched for.
+        "manifest_sha256": manifest_sha256,
+        "model_uri": f"s3://{bucket}/{base}{MODEL_FILE}",
+        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    s3_client.put_object(
+        Bucket=bucket,
+        Key=prefix + LATEST_FILE,
+        Body=(json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode(),
+        ContentType="application/json",
+    )
+    return pointer
+
+
+def download_model(
+    *, s3_client: Any, models_uri: str, version: int | None, dest_dir: Path
+) -> dict[str, Any]:
+    """Fetch a version's model.keras (the latest when version is None) into dest_dir.
+
+    The file appears under its final name only if its sha256 matches the
+    manifest, so a caller may load it (safe_mode=True) without checking again.
+    """
+    pinned_sha = None
+    if version is None:
+        latest = read_latest(s3_client=s3_client, models_uri=models_uri)
+        if latest is None:
+            raise VersionNotFoundError(f"nothing published yet in {models_uri}: no {LATEST_FILE}")
+        version, pinned_sha = latest["version"], latest["manifest_sha256"]
+    manifest, _ = _load_manifest(s3_client, models_uri, version, pinned_sha)
+
+    bucket, _ = models_location(models_uri)
+    key = version_prefix(models_uri, version) + MODEL_FILE
+    expected = manifest["files"][MODEL_FILE]["sha256"]
+    final = Path(dest_dir) / MODEL_FILE
+    with atomic_path(final) as tmp:
+        try:
+            s3_client.download_file(bucket, key, str(tmp))
+        except ClientError as err:
+            if _is_missing(err):
+                raise PublishVerificationError(
+                    f"s3://{bucket}/{key}: expected sha256 {expected}, got a missing object"
+                ) from err
+            raise
+        got = sha256_file(tmp)
+        if got != expected:
+            raise PublishVerificationError(f"s3://{bucket}/{key}: expected sha256 {expected}, got {got}")
+    return {"model_path": str(final), "model_sha256": got, "version": version, "manifest": manifest}

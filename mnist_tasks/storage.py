@@ -1,0 +1,79 @@
+"""Bytes on disk and in S3: checksums, atomic local writes, S3 URIs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+CHUNK_BYTES = 1 << 20
+
+
+def sha256_stream(stream: IO[bytes]) -> tuple[str, int]:
+    """Return (hex sha256, byte count) of everything left in a binary stream."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := stream.read(CHUNK_BYTES):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return sha256_stream(f)[0]
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temp path beside `final`; rename it into place only if the block succeeds.
+
+    Readers never see a half-written file, and a failure leaves nothing behind.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Like `atomic_path`, for a directory filled by the block."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix/` -> ("bucket", "some/prefix/")."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in S3 URI: {uri!r}")
+    return bucket, key
+
+
+def s3_client_from_env() -> Any:
+    """A boto3 S3 client configured the standard way (AWS_* variables, profiles).
+
+    The CLI uses this; the DAG gets its client from the Airflow connection instead.
+    AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) points it at MinIO or a local endpoint.
+    """
+    import boto3
+
+    return boto3.client("s3")

@@ -1,0 +1,292 @@
+"""publish.py against moto's S3 server: version numbers, keys, manifest checksums, the pointer, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import subprocess
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mnist_tasks.publish import (
+    LIBRARIES,
+    GateFailedError,
+    VersionConflictError,
+    build_manifest,
+    git_state,
+    publish_model,
+    version_for,
+)
+from mnist_tasks.registry import PublishVerificationError, read_latest
+
+BUCKET = "models"
+MODELS_URI = f"s3://{BUCKET}/mnist"  # no trailing slash on purpose: publish normalises it
+VERSION = 20261123020000
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:
+    s3_client.create_bucket(Bucket=BUCKET)
+    return BUCKET
+
+
+def _files(directory: Path, model_bytes: bytes = b"weights" * 50) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.keras").write_bytes(model_bytes)
+    (directory / "metrics.json").write_text(json.dumps({"accuracy": 0.97}))
+    return {"model.keras": directory / "model.keras", "metrics.json": directory / "metrics.json"}
+
+
+def _manifest(version: int = VERSION, run_id: str = "scheduled__a", metrics: dict | None = None) -> dict:
+    return build_manifest(
+        version=version,
+        run_id=run_id,
+        dag_id="mnist_retraining",
+        params={"epochs": 1, "seed": 42},
+        data={"data_sha256": "d" * 64, "files": {"train-images-idx3-ubyte.gz": "e" * 64}},
+        metrics={"accuracy": 0.97, "loss": 0.1, "passed": True} if metrics is None else metrics,
+        started_at="2026-11-23T02:00:05+00:00",
+    )
+
+
+def _bucket_state(s3_client) -> dict[str, bytes]:
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    return {k: s3_client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
+
+
+def test_version_for_is_the_utc_logical_date_as_an_integer() -> None:
+    assert version_for(datetime(2026, 11, 23, 2, 0, tzinfo=UTC)) == 20261123020000
+    # The same instant written in another zone is the same version.
+    plus_two = timezone(timedelta(hours=2))
+    assert version_for(datetime(2026, 11, 23, 4, 0, tzinfo=plus_two)) == 20261123020000
+
+    instants = [
+        datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(2027, 1, 1, 0, 0, 0, tzinfo=UTC),
+        datetime(2027, 1, 1, 0, 0, 1, tzinfo=UTC),
+        datetime(2027, 10, 2, 0, 0, 0, tzinfo=UTC),
+    ]
+    versions = [version_for(t) for t in instants]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+
+
+def test_version_for_refuses_naive_datetimes() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        version_for(datetime(2026, 11, 23, 2, 0))
+
+
+def test_build_manifest_records_provenance() -> None:
+    manifest = _manifest()
+    json.dumps(manifest)  # it must be storable as is
+
+    assert manifest["schema"] == 1
+    assert manifest["version"] == VERSION
+    assert manifest["run_id"] == "scheduled__a" and manifest["dag_id"] == "mnist_retraining"
+    assert manifest["data"]["data_sha256"] == "d" * 64
+    assert manifest["params"] == {"epochs": 1, "seed": 42}
+    assert datetime.fromisoformat(manifest["created_at"]).tzinfo is not None
+
+    assert set(manifest["libraries"]) == set(LIBRARIES) == {
+        "tensorflow",
+        "keras",
+        "numpy",
+        "boto3",
+        "apache-airflow",
+        "apache-airflow-providers-amazon",
+    }
+    assert manifest["libraries"]["numpy"] == importlib.metadata.version("numpy")
+    # Installed as tensorflow-cpu, recorded under its import name.
+    assert manifest["libraries"]["tensorflow"] is not None
+
+    code = manifest["code"]
+    assert set(code) == {"package", "version", "git_commit", "git_dirty"}
+    assert code["version"] == importlib.metadata.version("mnist-retraining")
+
+
+def test_git_state_reads_the_checkout_at_the_source_root(tmp_path: Path) -> None:
+    assert git_state(tmp_path) == {"git_commit": None, "git_dirty": None}
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "first")
+    assert git_state(tmp_path) == {"git_commit": git("rev-parse", "HEAD"), "git_dirty": False}
+
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["git_dirty"] is True
+
+    # A package installed somewhere inside another repository is not that repository's code.
+    (tmp_path / "site-packages").mkdir()
+    assert git_state(tmp_path / "site-packages") == {"git_commit": None, "git_dirty": None}
+
+
+@pytest.mark.parametrize(
+    ("models_uri", "prefix"),
+    [("s3://models/mnist", "mnist/"), ("s3://models/a/b/", "a/b/"), ("s3://models", ""), ("s3://models/", "")],
+)
+def test_publish_uploads_the_version_then_points_latest_at_it(
+    s3_client, bucket: str, tmp_path: Path, models_uri: str, prefix: str
+) -> None:
+    files = _files(tmp_path / "run")
+    result = publish_model(
+        s3_client=s3_client, models_uri=models_uri, version=VERSION, files=files, manifest=_manifest()
+    )
+
+    base = f"{prefix}{VERSION}/"
+    stored = _bucket_state(s3_client)
+    assert set(stored) == {base + "model.keras", base + "metrics.json", base + "manifest.json", prefix + "latest.json"}
+
+    manifest = json.loads(stored[base + "manifest.json"])
+    assert set(manifest["files"]) == {"model.keras", "metrics.json"}
+    for name, entry in manifest["files"].items():
+        assert entry == {"sha256": hashlib.sha256(stored[base + name]).hexdigest(), "bytes": len(stored[base + name])}
+        assert stored[base + name] == files[name].read_bytes()
+    assert manifest["run_id"] == "scheduled__a"
+
+    manifest_sha = hashlib.sha256(stored[base + "manifest.json"]).hexdigest()
+    latest = json.loads(stored[prefix + "latest.json"])
+    assert latest["version"] == VERSION
+    assert latest["manifest_key"] == base + "manifest.json"
+    assert latest["manifest_sha256"] == manifest_sha
+    assert latest["model_uri"] == f"s3://{BUCKET}/{base}model.keras"
+    assert datetime.fromisoformat(latest["updated_at"]).tzinfo is not None
+
+    assert result == {
+        "version": VERSION,
+        "version_uri": f"s3://{BUCKET}/{base}",
+        "model_uri": f"s3://{BUCKET}/{base}model.keras",
+        "manifest_uri": f"s3://{BUCKET}/{base}manifest.json",
+        "latest_uri": f"s3://{BUCKET}/{prefix}latest.json",
+        "manifest_sha256": manifest_sha,
+    }
+    head = s3_client.head_object(Bucket=BUCKET, Key=base + "metrics.json")
+    assert head["ContentType"] == "application/json"
+
+
+def test_a_retry_of_the_same_run_republishes_the_same_version(s3_client, bucket: str, tmp_path: Path) -> None:
+    publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
+    )
+    retried = _files(tmp_path / "2", model_bytes=b"retrained" * 50)
+    result = publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=retried, manifest=_manifest()
+    )
+
+    stored = _bucket_state(s3_client)
+    assert {k.split("/")[1] for k in stored} == {str(VERSION), "latest.json"}
+    assert stored[f"mnist/{VERSION}/model.keras"] == b"retrained" * 50
+    manifest = json.loads(stored[f"mnist/{VERSION}/manifest.json"])
+    assert manifest["files"]["model.keras"]["sha256"] == hashlib.sha256(b"retrained" * 50).hexdigest()
+    assert json.loads(stored["mnist/latest.json"])["manifest_sha256"] == result["manifest_sha256"]
+
+
+def test_another_run_may_not_overwrite_an_existing_version(s3_client, bucket: str, tmp_path: Path) -> None:
+    publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
+    )
+    before = _bucket_state(s3_client)
+
+    with pytest.raises(VersionConflictError, match=rf"{VERSION}.*'scheduled__a'.*'manual__b'"):
+        publish_model(
+            s3_client=s3_client,
+            models_uri=MODELS_URI,
+            version=VERSION,
+            files=_files(tmp_path / "2", model_bytes=b"other" * 50),
+            manifest=_manifest(run_id="manual__b"),
+        )
+    assert _bucket_state(s3_client) == before
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"accuracy": 0.5, "loss": 2.0, "passed": False},
+        {"accuracy": 0.5, "loss": 2.0, "gate": {"passed": False, "threshold": 0.93}},
+        {"accuracy": 0.99, "loss": 0.1},  # no gate decision at all
+    ],
+)
+def test_a_model_without_a_passed_gate_is_never_published(
+    s3_client, bucket: str, tmp_path: Path, metrics: dict[str, Any]
+) -> None:
+    with pytest.raises(GateFailedError, match=str(VERSION)):
+        publish_model(
+            s3_client=s3_client,
+            models_uri=MODELS_URI,
+            version=VERSION,
+            files=_files(tmp_path),
+            manifest=_manifest(metrics=metrics),
+        )
+    assert _bucket_state(s3_client) == {}
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "../model.keras", "/abs.json", "a//b.json"])
+def test_bad_file_names_are_refused_before_anything_is_written(
+    s3_client, bucket: str, tmp_path: Path, name: str
+) -> None:
+    files = _files(tmp_path)
+    with pytest.raises(ValueError, match="bad file name"):
+        publish_model(
+            s3_client=s3_client,
+            models_uri=MODELS_URI,
+            version=VERSION,
+            files={**files, name: files["metrics.json"]},
+            manifest=_manifest(),
+        )
+    assert _bucket_state(s3_client) == {}
+
+
+class _OverwritesModelBeforeManifest:
+    """The real client on moto, except that just before the manifest is stored,
+    something else overwrites model.keras: the bucket then holds bytes the
+    manifest does not describe, as after a corrupted upload or a racing writer."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_object(self, **kwargs: Any) -> Any:
+        if kwargs["Key"].endswith("/manifest.json"):
+            model_key = kwargs["Key"].removesuffix("manifest.json") + "model.keras"
+            self._client.put_object(Bucket=kwargs["Bucket"], Key=model_key, Body=b"corrupted")
+        return self._client.put_object(**kwargs)
+
+
+def test_a_failed_read_back_leaves_latest_untouched(s3_client, bucket: str, tmp_path: Path) -> None:
+    first = 20261122020000
+    publish_model(
+        s3_client=s3_client,
+        models_uri=MODELS_URI,
+        version=first,
+        files=_files(tmp_path / "1"),
+        manifest=_manifest(version=first),
+    )
+    latest_before = s3_client.get_object(Bucket=BUCKET, Key="mnist/latest.json")["Body"].read()
+
+    files = _files(tmp_path / "2", model_bytes=b"good" * 50)
+    expected = hashlib.sha256(b"good" * 50).hexdigest()
+    got = hashlib.sha256(b"corrupted").hexdigest()
+    with pytest.raises(PublishVerificationError, match=rf"mnist/{VERSION}/model.keras.*{expected}.*{got}"):
+        publish_model(
+            s3_client=_OverwritesModelBeforeManifest(s3_client),
+            models_uri=MODELS_URI,
+            version=VERSION,
+            files=files,
+            manifest=_manifest(),
+        )
+
+    assert s3_client.get_object(Bucket=BUCKET, Key="mnist/latest.json")["Body"].read() == latest_before
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == first

@@ -1,0 +1,183 @@
+"""registry.py against moto's S3 server: listing, manifests, rollback by promote, verified downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from mnist_tasks.publish import build_manifest, publish_model
+from mnist_tasks.registry import (
+    PublishVerificationError,
+    VersionNotFoundError,
+    download_model,
+    list_versions,
+    promote,
+    read_latest,
+    read_manifest,
+    verify_version,
+)
+
+BUCKET = "models"
+MODELS_URI = f"s3://{BUCKET}/mnist/"
+V1, V2, V3 = 20261123020000, 20261124020000, 20261125020000
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:
+    s3_client.create_bucket(Bucket=BUCKET)
+    return BUCKET
+
+
+def _model_bytes(version: int) -> bytes:
+    return f"model {version}".encode() * 40
+
+
+def _publish(s3_client, tmp_path: Path, version: int, accuracy: float = 0.97) -> dict:
+    run_dir = tmp_path / str(version)
+    run_dir.mkdir()
+    (run_dir / "model.keras").write_bytes(_model_bytes(version))
+    (run_dir / "history.json").write_text(json.dumps({"loss": [0.3, 0.2]}))
+    manifest = build_manifest(
+        version=version,
+        run_id=f"scheduled__{version}",
+        dag_id="mnist_retraining",
+        params={"epochs": 1},
+        data={"data_sha256": f"{version:064d}"},
+        metrics={"accuracy": accuracy, "loss": 0.1, "passed": True},
+        started_at=None,
+    )
+    return publish_model(
+        s3_client=s3_client,
+        models_uri=MODELS_URI,
+        version=version,
+        files={"model.keras": run_dir / "model.keras", "history.json": run_dir / "history.json"},
+        manifest=manifest,
+    )
+
+
+def _latest_bytes(s3_client) -> bytes:
+    return s3_client.get_object(Bucket=BUCKET, Key="mnist/latest.json")["Body"].read()
+
+
+def test_an_empty_registry(s3_client, bucket: str, tmp_path: Path) -> None:
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) is None
+    assert list_versions(s3_client=s3_client, models_uri=MODELS_URI) == []
+    with pytest.raises(VersionNotFoundError, match="nothing published"):
+        download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path)
+
+
+def test_list_versions_has_one_row_per_published_version_oldest_first(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    _publish(s3_client, tmp_path, V3, accuracy=0.95)
+    _publish(s3_client, tmp_path, V1, accuracy=0.96)
+    _publish(s3_client, tmp_path, V2, accuracy=0.97)  # published last, so it is latest
+    # An upload that died before its manifest, and things that are not versions.
+    s3_client.put_object(Bucket=BUCKET, Key="mnist/20261126020000/model.keras", Body=b"partial")
+    s3_client.put_object(Bucket=BUCKET, Key="mnist/notes/readme.txt", Body=b"hello")
+    s3_client.put_object(Bucket=BUCKET, Key="mnist/0042/manifest.json", Body=b"{}")
+
+    rows = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
+
+    assert [r["version"] for r in rows] == [V1, V2, V3]
+    assert [r["is_latest"] for r in rows] == [False, True, False]
+    assert [r["accuracy"] for r in rows] == [0.96, 0.97, 0.95]
+    assert all(r["passed"] is True for r in rows)
+    assert [r["run_id"] for r in rows] == [f"scheduled__{v}" for v in (V1, V2, V3)]
+    assert [r["data_sha256"] for r in rows] == [f"{v:064d}" for v in (V1, V2, V3)]
+    assert set(rows[0]) == {"version", "created_at", "accuracy", "passed", "data_sha256", "run_id", "is_latest"}
+
+
+def test_read_manifest_of_an_unknown_version_names_it(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V1)
+    assert read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=V1)["run_id"] == f"scheduled__{V1}"
+    with pytest.raises(VersionNotFoundError, match=rf"no version 123 .*s3://{BUCKET}/mnist/123/manifest.json"):
+        read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=123)
+
+
+def test_promote_rolls_latest_back_to_an_older_verified_version(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V1)
+    _publish(s3_client, tmp_path, V2)
+
+    pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+
+    manifest_bytes = s3_client.get_object(Bucket=BUCKET, Key=f"mnist/{V1}/manifest.json")["Body"].read()
+    assert pointer["version"] == V1
+    assert pointer["manifest_sha256"] == hashlib.sha256(manifest_bytes).hexdigest()
+    assert pointer["model_uri"] == f"s3://{BUCKET}/mnist/{V1}/model.keras"
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) == pointer
+    assert [r["is_latest"] for r in list_versions(s3_client=s3_client, models_uri=MODELS_URI)] == [True, False]
+
+
+@pytest.mark.parametrize("damage", ["overwrite model", "delete history"])
+def test_promote_refuses_a_damaged_version_and_keeps_latest(
+    s3_client, bucket: str, tmp_path: Path, damage: str
+) -> None:
+    _publish(s3_client, tmp_path, V1)
+    _publish(s3_client, tmp_path, V2)
+    if damage == "overwrite model":
+        s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V1}/model.keras", Body=b"tampered")
+        expected_error = rf"mnist/{V1}/model.keras: expected sha256 {hashlib.sha256(_model_bytes(V1)).hexdigest()}"
+    else:
+        s3_client.delete_object(Bucket=BUCKET, Key=f"mnist/{V1}/history.json")
+        expected_error = rf"mnist/{V1}/history.json: .*missing"
+    before = _latest_bytes(s3_client)
+
+    with pytest.raises(PublishVerificationError, match=expected_error):
+        promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+    with pytest.raises(PublishVerificationError, match=expected_error):
+        verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+
+    assert _latest_bytes(s3_client) == before
+    assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=V2)["version"] == V2
+
+
+def test_promote_refuses_an_unknown_version(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V1)
+    before = _latest_bytes(s3_client)
+    with pytest.raises(VersionNotFoundError, match=str(V2)):
+        promote(s3_client=s3_client, models_uri=MODELS_URI, version=V2)
+    assert _latest_bytes(s3_client) == before
+
+
+def test_download_model_fetches_the_latest_or_a_given_version(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V1)
+    _publish(s3_client, tmp_path, V2)
+
+    latest = download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "a")
+    assert latest["version"] == V2
+    assert Path(latest["model_path"]) == tmp_path / "a" / "model.keras"
+    assert Path(latest["model_path"]).read_bytes() == _model_bytes(V2)
+    assert latest["model_sha256"] == hashlib.sha256(_model_bytes(V2)).hexdigest()
+    assert latest["manifest"]["run_id"] == f"scheduled__{V2}"
+
+    older = download_model(s3_client=s3_client, models_uri=MODELS_URI, version=V1, dest_dir=tmp_path / "b")
+    assert Path(older["model_path"]).read_bytes() == _model_bytes(V1)
+
+
+def test_download_model_refuses_bytes_the_manifest_does_not_describe(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    _publish(s3_client, tmp_path, V1)
+    s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V1}/model.keras", Body=b"tampered")
+    dest = tmp_path / "dest"
+
+    with pytest.raises(PublishVerificationError, match=hashlib.sha256(b"tampered").hexdigest()):
+        download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=dest)
+    assert list(dest.iterdir()) == []  # not even a temp file
+
+
+def test_download_model_refuses_a_manifest_changed_after_latest_vouched_for_it(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    _publish(s3_client, tmp_path, V1)
+    key = f"mnist/{V1}/manifest.json"
+    manifest = json.loads(s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    manifest["metrics"]["accuracy"] = 0.999
+    s3_client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(manifest).encode())
+
+    with pytest.raises(PublishVerificationError, match=rf"{key}: expected sha256"):
+        download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "dest")

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mnist_tasks.storage import sha256_file
+from mnist_tasks.train import train_model
+
+TRAIN_COUNT, TEST_COUNT = 300, 100
+# Small and short so the whole file runs in seconds; the synthetic digits are easy.
+FAST = {"epochs": 3, "hidden_units": 32, "batch_size": 32}
+
+
+def write_prepared(
+    directory: Path, *, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> Path:
+    """A prepared-dataset directory in the layout dataset.prepare_dataset writes."""
+    directory.mkdir(parents=True)
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    for name, array in arrays.items():
+        np.save(directory / f"{name}.npy", array)
+    (directory / "dataset.json").write_text(
+        json.dumps({"data_sha256": "0" * 64, "train_count": len(y_train), "test_count": len(y_test)})
+    )
+    return directory
+
+
+def synthetic_digits(count: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(count, 28, 28) float32 images in [0, 1] and uint8 labels: one fixed random
+    stroke pattern per digit, dimmed and covered in noise, so a dense net learns it in a few epochs."""
+    templates = np.random.default_rng(0).random((10, 28, 28)) < 0.2
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=count).astype(np.uint8)
+    images = 0.7 * templates[labels] + 0.3 * rng.random((count, 28, 28))
+    return images.astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    x_train, y_train = synthetic_digits(TRAIN_COUNT, seed=1)
+    x_test, y_test = synthetic_digits(TEST_COUNT, seed=2)
+    return write_prepared(
+        tmp_path_factory.mktemp("data") / "prepared", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return train_model(cache_dir=prepared, out_dir=tmp_path_factory.mktemp("run") / "out", seed=1, **FAST)
+
+
+def _load(path: str):
+    import keras
+
+    return keras.models.load_model(path, safe_mode=True)
+
+
+def test_build_model_is_the_dense_network() -> None:
+    import keras
+
+    from mnist_tasks.model import build_model
+
+    model = build_model(hidden_units=128, learning_rate=0.01)
+
+    flatten, hidden, output = model.layers
+    assert isinstance(flatten, keras.layers.Flatten)
+    assert model.input_shape == (None, 28, 28)
+    assert (hidden.units, hidden.activation.__name__) == (128, "relu")
+    assert (output.units, output.activation.__name__) == (10, "softmax")
+    assert model.count_params() == 101_770  # 784*128 + 128 + 128*10 + 10
+    assert model.loss == "sparse_categorical_crossentropy"
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_train_writes_a_loadable_model_and_its_history(trained: dict[str, Any]) -> None:
+    out_dir = Path(trained["model_path"]).parent
+    assert sorted(p.name for p in out_dir.iterdir()) == ["history.json", "model.keras"]  # no temp files left
+    assert trained["model_sha256"] == sha256_file(Path(trained["model_path"]))
+    assert trained["train_count"] == TRAIN_COUNT
+    assert trained["params"] == {**FAST, "learning_rate": 1e-3, "seed": 1, "validation_split": 0.1}
+    assert json.loads(json.dumps(trained)) == trained  # plain JSON types, fit for XCom
+
+    history = json.loads(Path(trained["history_path"]).read_text())
+    assert history["params"] == trained["params"]
+    assert [row["epoch"] for row in history["history"]] == [1, 2, 3]
+    last = history["history"][-1]
+    assert trained["final"] == {k: last[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    assert trained["final"]["val_accuracy"] >= 0.9  # the synthetic digits were actually learned
+
+    model = _load(trained["model_path"])
+    assert model.count_params() == 784 * 32 + 32 + 32 * 10 + 10
+
+
+def test_same_seed_gives_the_same_model(trained: dict[str, Any], prepared: Path, tmp_path: Path) -> None:
+    again = train_model(cache_dir=prepared, out_dir=tmp_path / "again", seed=1, **FAST)
+
+    first_history = json.loads(Path(trained["history_path"]).read_text())["history"]
+    assert json.loads(Path(again["history_path"]).read_text())["history"] == first_history
+    x_test = np.load(prepared / "x_test.npy")
+    first, second = _load(trained["model_path"]), _load(again["model_path"])
+    assert np.array_equal(first.predict(x_test, verbose=0), second.predict(x_test, verbose=0))
+
+
+def test_another_seed_gives_other_weights(trained: dict[str, Any], prepared: Path, tmp_path: Path) -> None:
+    other = train_model(cache_dir=prepared, out_dir=tmp_path / "other", seed=2, **FAST)
+
+    first, second = _load(trained["model_path"]), _load(other["model_path"])
+    assert not np.array_equal(first.layers[-1].get_weights()[0], second.layers[-1].get_weights()[0])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"validation_split": 0.0}, "validation_split must be between 0 and 1 (exclusive), got 0.0"),
+        ({"epochs": 0}, "epochs must be at least 1, got 0"),
+        ({"learning_rate": -1.0}, "learning_rate must be positive, got -1.0"),
+    ],
+)
+def test_bad_params_are_refused_before_anything_is_written(
+    prepared: Path, tmp_path: Path, override: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_model(cache_dir=prepared, out_dir=tmp_path / "out", **{**FAST, **override})
+    assert not (tmp_path / "out").exists()
