@@ -10,6 +10,7 @@ PYTHON ?= python3.11
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 STATE := $(CURDIR)/.local
+DATA_DIR := $(CURDIR)/.data
 S3_PORT ?= 9000
 S3_ENDPOINT := http://127.0.0.1:$(S3_PORT)
 MIRROR_URI := s3://mnist-mirror/mnist/
@@ -18,7 +19,8 @@ MODELS_URI := s3://mnist-models/mnist/
 CONF ?= {}
 
 # A local Airflow: its home, database and logs stay inside the checkout.
-export AIRFLOW_HOME := $(CURDIR)/.airflow
+AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW_HOME
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
@@ -28,7 +30,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # S3 endpoint. moto's server accepts any credentials and listens on 127.0.0.1
 # only, so these fixed values are not secrets; real deployments set their own.
 LOCAL_TARGETS := run mirror s3-up
-$(LOCAL_TARGETS): export MNIST_DATA_DIR := $(CURDIR)/.data
+$(LOCAL_TARGETS): export MNIST_DATA_DIR := $(DATA_DIR)
 $(LOCAL_TARGETS): export MNIST_MIRRORS := $(MIRROR_URI)
 $(LOCAL_TARGETS): export MNIST_MODELS_URI := $(MODELS_URI)
 $(LOCAL_TARGETS): export AWS_ACCESS_KEY_ID := local
@@ -86,4 +88,4 @@ stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/local_s3.py stop --state-dir $(STATE); fi
 
 clean: stop
-	rm -rf $(VENV) $(STATE) $(CURDIR)/.data $(AIRFLOW_HOME)
+	rm -rf $(VENV) $(STATE) $(DATA_DIR) $(AIRFLOW_HOME)
