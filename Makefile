@@ -1,7 +1,8 @@
 # The two commands a new user needs:
 #   make run    set everything up, run the whole DAG once on real MNIST, print a JSON summary
 #   make test   install what the tests need and run all of them (CI runs this)
-# and `make stop` to stop the local S3 endpoint that `make run` leaves up.
+# `make airflow` starts the Airflow UI on http://127.0.0.1:8080 with the local S3 endpoint,
+# and `make stop` stops whatever `make run` or `make airflow` left running.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -12,6 +13,7 @@ BIN := $(VENV)/bin
 STATE := $(CURDIR)/.local
 DATA_DIR := $(CURDIR)/.data
 S3_PORT ?= 9000
+AIRFLOW_PORT ?= 8080
 S3_ENDPOINT := http://127.0.0.1:$(S3_PORT)
 MIRROR_URI := s3://mnist-mirror/mnist/
 MODELS_URI := s3://mnist-models/mnist/
@@ -29,7 +31,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # The local stack: data under .data/, the mirror and the models in the local
 # S3 endpoint. moto's server accepts any credentials and listens on 127.0.0.1
 # only, so these fixed values are not secrets; real deployments set their own.
-LOCAL_TARGETS := run mirror s3-up
+LOCAL_TARGETS := run mirror s3-up airflow
 $(LOCAL_TARGETS): export MNIST_DATA_DIR := $(DATA_DIR)
 $(LOCAL_TARGETS): export MNIST_MIRRORS := $(MIRROR_URI)
 $(LOCAL_TARGETS): export MNIST_MODELS_URI := $(MODELS_URI)
@@ -39,12 +41,13 @@ $(LOCAL_TARGETS): export AWS_DEFAULT_REGION := us-east-1
 $(LOCAL_TARGETS): export AWS_ENDPOINT_URL := $(S3_ENDPOINT)
 $(LOCAL_TARGETS): export AIRFLOW_CONN_AWS_DEFAULT := {"conn_type": "aws", "login": "local", "password": "local", "extra": {"endpoint_url": "$(S3_ENDPOINT)", "region_name": "us-east-1"}}
 
-.PHONY: help run test stop mirror s3-up clean
+.PHONY: help run airflow test stop mirror s3-up clean
 
 help:
 	@echo "make run    set up and run the retraining DAG once (CONF='{\"epochs\": 1}' to change Params)"
+	@echo "make airflow  start Airflow (UI on http://127.0.0.1:$(AIRFLOW_PORT)) and the local S3 endpoint; prints the login"
 	@echo "make test   run the whole test suite"
-	@echo "make stop   stop the local S3 endpoint started by make run"
+	@echo "make stop   stop everything make run and make airflow started"
 	@echo "make clean  stop, then delete the virtualenv, data and local Airflow home"
 
 $(BIN)/python:
@@ -84,8 +87,16 @@ run: mirror $(AIRFLOW_HOME)/airflow.db
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# api-server, scheduler, dag-processor and triggerer in the background (logs in .local/),
+# with the local S3 endpoint and the mirror; unpauses mnist_retraining.
+airflow: mirror
+	$(BIN)/python scripts/local_airflow.py start --port $(AIRFLOW_PORT) --state-dir $(STATE)
+
 stop:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/local_s3.py stop --state-dir $(STATE); fi
+	@if [ -x $(BIN)/python ]; then \
+		$(BIN)/python scripts/local_airflow.py stop --state-dir $(STATE); \
+		$(BIN)/python scripts/local_s3.py stop --state-dir $(STATE); \
+	fi
 
 clean: stop
 	rm -rf $(VENV) $(STATE) $(DATA_DIR) $(AIRFLOW_HOME)

@@ -11,8 +11,8 @@ accuracy and publishes the passing model to S3-compatible storage.
 | download | fetches the four MNIST files from the first mirror that has them and verifies the sha256 of their decompressed content; a verified local copy is reused | raw files under `$MNIST_DATA_DIR/raw` |
 | prepare | decodes and validates the IDX files, scales pixels to float32 in [0, 1], caches `.npy` arrays keyed by the data's checksum | `$MNIST_DATA_DIR/prepared/<checksum>` |
 | train | Flatten → Dense(hidden_units, relu) → Dense(10, softmax), Adam, 10% validation split; the same seed gives the same model | `model.keras`, `history.json` under `$MNIST_DATA_DIR/runs/<run id>` |
-| evaluate | test accuracy and loss, per-class precision and recall, confusion matrix; **fails the run** when accuracy is below `accuracy_threshold` | `metrics.json` |
-| publish | uploads an immutable, numbered version (model, metrics, history, manifest), reads it back, then moves `latest.json` | `s3://…/<version>/`, `s3://…/latest.json` |
+| evaluate | test accuracy and loss, per-class precision and recall, confusion matrix, report pictures; the champion (the current `latest` model) is evaluated on the same test set; **fails the run** when accuracy is below `accuracy_threshold` or more than `max_regression` below the champion's | `metrics.json`, `*.png` |
+| publish | renders `report.html` (metrics, gate, lineage, pictures), uploads an immutable, numbered version (model, metrics, history, pictures, report, manifest), reads it back, then moves `latest.json` | `s3://…/<version>/`, `s3://…/latest.json` |
 
 **Needs**
 - An Airflow connection of type *Amazon Web Services* (id `aws_default`, or the
@@ -21,6 +21,10 @@ accuracy and publishes the passing model to S3-compatible storage.
 - Environment: `MNIST_MODELS_URI` (default `s3://mnist-models/mnist/`),
   `MNIST_MIRRORS` (default: the public MNIST mirrors), `MNIST_DATA_DIR`
   (a directory the workers share).
+- Alerts (optional): an SMTP connection `mnist_alerts_smtp` with
+  `MNIST_ALERT_EMAIL_TO`, and/or an HTTP connection `mnist_alerts_webhook`
+  (Slack-compatible JSON); `MNIST_RUN_DEADLINE_MINUTES` (default 120),
+  `MNIST_NOTIFY_ON_SUCCESS`. See the README's *Alerts*.
 
 **Trigger by hand** with *Trigger DAG* and change any of the Params below;
 the form refuses values outside their bounds.
@@ -28,26 +32,28 @@ the form refuses values outside their bounds.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param, dag, task
 
-from mnist_tasks.settings import Settings
+# plugins/mnist_alerting.py: Airflow puts the plugins folder on sys.path in all its processes.
+from mnist_alerting import alert_run_failure, alert_run_overdue, alert_run_success, alert_task_failure
+from mnist_tasks.settings import PUBLISHED_MODEL_ASSET, Settings
 
 _SETTINGS = Settings.from_env()
 
 # Downstream DAGs (batch predictions) run when a new model is published.
-PUBLISHED_MODEL = Asset(name="mnist_model", uri=_SETTINGS.models_uri.rstrip("/") + "/latest.json")
+PUBLISHED_MODEL = Asset(name=PUBLISHED_MODEL_ASSET, uri=_SETTINGS.published_model_uri)
 
 
 def _run_dir(context: dict[str, Any]) -> Path:
     """Per-run working directory: a re-run of the same run overwrites its own files."""
-    safe_run_id = re.sub(r"[^A-Za-z0-9._-]", "_", context["run_id"])
-    return Settings.from_env().data_dir / "runs" / safe_run_id
+    from mnist_tasks.storage import safe_name
+
+    return Settings.from_env().data_dir / "runs" / safe_name(context["run_id"])
 
 
 def _s3_client():
@@ -55,6 +61,22 @@ def _s3_client():
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     return S3Hook(aws_conn_id=Settings.from_env().aws_conn_id).get_conn()
+
+
+_BOUND_WORDS = {"minimum": "at least", "exclusiveMinimum": "above", "maximum": "at most"}
+
+
+def _bounded(default: float, *, type: str, description: str, **bounds: float) -> Param:
+    """A number Param whose bounds the trigger form shows and enforces by refusing a value outside them.
+
+    The form's number fields take a top-level `minimum`/`maximum` as limits to
+    clamp to: 500 epochs typed and submitted would silently run 100. Nested in
+    `allOf` the bounds are out of the form's sight, and Airflow's validation of
+    the Params refuses the trigger with an error that names the Param and the
+    bound. The description spells the bounds out, as the form shows no limits.
+    """
+    allowed = ", ".join(f"{_BOUND_WORDS[name]} {value}" for name, value in bounds.items())
+    return Param(default, type=type, allOf=[bounds], description=f"{description} Allowed: {allowed}.")
 
 
 @dag(
@@ -66,6 +88,16 @@ def _s3_client():
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=3),
+    # Alerts: a task failing after its retries (the gate included) alerts from the
+    # task's own callback; the DAG's callbacks add failures no task reports (a
+    # timeout) and, if switched on, successes; the deadline flags a slow run.
+    on_failure_callback=alert_run_failure,
+    on_success_callback=alert_run_success,
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=_SETTINGS.run_deadline_minutes),
+        callback=AsyncCallback(alert_run_overdue, kwargs={"minutes": _SETTINGS.run_deadline_minutes}),
+    ),
     tags=["mnist", "ml", "retraining"],
     default_args={
         "owner": "ml-platform",
@@ -73,35 +105,45 @@ def _s3_client():
         "retry_delay": timedelta(minutes=5),
         "retry_exponential_backoff": True,
         "execution_timeout": timedelta(minutes=30),
+        "on_failure_callback": alert_task_failure,
     },
     params={
-        "epochs": Param(5, type="integer", minimum=1, maximum=100, description="Passes over the training set."),
-        "batch_size": Param(
+        "epochs": _bounded(5, type="integer", minimum=1, maximum=100, description="Passes over the training set."),
+        "batch_size": _bounded(
             32, type="integer", minimum=1, maximum=8192, description="Examples per gradient step."
         ),
-        "learning_rate": Param(
+        "learning_rate": _bounded(
             0.001,
             type="number",
             exclusiveMinimum=0,
             maximum=1,
             description="Adam's learning rate.",
         ),
-        "hidden_units": Param(
+        "hidden_units": _bounded(
             128, type="integer", minimum=1, maximum=4096, description="Width of the hidden Dense(relu) layer."
         ),
-        "seed": Param(
+        "seed": _bounded(
             42,
             type="integer",
             minimum=0,
             maximum=2**31 - 1,
             description="Random seed for weights and shuffling; the same seed and data give the same model.",
         ),
-        "accuracy_threshold": Param(
+        "accuracy_threshold": _bounded(
             0.93,
             type="number",
             minimum=0,
             maximum=1,
             description="The gate: the model is published only if its test accuracy is at least this.",
+        ),
+        "max_regression": _bounded(
+            0.005,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="The gate against the champion (the model `latest` points at, evaluated on the same "
+            "test set): the model is published only if its test accuracy is at most this much below the "
+            "champion's. The first run, with no champion, is judged by accuracy_threshold alone.",
         ),
     },
 )
@@ -154,17 +196,34 @@ def mnist_retraining() -> None:
 
     @task(execution_timeout=timedelta(minutes=15))
     def evaluate(prepared: dict, trained: dict, **context) -> dict:
+        import tempfile
+
         from airflow.sdk.exceptions import AirflowFailException
 
-        from mnist_tasks.evaluate import evaluate_model
+        from mnist_tasks.evaluate import ModelChecksumError, evaluate_model, fetch_champion
+        from mnist_tasks.registry import PublishVerificationError
 
-        result = evaluate_model(
-            model_path=Path(trained["model_path"]),
-            model_sha256=trained["model_sha256"],
-            cache_dir=Path(prepared["cache_dir"]),
-            out_dir=_run_dir(context),
-            threshold=context["params"]["accuracy_threshold"],
-        )
+        p = context["params"]
+        with tempfile.TemporaryDirectory(prefix="mnist-champion-") as champion_dir:
+            try:
+                # None before the first publish; an unreachable bucket raises (and retries)
+                # rather than letting the candidate skip the comparison.
+                champion = fetch_champion(
+                    s3_client=_s3_client(), models_uri=Settings.from_env().models_uri, dest_dir=Path(champion_dir)
+                )
+                result = evaluate_model(
+                    model_path=Path(trained["model_path"]),
+                    model_sha256=trained["model_sha256"],
+                    cache_dir=Path(prepared["cache_dir"]),
+                    out_dir=_run_dir(context),
+                    threshold=p["accuracy_threshold"],
+                    max_regression=p["max_regression"],
+                    champion=champion,
+                    history_path=Path(trained["history_path"]),
+                )
+            except (ModelChecksumError, PublishVerificationError) as err:
+                # A model or a published version that differs from its checksum stays that way.
+                raise AirflowFailException(str(err)) from err
         if not result["passed"]:
             # Kept for the alert and the run summary: a failed task returns nothing.
             context["ti"].xcom_push(key="evaluation", value=result)
@@ -176,6 +235,7 @@ def mnist_retraining() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from mnist_tasks.publish import GateFailedError, VersionConflictError, build_manifest, publish_model, version_for
+        from mnist_tasks.report import REPORT_FILE, write_report
 
         dag_run = context["dag_run"]
         # Manual runs may have no logical date; run_after is always set and fixed for the run.
@@ -190,6 +250,14 @@ def mnist_retraining() -> None:
             metrics=evaluated,
             started_at=dag_run.start_date.isoformat() if dag_run.start_date else None,
         )
+        # Rendered here, not in evaluate: the report shows the manifest's lineage.
+        pictures = {name: Path(path) for name, path in evaluated["pictures"].items()}
+        report = write_report(
+            metrics_path=Path(evaluated["metrics_path"]),
+            manifest=manifest,
+            pictures=pictures,
+            path=run_dir / REPORT_FILE,
+        )
         try:
             return publish_model(
                 s3_client=_s3_client(),
@@ -199,6 +267,8 @@ def mnist_retraining() -> None:
                     "model.keras": Path(trained["model_path"]),
                     "history.json": Path(trained["history_path"]),
                     "metrics.json": Path(evaluated["metrics_path"]),
+                    **pictures,
+                    REPORT_FILE: Path(report["report_path"]),
                 },
                 manifest=manifest,
             )

@@ -95,10 +95,114 @@ def _models_promote(args: argparse.Namespace) -> dict:
     return promote(s3_client=_s3_client_if(True), models_uri=args.models_uri, version=args.version)
 
 
+def _version_or_latest(text: str) -> int | None:
+    """A version number, or None for `latest`."""
+    if text == "latest":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a version number or latest, got {text!r}")
+    return int(text)
+
+
+def _report(args: argparse.Namespace) -> dict:
+    from mnist_tasks.registry import download_files
+    from mnist_tasks.report import REPORT_FILE, REPORT_FILES
+
+    got = download_files(
+        s3_client=_s3_client_if(True),
+        models_uri=args.models_uri,
+        version=args.version,
+        names=REPORT_FILES,
+        dest_dir=args.out,
+    )
+    return {
+        "version": got["version"],
+        "report": got["files"][REPORT_FILE]["path"],
+        "files": {name: f["path"] for name, f in got["files"].items()},
+    }
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from mnist_tasks.predict import expand_inputs, is_local_model, load_model_for_prediction, predict_files
+
+    paths = expand_inputs(args.inputs)
+    model, source = load_model_for_prediction(
+        model=args.model, models_uri=args.models_uri, s3_client=_s3_client_if(not is_local_model(args.model))
+    )
+    if source["verified_against"] is None:
+        print(f"warning: no manifest.json beside {args.model}: loading it unverified", file=sys.stderr)
+    rows = predict_files(
+        model=model,
+        paths=paths,
+        min_confidence=args.min_confidence,
+        multi=args.multi,
+        save_preprocessed=args.save_preprocessed,
+    )
+    if args.json:
+        json.dump({"model": source, "predictions": rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        version = "unpublished" if source["version"] is None else f"version {source['version']}"
+        print(f"model: {source['model_uri']} ({version})", file=sys.stderr)
+        for row in rows:
+            print(_prediction_line(row, min_confidence=args.min_confidence))
+    if any(row["status"] == "error" for row in rows):
+        sys.exit(1)  # the other files were predicted; scripts still see the failure
+
+
+def _prediction_line(row: dict, *, min_confidence: float) -> str:
+    """One human-readable line per file: `name: digit  p=…  top 3: …`, or what went wrong."""
+    name = row["file"]
+    if row["status"] == "error":
+        return f"{name}: error: {row['error'].removeprefix(f'{name}: ')}"
+    if row["status"] == "blank":
+        return f"{name}: blank (no digit found)"
+    if "number" in row:
+        digits = ", ".join(f"{d['top3'][0][0]} p={d['probability']:.3f}" for d in row["digits"])
+        unsure = f"  (? = below --min-confidence {min_confidence})" if "?" in row["number"] else ""
+        return f"{name}: {row['number']}  digits: {digits}{unsure}"
+    top3 = ", ".join(f"{digit} {p:.3f}" for digit, p in row["top3"])
+    if row["digit"] is None:
+        best, p = row["top3"][0]
+        return f"{name}: no confident digit (best {best} at p={p:.3f} < {min_confidence})  top 3: {top3}"
+    return f"{name}: {row['digit']}  p={row['probability']:.3f}  top 3: {top3}"
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+PREDICT_EPILOG = """\
+--model is one of:
+  latest                 the version latest.json in --models-uri points at (default)
+  VERSION                that version in --models-uri, e.g. 20261123020000
+  s3://…/VERSION/        a version directory (or its model.keras) in any registry;
+  s3://…/latest.json       or the latest version of that registry
+  PATH.keras             a local model file. If a manifest.json sits beside it (a
+                         downloaded version directory), the file must match the sha256
+                         it records; without one it is loaded unverified, with a warning.
+A model in S3 is loaded only once its sha256 matches its manifest. Keras loads it in
+safe mode (no arbitrary code).
+
+Each image is made to look like an MNIST digit before the model sees it: turned
+upright (EXIF), greyscale with transparency on white, dark ink on light paper
+inverted, cropped to the ink (ignoring specks), scaled into a 20x20 box keeping its
+aspect ratio, and centred by centre of mass in 28x28.
+
+Exit status: 0 when every file was read (blank or unsure ones included), 1 when
+some file could not be read (the others are still predicted), 2 when nothing could
+be predicted (bad model, bad arguments).
+"""
+
+
 def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mnist_tasks",
-        description="The MNIST retraining pipeline's steps, without Airflow. Each prints JSON. "
+        description="The MNIST retraining pipeline's steps, without Airflow. Each prints JSON "
+        "(predict: one line per image unless --json). "
         "S3 access uses the standard AWS_* environment (AWS_ENDPOINT_URL for MinIO or a local endpoint).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -141,6 +245,22 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     sub.add_argument("--threshold", type=float, default=0.93, help="minimum test accuracy (default %(default)s)")
 
     models_uri = {"default": settings.models_uri, "help": "s3://bucket/prefix/ (default: %(default)s)"}
+    sub = command("predict", _predict, "Read the digit in each image (or the number, with --multi).")
+    sub.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub.epilog = PREDICT_EPILOG
+    sub.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files, or directories of them")
+    sub.add_argument("--model", default="latest", help="latest, VERSION, s3://… or PATH.keras (see below)")
+    sub.add_argument("--models-uri", **models_uri)
+    sub.add_argument("--json", action="store_true", help="print JSON instead of one line per file")
+    sub.add_argument(
+        "--min-confidence",
+        type=_probability,
+        default=0.5,
+        help="below this probability no digit is given (default %(default)s)",
+    )
+    sub.add_argument("--multi", action="store_true", help="images hold several digits: read them left to right")
+    sub.add_argument("--save-preprocessed", type=Path, metavar="DIR", help="write the 28x28 images the model saw")
+
     sub = command("models", lambda _: None, "The published models: list, show, promote.")
     models = sub.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     for name, run, help_text in [
@@ -153,7 +273,21 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         action.add_argument("--models-uri", **models_uri)
         if name != "list":
             action.add_argument("version", type=int)
+
+    sub = command("report", _report, "Fetch a published version's report.html and pictures, sha256-verified.")
+    sub.add_argument("version", type=_version_or_latest, help="a version number, or latest")
+    sub.add_argument("--out", type=Path, required=True, help="directory to write the files into")
+    sub.add_argument("--models-uri", **models_uri)
     return parser
+
+
+def _is_own_error(err: Exception) -> bool:
+    """Whether this package raised it on purpose (a class defined in mnist_tasks).
+
+    Those messages already name the problem (file, expected, got), so a user sees just
+    the message. Anything else is a bug or an environment problem and keeps its traceback.
+    """
+    return any(cls.__module__.startswith("mnist_tasks.") for cls in type(err).__mro__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -161,7 +295,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser(settings).parse_args(argv)
     if getattr(args, "mirror", ()) is None:
         args.mirror = list(settings.mirrors)
-    result = args.run(args)
+    try:
+        result = args.run(args)
+    except Exception as err:
+        if not _is_own_error(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if result is None:
+        return  # the command wrote its own output
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     if isinstance(result, dict) and result.get("passed") is False:

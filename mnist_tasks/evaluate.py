@@ -1,28 +1,95 @@
-"""Evaluation: test-set metrics, the confusion matrix and the accuracy gate."""
+"""Evaluation: test-set metrics, the confusion matrix, report pictures and the gate.
+
+The gate has two parts. The candidate must reach an absolute accuracy
+threshold, and it must not be worse than the champion (the model `latest`
+points at, evaluated on the same test set) by more than `max_regression`.
+Before the first publish there is no champion and the threshold alone decides.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mnist_tasks.model import NUM_CLASSES
+from mnist_tasks.registry import NothingPublishedError, download_model
 from mnist_tasks.storage import atomic_path, sha256_file
 
 METRICS_FILE = "metrics.json"
+DEFAULT_MAX_REGRESSION = 0.005
+# Accuracies are counts over the same test set, so a difference of exactly the
+# tolerance is common, yet 0.98 - 0.975 is 0.0050000000000000044 in floating
+# point. This absorbs that rounding and nothing a test set could measure.
+_ROUNDING = 1e-9
 
 
 class ModelChecksumError(ValueError):
     """The model file is not the one we were told to evaluate."""
 
 
-def gate_verdict(*, accuracy: float, threshold: float) -> tuple[bool, str]:
-    """(passed, message) of the accuracy gate; an accuracy equal to the threshold passes."""
-    if accuracy >= threshold:
-        return True, f"accuracy gate passed: test accuracy {accuracy:.4f} meets the threshold {threshold:.4f}"
-    return False, f"accuracy gate failed: test accuracy {accuracy:.4f} is below the threshold {threshold:.4f}"
+@dataclass(frozen=True)
+class Champion:
+    """The published model a candidate is compared with (the one `latest` points at)."""
+
+    version: int
+    model_path: Path
+    model_sha256: str
+
+
+def fetch_champion(*, s3_client: Any, models_uri: str, dest_dir: Path) -> Champion | None:
+    """Download the `latest` model into dest_dir, sha256-verified; None when nothing is published yet.
+
+    Anything else that goes wrong (bucket unreachable or missing, access denied,
+    a damaged latest version) raises: skipping the comparison would let a worse
+    model replace the champion.
+    """
+    try:
+        got = download_model(s3_client=s3_client, models_uri=models_uri, version=None, dest_dir=dest_dir)
+    except NothingPublishedError:
+        return None
+    return Champion(version=got["version"], model_path=Path(got["model_path"]), model_sha256=got["model_sha256"])
+
+
+def gate_verdict(
+    *,
+    accuracy: float,
+    threshold: float,
+    champion_accuracy: float | None = None,
+    max_regression: float = DEFAULT_MAX_REGRESSION,
+) -> tuple[bool, str]:
+    """(passed, message) of the gate.
+
+    Passes when accuracy >= threshold and, if there is a champion, accuracy >=
+    champion_accuracy - max_regression; both boundaries pass. The message names
+    the accuracy, the threshold and the champion's accuracy when there is one.
+    """
+    if not 0 <= max_regression <= 1:
+        raise ValueError(f"max_regression must be between 0 and 1, got {max_regression}")
+    meets_threshold = accuracy >= threshold
+    if champion_accuracy is None:
+        if meets_threshold:
+            return True, f"accuracy gate passed: test accuracy {accuracy:.4f} meets the threshold {threshold:.4f}"
+        return False, f"accuracy gate failed: test accuracy {accuracy:.4f} is below the threshold {threshold:.4f}"
+
+    champion = f"the champion's {champion_accuracy:.4f}"
+    if not meets_threshold:
+        return False, (
+            f"accuracy gate failed: test accuracy {accuracy:.4f} is below the threshold {threshold:.4f} "
+            f"({champion} on the same test set)"
+        )
+    if champion_accuracy - accuracy > max_regression + _ROUNDING:
+        return False, (
+            f"accuracy gate failed: test accuracy {accuracy:.4f} is more than {max_regression:.4f} below "
+            f"{champion} on the same test set (threshold {threshold:.4f} met)"
+        )
+    return True, (
+        f"accuracy gate passed: test accuracy {accuracy:.4f} meets the threshold {threshold:.4f} "
+        f"and is within {max_regression:.4f} of {champion}"
+    )
 
 
 def confusion_matrix(*, labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -51,31 +118,54 @@ def per_class_metrics(confusion: np.ndarray) -> dict[str, dict[str, float | int]
     }
 
 
+def _check_sha256(path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelChecksumError(f"checksum mismatch for {path}: expected {expected}, got {actual}")
+
+
+def _predict(model_path: Path, images: np.ndarray) -> np.ndarray:
+    """(N, 10) softmax outputs of a .keras model whose checksum has been checked."""
+    import keras
+
+    return keras.models.load_model(model_path, safe_mode=True).predict(images, verbose=0)
+
+
 def evaluate_model(
-    *, model_path: Path, model_sha256: str, cache_dir: Path, out_dir: Path, threshold: float
+    *,
+    model_path: Path,
+    model_sha256: str,
+    cache_dir: Path,
+    out_dir: Path,
+    threshold: float,
+    max_regression: float = DEFAULT_MAX_REGRESSION,
+    champion: Champion | None = None,
+    history_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the model on the test set in cache_dir; write out_dir/metrics.json.
+    """Evaluate the model (and the champion, if any) on the test set in cache_dir; apply the gate.
 
-    The model is loaded only if its sha256 is model_sha256 (else ModelChecksumError,
-    and nothing is written). A failed gate is reported, not raised: the caller
-    decides what failing means.
+    Writes out_dir/metrics.json and the report pictures (report.PICTURES; the
+    training curves only with the run's history.json). Each model is loaded
+    only if its sha256 is the one given (else ModelChecksumError, and nothing
+    is written). A failed gate is reported, not raised: the caller decides
+    what failing means.
 
-    Returns {"metrics_path", "accuracy", "loss", "threshold", "passed", "message", "test_count"}.
+    Returns {"metrics_path", "accuracy", "loss", "threshold", "max_regression",
+    "champion_version", "champion_accuracy" (both None without a champion),
+    "passed", "message", "test_count", "pictures" ({file name: path})}.
     """
-    actual_sha256 = sha256_file(model_path)
-    if actual_sha256 != model_sha256:
-        raise ModelChecksumError(
-            f"checksum mismatch for {model_path}: expected {model_sha256}, got {actual_sha256}"
-        )
+    _check_sha256(model_path, model_sha256)
+    if champion is not None:
+        _check_sha256(champion.model_path, champion.model_sha256)
 
     import keras
 
     from mnist_tasks.dataset import load_prepared
+    from mnist_tasks.report import render_pictures
 
-    model = keras.models.load_model(model_path, safe_mode=True)
     _, _, x_test, y_test = load_prepared(cache_dir)
-    labels = np.asarray(y_test)
-    probabilities = model.predict(np.asarray(x_test), verbose=0)  # (N, 10) softmax outputs
+    images, labels = np.asarray(x_test), np.asarray(y_test)
+    probabilities = _predict(model_path, images)
     confusion = confusion_matrix(labels=labels, predictions=probabilities.argmax(axis=1))
 
     test_count = len(labels)
@@ -85,8 +175,22 @@ def evaluate_model(
     # prediction costs about 16 rather than infinity.
     true_class = probabilities[np.arange(test_count), labels].astype(np.float64)
     loss = float(-np.log(np.clip(true_class, keras.config.epsilon(), 1.0)).mean())
-    passed, message = gate_verdict(accuracy=accuracy, threshold=threshold)
 
+    champion_accuracy = None
+    if champion is not None:
+        champion_accuracy = float((_predict(champion.model_path, images).argmax(axis=1) == labels).mean())
+    passed, message = gate_verdict(
+        accuracy=accuracy, threshold=threshold, champion_accuracy=champion_accuracy, max_regression=max_regression
+    )
+
+    pictures = render_pictures(
+        images=images,
+        labels=labels,
+        probabilities=probabilities,
+        confusion=confusion,
+        history_path=history_path,
+        out_dir=out_dir,
+    )
     metrics = {
         "model_sha256": model_sha256,
         "test_count": test_count,
@@ -94,7 +198,16 @@ def evaluate_model(
         "loss": loss,
         "per_class": per_class_metrics(confusion),
         "confusion_matrix": confusion.tolist(),
-        "gate": {"threshold": threshold, "passed": passed, "message": message},
+        "champion": None
+        if champion is None
+        else {"version": champion.version, "model_sha256": champion.model_sha256, "accuracy": champion_accuracy},
+        "gate": {
+            "threshold": threshold,
+            "max_regression": max_regression,
+            "champion_accuracy": champion_accuracy,
+            "passed": passed,
+            "message": message,
+        },
     }
     metrics_path = out_dir / METRICS_FILE
     with atomic_path(metrics_path) as tmp:
@@ -105,7 +218,11 @@ def evaluate_model(
         "accuracy": accuracy,
         "loss": loss,
         "threshold": threshold,
+        "max_regression": max_regression,
+        "champion_version": None if champion is None else champion.version,
+        "champion_accuracy": champion_accuracy,
         "passed": passed,
         "message": message,
         "test_count": test_count,
+        "pictures": pictures,
     }

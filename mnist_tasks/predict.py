@@ -19,15 +19,20 @@ and reads them left to right.
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_tasks.storage import atomic_path
+from mnist_tasks.evaluate import ModelChecksumError
+from mnist_tasks.storage import atomic_path, sha256_file
 
 if TYPE_CHECKING:
     import keras
@@ -213,6 +218,105 @@ def predict_files(
         start += count
         rows.append(_file_result(path, digits, error=error, multi=multi))
     return rows
+
+
+def is_local_model(model: str) -> bool:
+    """Whether a `--model` value names a local .keras file rather than a model in S3."""
+    return model.endswith(".keras") and not model.startswith("s3://")
+
+
+def load_model_for_prediction(*, model: str, models_uri: str, s3_client: Any = None) -> tuple[keras.Model, dict]:
+    """The Keras model named by `model`, loaded with safe_mode=True once its sha256 matches.
+
+    `model` is one of
+      "latest"                 the version `latest.json` in `models_uri` points at;
+      "<version>"              that version in `models_uri`;
+      "s3://…/<version>/", "s3://…/<version>/model.keras", "s3://…/latest.json"
+                               the same, in the registry that URI is in;
+      "PATH.keras"             a local file. If a manifest.json sits beside it (a downloaded
+                               version directory), the file must match the sha256 it records;
+                               without one there is nothing to check against, and the model is
+                               loaded unverified ("verified_against": None says so).
+    A model in S3 is checked against its manifest by registry.download_model, and that manifest
+    against `latest.json` when following the pointer; it needs `s3_client`.
+
+    Returns (model, {"model": as given, "model_uri", "version" (None for an unpublished file),
+    "model_sha256", "verified_against": the manifest's location or None}).
+    """
+    if is_local_model(model):
+        source = _check_local_model(Path(model))
+        return _load_keras(Path(model), name=model), source
+
+    from mnist_tasks.registry import (
+        MANIFEST_FILE,
+        MODEL_FILE,
+        download_model,
+        locate_model,
+        models_location,
+        version_prefix,
+    )
+
+    version: int | None
+    if model == "latest":
+        version = None
+    elif re.fullmatch(r"[1-9][0-9]*", model):
+        version = int(model)
+    elif model.startswith("s3://"):
+        try:
+            models_uri, version = locate_model(model)
+        except ValueError as exc:
+            raise PredictError(str(exc)) from exc
+    else:
+        raise PredictError(f"model {model!r}: expected latest, a version number, an s3:// URI or a local .keras file")
+    if s3_client is None:
+        raise PredictError(f"model {model!r} is in {models_uri}: reading it needs an S3 client")
+
+    with tempfile.TemporaryDirectory(prefix="mnist-model-") as tmp:
+        fetched = download_model(s3_client=s3_client, models_uri=models_uri, version=version, dest_dir=Path(tmp))
+        base = f"s3://{models_location(models_uri)[0]}/{version_prefix(models_uri, fetched['version'])}"
+        loaded = _load_keras(Path(fetched["model_path"]), name=base + MODEL_FILE)
+    return loaded, {
+        "model": model,
+        "model_uri": base + MODEL_FILE,
+        "version": fetched["version"],
+        "model_sha256": fetched["model_sha256"],
+        "verified_against": base + MANIFEST_FILE,
+    }
+
+
+def _check_local_model(path: Path) -> dict:
+    """load_model_for_prediction's description of a local model file, checked against a manifest beside it."""
+    from mnist_tasks.registry import MANIFEST_FILE
+
+    if not path.is_file():
+        raise PredictError(f"{path}: no such model file")
+    got = sha256_file(path)
+    source = {"model": str(path), "model_uri": str(path), "version": None, "model_sha256": got}
+    manifest_path = path.parent / MANIFEST_FILE
+    if not manifest_path.exists():
+        return {**source, "verified_against": None}
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = manifest["files"][path.name]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # A manifest that cannot vouch for the file must not be mistaken for one that does.
+        raise PredictError(
+            f"{manifest_path} beside {path} records no sha256 for {path.name} ({type(exc).__name__}: {exc}); "
+            "move the model away from it to load it unverified"
+        ) from exc
+    if got != expected:
+        raise ModelChecksumError(f"checksum mismatch for {path}: expected {expected} (from {manifest_path}), got {got}")
+    return {**source, "version": manifest.get("version"), "verified_against": str(manifest_path)}
+
+
+def _load_keras(path: Path, *, name: str) -> keras.Model:
+    import keras
+
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        # Keras reports a file that is not a saved model in any of these ways.
+        raise PredictError(f"{name}: cannot load as a Keras model: {exc}") from exc
 
 
 class _Parts(NamedTuple):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,14 @@ class VersionNotFoundError(LookupError):
     """The version has no manifest, or nothing has been published yet."""
 
 
+class NothingPublishedError(VersionNotFoundError):
+    """There is no `latest.json`: no model has been published yet."""
+
+
+class FileNotPublishedError(LookupError):
+    """The version exists, but its manifest lists no file of that name."""
+
+
 class PublishVerificationError(RuntimeError):
     """An object in the bucket is missing or differs from what its manifest records."""
 
@@ -53,6 +63,28 @@ def version_prefix(models_uri: str, version: int) -> str:
     if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
         raise ValueError(f"version must be a positive integer, got {version!r}")
     return f"{models_location(models_uri)[1]}{version}/"
+
+
+def locate_model(uri: str) -> tuple[str, int | None]:
+    """(models_uri, version) of an s3:// URI naming a model inside a registry.
+
+    s3://b/p/<version>/ and s3://b/p/<version>/model.keras give ("s3://b/p/", version);
+    s3://b/p/latest.json gives ("s3://b/p/", None): whatever `latest` points at.
+    Any other URI raises ValueError naming the accepted forms.
+    """
+    bucket, key = split_s3_uri(uri)
+    *parents, last = key.split("/")
+    version = None
+    if last != LATEST_FILE:
+        if last in ("", MODEL_FILE) and parents:
+            last = parents.pop()
+        if not _VERSION_DIR.fullmatch(last):
+            raise ValueError(
+                f"{uri} names no model: expected s3://bucket/prefix/<version>/, "
+                f".../<version>/{MODEL_FILE} or .../{LATEST_FILE}"
+            )
+        version = int(last)
+    return f"s3://{bucket}/" + "".join(f"{p}/" for p in parents), version
 
 
 def gate_passed(metrics: dict[str, Any]) -> bool | None:
@@ -217,6 +249,59 @@ def promote(
     return pointer
 
 
+def download_files(
+    *, s3_client: Any, models_uri: str, version: int | None, names: Sequence[str], dest_dir: Path
+) -> dict[str, Any]:
+    """Fetch the named files of a version (the latest when version is None) into dest_dir.
+
+    Every file is checked against the sha256 its manifest records, and the
+    files appear under their final names only once all of them match: a
+    failure leaves dest_dir as it was. When following `latest`, the manifest
+    must also be the one `latest.json` vouches for.
+
+    Returns {"version", "manifest", "files": {name: {"path", "sha256"}}}.
+    Raises NothingPublishedError, VersionNotFoundError, FileNotPublishedError
+    (a name the manifest does not list) or PublishVerificationError.
+    """
+    pinned_sha = None
+    if version is None:
+        latest = read_latest(s3_client=s3_client, models_uri=models_uri)
+        if latest is None:
+            raise NothingPublishedError(f"nothing published yet in {models_uri}: no {LATEST_FILE}")
+        version, pinned_sha = latest["version"], latest["manifest_sha256"]
+    manifest, _ = _load_manifest(s3_client, models_uri, version, pinned_sha)
+    missing = [name for name in names if name not in manifest["files"]]
+    if missing:
+        raise FileNotPublishedError(
+            f"version {version} in {models_uri} has no {', '.join(missing)}: "
+            f"its manifest lists {', '.join(sorted(manifest['files']))}"
+        )
+
+    bucket, _ = models_location(models_uri)
+    base = version_prefix(models_uri, version)
+    files = {}
+    # Each file is renamed into place when its atomic_path block exits; the
+    # stack exits all of them together, after the last file has been checked.
+    with ExitStack() as stack:
+        for name in names:
+            key, expected = base + name, manifest["files"][name]["sha256"]
+            final = Path(dest_dir) / name
+            tmp = stack.enter_context(atomic_path(final))
+            try:
+                s3_client.download_file(bucket, key, str(tmp))
+            except ClientError as err:
+                if _is_missing(err):
+                    raise PublishVerificationError(
+                        f"s3://{bucket}/{key}: expected sha256 {expected}, got a missing object"
+                    ) from err
+                raise
+            got = sha256_file(tmp)
+            if got != expected:
+                raise PublishVerificationError(f"s3://{bucket}/{key}: expected sha256 {expected}, got {got}")
+            files[name] = {"path": str(final), "sha256": got}
+    return {"version": version, "manifest": manifest, "files": files}
+
+
 def download_model(
     *, s3_client: Any, models_uri: str, version: int | None, dest_dir: Path
 ) -> dict[str, Any]:
@@ -225,28 +310,13 @@ def download_model(
     The file appears under its final name only if its sha256 matches the
     manifest, so a caller may load it (safe_mode=True) without checking again.
     """
-    pinned_sha = None
-    if version is None:
-        latest = read_latest(s3_client=s3_client, models_uri=models_uri)
-        if latest is None:
-            raise VersionNotFoundError(f"nothing published yet in {models_uri}: no {LATEST_FILE}")
-        version, pinned_sha = latest["version"], latest["manifest_sha256"]
-    manifest, _ = _load_manifest(s3_client, models_uri, version, pinned_sha)
-
-    bucket, _ = models_location(models_uri)
-    key = version_prefix(models_uri, version) + MODEL_FILE
-    expected = manifest["files"][MODEL_FILE]["sha256"]
-    final = Path(dest_dir) / MODEL_FILE
-    with atomic_path(final) as tmp:
-        try:
-            s3_client.download_file(bucket, key, str(tmp))
-        except ClientError as err:
-            if _is_missing(err):
-                raise PublishVerificationError(
-                    f"s3://{bucket}/{key}: expected sha256 {expected}, got a missing object"
-                ) from err
-            raise
-        got = sha256_file(tmp)
-        if got != expected:
-            raise PublishVerificationError(f"s3://{bucket}/{key}: expected sha256 {expected}, got {got}")
-    return {"model_path": str(final), "model_sha256": got, "version": version, "manifest": manifest}
+    got = download_files(
+        s3_client=s3_client, models_uri=models_uri, version=version, names=[MODEL_FILE], dest_dir=dest_dir
+    )
+    model = got["files"][MODEL_FILE]
+    return {
+        "model_path": model["path"],
+        "model_sha256": model["sha256"],
+        "version": got["version"],
+        "manifest": got["manifest"],
+    }

@@ -7,6 +7,7 @@ training hyperparameters do not (they are DAG Params, chosen per run).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,10 @@ PUBLIC_MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
+
+# The Airflow Asset that mnist_retraining updates when it publishes a model and
+# mnist_batch_predict is scheduled on; its URI is Settings.published_model_uri.
+PUBLISHED_MODEL_ASSET = "mnist_model"
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,29 @@ class Settings:
     """Where models are published: s3://bucket/prefix/."""
     aws_conn_id: str
     """Airflow connection that carries the S3 endpoint, region and credentials."""
+    predict_input_uri: str
+    """Where the batch-prediction DAG finds images to score: s3://bucket/prefix/."""
+    predictions_uri: str
+    """Where it writes predictions, one s3://…/<run>/ directory per run."""
+    alert_smtp_conn_id: str
+    """SMTP connection for alert emails; without such a connection no email is sent."""
+    alert_webhook_conn_id: str
+    """HTTP connection of the alert webhook (Slack-compatible JSON); without it no webhook call."""
+    alert_email_to: tuple[str, ...]
+    """Who receives alert emails."""
+    notify_on_success: bool
+    """Also send a message when a run succeeds (failures always alert)."""
+    run_deadline_minutes: int
+    """A run that has not finished this many minutes after it was queued raises an alert."""
+
+    @property
+    def published_model_uri(self) -> str:
+        """URI of the Airflow Asset `mnist_model`: the registry's `latest.json` pointer.
+
+        Spelled out here (registry.LATEST_FILE) so DAG files can declare the Asset
+        without importing the registry and its S3 client library at parse time.
+        """
+        return self.models_uri.rstrip("/") + "/latest.json"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -37,4 +65,34 @@ class Settings:
             mirrors=mirrors,
             models_uri=env.get("MNIST_MODELS_URI", "s3://mnist-models/mnist/"),
             aws_conn_id=env.get("MNIST_AWS_CONN_ID", "aws_default"),
+            predict_input_uri=env.get("MNIST_PREDICT_INPUT_URI", "s3://mnist-inbox/images/"),
+            predictions_uri=env.get("MNIST_PREDICTIONS_URI", "s3://mnist-predictions/predictions/"),
+            alert_smtp_conn_id=env.get("MNIST_ALERT_SMTP_CONN_ID", "mnist_alerts_smtp"),
+            alert_webhook_conn_id=env.get("MNIST_ALERT_WEBHOOK_CONN_ID", "mnist_alerts_webhook"),
+            alert_email_to=tuple(env.get("MNIST_ALERT_EMAIL_TO", "").replace(",", " ").split()),
+            notify_on_success=_flag(env, "MNIST_NOTIFY_ON_SUCCESS"),
+            # Below the DAG's 3-hour dagrun_timeout: the alert warns while the run can still finish.
+            run_deadline_minutes=_positive_int(env, "MNIST_RUN_DEADLINE_MINUTES", 120),
         )
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the setting cannot take."""
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    raise SettingsError(f"{name} must be true or false, got {env[name]!r}")
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) == 0:
+        raise SettingsError(f"{name} must be a whole number greater than 0, got {raw!r}")
+    return int(raw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -75,6 +76,15 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"no bucket in S3 URI: {uri!r}")
     return bucket, key
+
+
+def safe_name(text: str) -> str:
+    """`text` (a run id such as manual__2026-11-23T22:41:07+00:00) usable as one key or path segment.
+
+    Characters other than letters, digits, '.', '_' and '-' become '_': ':' and '+' are legal
+    in S3 keys but need escaping in URLs and on some file systems.
+    """
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 def s3_client_from_env() -> Any:

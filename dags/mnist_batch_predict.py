@@ -1,0 +1,119 @@
+"""
+### MNIST batch predictions
+
+Reads the digit in every image under an S3 prefix with the current `latest`
+model and writes the predictions as CSV and JSON.
+
+Runs whenever `mnist_retraining` publishes a model (the Asset `mnist_model`)
+**and** every day at 06:00 UTC, whichever comes first.
+
+| task | what it does | output |
+|---|---|---|
+| predict | loads the model `latest.json` points at once its sha256 matches the manifest; downloads the images under `input_uri` (first `max_images` by key); preprocesses them like MNIST (upright, greyscale, dark ink inverted, cropped, scaled into 20×20, centred by mass in 28×28) and predicts them in one batch | `predictions.csv` and `predictions.json` under `$MNIST_PREDICTIONS_URI/<run id>/` |
+
+Each row has the file's `s3://` URI, the digit, its probability, a status
+(`ok`, `blank`: no ink, `low_confidence`: below `min_confidence`, `error`: not
+a readable image, with the reason) and the model version. A file that cannot be
+read does not stop the others. A re-run of the same run overwrites its own two
+files. The task's return value counts the images scored, skipped (over
+`max_images`) and ignored (no image suffix).
+
+**Needs**
+- The Airflow connection `aws_default` (or `MNIST_AWS_CONN_ID`), reaching the
+  model bucket, the input prefix and the predictions bucket.
+- Environment: `MNIST_MODELS_URI` (default `s3://mnist-models/mnist/`),
+  `MNIST_PREDICT_INPUT_URI` (default `s3://mnist-inbox/images/`),
+  `MNIST_PREDICTIONS_URI` (default `s3://mnist-predictions/predictions/`),
+  `MNIST_DATA_DIR` (scratch space for the downloaded images).
+
+**Trigger by hand** with *Trigger DAG*, optionally pointing `input_uri` at
+another prefix.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+from mnist_tasks.settings import PUBLISHED_MODEL_ASSET, Settings
+
+_SETTINGS = Settings.from_env()
+
+PUBLISHED_MODEL = Asset(name=PUBLISHED_MODEL_ASSET, uri=_SETTINGS.published_model_uri)
+
+
+@dag(
+    dag_id="mnist_batch_predict",
+    description="Predicts the digits in the images under an S3 prefix with the latest published MNIST model.",
+    doc_md=__doc__,
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 6 * * *", timezone="UTC"), assets=PUBLISHED_MODEL
+    ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=2),
+    tags=["mnist", "ml", "predictions"],
+    default_args={
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=60),
+    },
+    params={
+        "input_uri": Param(
+            _SETTINGS.predict_input_uri,
+            type="string",
+            pattern=r"^s3://[^/]+/",
+            description="The images to score: every image file under this s3://bucket/prefix/.",
+        ),
+        "max_images": Param(
+            10_000,
+            type="integer",
+            minimum=1,
+            maximum=1_000_000,
+            description="Score at most this many images (the first by key); the rest are counted as skipped.",
+        ),
+        "min_confidence": Param(
+            0.5,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Below this probability an image gets no digit and the status low_confidence.",
+        ),
+    },
+)
+def mnist_batch_predict() -> None:
+    @task(execution_timeout=timedelta(minutes=60))
+    def predict(**context) -> dict:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mnist_tasks.batch_predict import predict_prefix
+        from mnist_tasks.predict import PredictError
+        from mnist_tasks.registry import PublishVerificationError, VersionNotFoundError
+        from mnist_tasks.storage import safe_name
+
+        settings = Settings.from_env()
+        p = context["params"]
+        try:
+            return predict_prefix(
+                s3_client=S3Hook(aws_conn_id=settings.aws_conn_id).get_conn(),
+                input_uri=p["input_uri"],
+                output_uri=f"{settings.predictions_uri.rstrip('/')}/{safe_name(context['run_id'])}/",
+                models_uri=settings.models_uri,
+                work_dir=settings.data_dir / "batch-predict",
+                max_images=p["max_images"],
+                min_confidence=p["min_confidence"],
+            )
+        except (VersionNotFoundError, PublishVerificationError, PredictError) as err:
+            # No published model, or one that fails its checksums: a retry finds the same.
+            raise AirflowFailException(str(err)) from err
+
+    predict()
+
+
+mnist_batch_predict()

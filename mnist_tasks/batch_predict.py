@@ -1,0 +1,159 @@
+"""Scoring every image under an S3 prefix with the published model: the batch-prediction DAG's job.
+
+The model is the one `latest.json` points at, loaded only once its sha256 matches its manifest.
+Images are listed in key order (so a capped run always takes the same ones), downloaded into a
+scratch directory under numbered local names (S3 keys may hold "..", so they never become paths),
+predicted in one batch by `predict.predict_files`, and the results written as
+`<output_uri>predictions.csv` and `predictions.json`. The output keys depend only on `output_uri`:
+running the same run again replaces its two files instead of adding more.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mnist_tasks.predict import (
+    IMAGE_SUFFIXES,
+    MAX_FILE_BYTES,
+    PredictError,
+    load_model_for_prediction,
+    predict_files,
+)
+from mnist_tasks.storage import split_s3_uri
+
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTIONS_JSON = "predictions.json"
+CSV_COLUMNS = ("file", "digit", "probability", "status", "error", "model_version")
+STATUSES = ("ok", "blank", "low_confidence", "error")
+
+
+def _directory(uri: str) -> tuple[str, str]:
+    """(bucket, key prefix ending in "/" unless empty) of an s3:// directory URI."""
+    bucket, prefix = split_s3_uri(uri)
+    return bucket, prefix if prefix == "" or prefix.endswith("/") else prefix + "/"
+
+
+def _list_images(s3_client: Any, bucket: str, prefix: str) -> tuple[list[dict], int]:
+    """(objects whose names have an image suffix, in key order; how many other objects there are)."""
+    images, ignored = [], 0
+    # S3 lists keys in ascending UTF-8 byte order, page after page.
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith("/"):
+                continue  # a "folder" placeholder made by consoles, not a file
+            name = PurePosixPath(obj["Key"]).name
+            if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                images.append(obj)
+            else:
+                ignored += 1
+    return images, ignored
+
+
+def predict_prefix(
+    *,
+    s3_client: Any,
+    input_uri: str,
+    output_uri: str,
+    models_uri: str,
+    work_dir: Path,
+    max_images: int = 10_000,
+    min_confidence: float = 0.5,
+) -> dict[str, Any]:
+    """Predict the digit in each image under `input_uri` (s3://bucket/prefix/) with the latest model.
+
+    Only the first `max_images` images (by key) are scored; the rest are counted as skipped.
+    Objects without an image suffix are counted as ignored. An image that cannot be read, or
+    is larger than predict.MAX_FILE_BYTES (not downloaded), gets status "error" and a message
+    naming its URI; the others are still predicted. Scratch files go under `work_dir` and are
+    removed afterwards.
+
+    Writes `<output_uri>predictions.csv` (columns CSV_COLUMNS) and `predictions.json` (the same
+    rows with top-3 guesses, plus the model's provenance and the counts), and returns
+    {"input_uri", "predictions_csv", "predictions_json", "model_version", "model_sha256",
+    "images" (scored), "skipped", "ignored", "counts": {status: images}}.
+    """
+    if max_images < 1:
+        raise PredictError(f"max_images must be at least 1, got {max_images}")
+    in_bucket, in_prefix = _directory(input_uri)
+    out_bucket, out_prefix = _directory(output_uri)
+    # Fails before anything is downloaded when there is no (intact) model to score with.
+    model, source = load_model_for_prediction(model="latest", models_uri=models_uri, s3_client=s3_client)
+
+    images, ignored = _list_images(s3_client, in_bucket, in_prefix)
+    scored = images[:max_images]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix=".batch-predict.") as scratch:
+        local: dict[Path, str] = {}  # downloaded file -> its URI
+        too_large: dict[str, str] = {}  # URI -> error
+        for i, obj in enumerate(scored):
+            uri = f"s3://{in_bucket}/{obj['Key']}"
+            if obj["Size"] > MAX_FILE_BYTES:
+                too_large[uri] = f"{uri}: file too large: {obj['Size']} bytes, limit {MAX_FILE_BYTES}"
+                continue
+            path = Path(scratch) / f"{i:06d}{PurePosixPath(obj['Key']).suffix.lower()}"
+            s3_client.download_file(in_bucket, obj["Key"], str(path))
+            local[path] = uri
+        predicted = predict_files(model=model, paths=list(local), min_confidence=min_confidence)
+
+    by_uri = {}
+    for row in predicted:
+        uri = local[Path(row["file"])]
+        error = row["error"]
+        if error is not None and error.startswith(row["file"]):
+            error = uri + error[len(row["file"]) :]  # name the object, not the scratch copy
+        by_uri[uri] = {
+            "file": uri,
+            "digit": row["digit"],
+            "probability": row["probability"],
+            "top3": row["top3"],
+            "status": row["status"],
+            "error": error,
+        }
+    for uri, error in too_large.items():
+        by_uri[uri] = {"file": uri, "digit": None, "probability": None, "top3": [], "status": "error", "error": error}
+    rows = [
+        {**by_uri[uri], "model_version": source["version"]}
+        for uri in (f"s3://{in_bucket}/{obj['Key']}" for obj in scored)
+    ]
+
+    counts = Counter(row["status"] for row in rows)
+    summary = {
+        "input_uri": f"s3://{in_bucket}/{in_prefix}",
+        "images": len(rows),
+        "skipped": len(images) - len(scored),
+        "ignored": ignored,
+        "counts": {status: counts.get(status, 0) for status in STATUSES},
+    }
+    document = {
+        **summary,
+        "model": source,
+        "min_confidence": min_confidence,
+        "max_images": max_images,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "predictions": rows,
+    }
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    # One PUT per file: each appears whole or not at all, and a re-run replaces it.
+    for name, body, content_type in [
+        (PREDICTIONS_CSV, table.getvalue().encode(), "text/csv"),
+        (PREDICTIONS_JSON, (json.dumps(document, indent=2) + "\n").encode(), "application/json"),
+    ]:
+        s3_client.put_object(Bucket=out_bucket, Key=out_prefix + name, Body=body, ContentType=content_type)
+
+    return {
+        **summary,
+        "predictions_csv": f"s3://{out_bucket}/{out_prefix}{PREDICTIONS_CSV}",
+        "predictions_json": f"s3://{out_bucket}/{out_prefix}{PREDICTIONS_JSON}",
+        "model_version": source["version"],
+        "model_sha256": source["model_sha256"],
+    }

@@ -1,0 +1,290 @@
+"""The running Airflow UI as a person uses it: Chromium (Debian's), driven by Playwright.
+
+The stack is the one `make airflow` starts, through the same scripts, on free
+ports with its own Airflow home, data dir and S3 endpoint: moto's server with
+the real MNIST mirror built from the PyPI wheel, and Airflow's api-server,
+scheduler, dag-processor and triggerer. Screenshots land in
+test-artifacts/airflow-ui/. Stopping the stack must leave no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+DAG_ID = "mnist_retraining"
+MIRROR_URI = "s3://mnist-mirror/mnist/"
+MODELS_URI = "s3://mnist-models/mnist/"
+SCREENSHOTS = REPO / "test-artifacts" / "airflow-ui"
+# Debian's Chromium in a container: no sandbox, no GPU, nothing that phones home.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+# The nightly run that unpausing starts (5 epochs of real MNIST) goes first, then ours.
+RUN_TIMEOUT = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    url: str
+    user: str
+    password: str
+    s3_endpoint: str
+    state_dir: Path
+
+    def logs(self) -> str:
+        """The end of each component's log, for failure messages."""
+        return "\n".join(
+            f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            for log in sorted(self.state_dir.glob("*.log"))
+        )
+
+
+def _run(args: list, env: dict[str, str]) -> str:
+    done = subprocess.run([str(a) for a in args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    # Not under pytest's basetemp: another pytest session's clean-up of old basetemps
+    # must never delete the pid files of a stack that is still running.
+    root = Path(tempfile.mkdtemp(prefix="mnist-airflow-stack-"))
+    state = root / "state"
+    sessions: list[str] = []
+    s3_port, ui_port = _free_port(), _free_port()
+    s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    # What `make airflow` exports, pointed at this test's own ports and directories.
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(root / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "MNIST_DATA_DIR": str(root / "data"),
+        "MNIST_MIRRORS": MIRROR_URI,
+        "MNIST_MODELS_URI": MODELS_URI,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "local",
+                "password": "local",
+                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+            }
+        ),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    python = sys.executable
+    try:
+        _run(
+            [python, "scripts/local_s3.py", "start", "--port", s3_port, "--state-dir", state]
+            + ["--bucket", "mnist-mirror", "--bucket", "mnist-models"],
+            env,
+        )
+        _run([python, "-m", "mnist_tasks", "mirror", "--to", MIRROR_URI, "--work-dir", root / "wheel"], env)
+        printed = _run([python, "scripts/local_airflow.py", "start", "--port", ui_port, "--state-dir", state], env)
+        sessions = [p.read_text().strip() for p in state.glob("*.pid")]
+        assert len(sessions) == 5  # moto, api-server, scheduler, dag-processor, triggerer
+        # The login is what a person reads off the terminal.
+        login = re.search(r"Airflow UI: (http://\S+) +\(user (\S+), password (\S+)\)", printed)
+        assert login, printed
+        assert login[1] == f"http://127.0.0.1:{ui_port}"
+        yield Stack(url=login[1], user=login[2], password=login[3], s3_endpoint=s3_endpoint, state_dir=state)
+    finally:
+        sessions = sessions or [p.read_text().strip() for p in state.glob("*.pid")]
+        _run([python, "scripts/local_airflow.py", "stop", "--state-dir", state], env)
+        _run([python, "scripts/local_s3.py", "stop", "--state-dir", state], env)
+        if sessions:
+            # Any state but Z: an exited process stays a zombie until its parent (here
+            # init, which takes its time) reaps it, and a zombie runs nothing.
+            left = subprocess.run(
+                ["pgrep", "-a", "--runstates", "R,S,D,T,t", "-s", ",".join(sessions)], capture_output=True, text=True
+            )
+            assert left.returncode == 1, f"still running after stop:\n{left.stdout}"
+        assert not list(state.glob("*.pid"))
+        shutil.rmtree(root)
+
+
+@pytest.fixture(scope="module")
+def api(stack) -> requests.Session:
+    """Airflow's REST API with a token from the same login the browser uses."""
+    response = requests.post(
+        f"{stack.url}/auth/token", json={"username": stack.user, "password": stack.password}, timeout=30
+    )
+    assert response.status_code == 201, response.text
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+    return session
+
+
+@pytest.fixture(scope="module")
+def page(stack):
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(stack.url)
+        page.get_by_label("Username").fill(stack.user)
+        page.get_by_label("Password").fill(stack.password)
+        page.screenshot(path=SCREENSHOTS / "01-login.png")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{stack.url}/")
+        yield page
+        browser.close()
+
+
+def _open_trigger_form(page, stack):
+    page.goto(f"{stack.url}/dags/{DAG_ID}")
+    page.get_by_role("button", name="Trigger Dag").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Run Parameters").wait_for()
+    return dialog
+
+
+def _runs(api, stack) -> list[dict]:
+    response = api.get(f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns", timeout=30)
+    response.raise_for_status()
+    return response.json()["dag_runs"]
+
+
+def _final_state(api, stack, run_id: str) -> str:
+    """Poll a run until it ends; past RUN_TIMEOUT, fail with what may explain why."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        state = api.get(f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", timeout=30).json()["state"]
+        if state in ("success", "failed"):
+            return state
+        if time.monotonic() > deadline:
+            import_errors = api.get(f"{stack.url}/api/v2/importErrors", timeout=30).json()
+            pytest.fail(f"run {run_id} still {state} after {RUN_TIMEOUT} s\n{import_errors}\n{stack.logs()}")
+        time.sleep(3)
+
+
+def test_the_trigger_form_shows_every_param_and_refuses_an_out_of_range_value(page, stack, api):
+    details = api.get(f"{stack.url}/api/v2/dags/{DAG_ID}/details", timeout=30)
+    details.raise_for_status()
+    params = details.json()["params"]
+    runs_before = {run["dag_run_id"] for run in _runs(api, stack)}
+
+    dialog = _open_trigger_form(page, stack)
+    for name, param in params.items():
+        assert param["description"], name
+        row = dialog.locator("[data-scope='field'][data-part='root']", has_text=param["description"])
+        assert row.inner_text().startswith(name), name
+    assert "Allowed: at least 1, at most 100." in dialog.inner_text()
+
+    epochs = dialog.get_by_label("epochs")
+    epochs.fill("500")
+    dialog.get_by_test_id("trigger-dag-submit").click()
+    error = dialog.get_by_text("Invalid input for param epochs")
+    error.scroll_into_view_if_needed()
+    page.screenshot(path=SCREENSHOTS / "02-out-of-range-refused.png")
+
+    assert "500 is greater than the maximum of 100" in dialog.inner_text()
+    assert epochs.input_value() == "500"  # refused as typed, not quietly clamped to 100
+    assert {run["dag_run_id"] for run in _runs(api, stack)} == runs_before
+
+
+def test_a_run_triggered_from_the_form_publishes_a_model_shown_in_the_models_view(page, stack, api):
+    from playwright.sync_api import expect
+
+    from mnist_tasks.publish import version_for
+
+    dialog = _open_trigger_form(page, stack)
+    dialog.get_by_label("epochs").fill("1")
+    # The nightly run that unpausing started publishes a 5-epoch champion first; one
+    # epoch falls short of it, so this run is judged by accuracy_threshold alone.
+    dialog.get_by_label("max_regression").fill("1")
+    page.screenshot(path=SCREENSHOTS / "03-trigger-form.png")
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url.endswith(f"/dags/{DAG_ID}/dagRuns")
+    ) as triggered:
+        dialog.get_by_test_id("trigger-dag-submit").click()
+    assert triggered.value.status == 200, triggered.value.text()
+    run = triggered.value.json()
+    assert (run["conf"]["epochs"], run["conf"]["max_regression"]) == (1, 1)
+
+    assert _final_state(api, stack, run["dag_run_id"]) == "success", stack.logs()
+    page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{run['dag_run_id']}")
+    # The run's state badge sits next to its heading.
+    expect(page.get_by_role("heading", name=run["dag_run_id"]).locator("..")).to_contain_text("Success")
+    page.screenshot(path=SCREENSHOTS / "04-run-succeeded.png")
+
+    version = version_for(datetime.fromisoformat(run["logical_date"]))
+    page.goto(f"{stack.url}/")
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="MNIST models").click()
+    models = page.frame_locator("iframe[title='MNIST models']")
+    row = models.locator(f"tr[data-version='{version}']")
+    row.wait_for()
+    page.screenshot(path=SCREENSHOTS / "05-models-view.png")
+    assert run["dag_run_id"] in row.inner_text()
+    assert "passed" in row.inner_text()
+    assert models.locator(".badge", has_text="latest").count() == 1
+
+    row.get_by_role("link", name="report").click()
+    models.get_by_role("heading", name=f"MNIST model {version}").wait_for()
+    page.screenshot(path=SCREENSHOTS / "06-report.png")
+    # Its pictures are data: URIs, which the report's content policy must let through.
+    picture = models.locator("figure img").first
+    picture.scroll_into_view_if_needed()
+    assert picture.evaluate("img => img.complete && img.naturalWidth") > 0
+    page.screenshot(path=SCREENSHOTS / "07-report-pictures.png")
+
+    # What trained is what the form asked for: the manifest records the run's Params.
+    import boto3
+
+    from mnist_tasks.registry import read_manifest
+
+    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1")
+    manifest = read_manifest(s3_client=s3, models_uri=MODELS_URI, version=version)
+    assert manifest["run_id"] == run["dag_run_id"]
+    assert manifest["params"]["epochs"] == 1
+
+
+def test_the_models_view_needs_a_login(stack, api):
+    refused = requests.get(f"{stack.url}/mnist-models/", timeout=30)
+    assert refused.status_code == 401
+
+    served = api.get(f"{stack.url}/mnist-models/", timeout=30)
+    assert served.status_code == 200
+    assert "MNIST models" in served.text

@@ -1,0 +1,157 @@
+"""Whole `mnist_batch_predict` runs through Airflow's `dag.test()` against moto's S3 server.
+
+A small real classifier is published the way mnist_retraining publishes (manifest, read-back,
+latest.json); images are put under the input prefix; what is asserted is what lands in the
+predictions bucket. `dag.test()` does not raise when a task fails, so every test asserts the
+run's state.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+
+import pytest
+from PIL import Image
+
+from mnist_tasks.storage import safe_name
+from tests.conftest import REPO
+from tests.test_cli import dark_digit, model_file, publish_test_model  # noqa: F401  (model_file: fixture)
+from tests.test_predict import glyph, model  # noqa: F401  (model: fixture)
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+MODELS_URI = "s3://bp-models/mnist/"
+INBOX = "bp-inbox"
+INPUT_URI = f"s3://{INBOX}/scans/"
+PREDICTIONS = "bp-predictions"
+VERSION = 20261120020000
+LOGICAL_DATE = datetime(2026, 11, 21, 6, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def batch_env(monkeypatch, tmp_path, s3_endpoint, s3_client, airflow_db):
+    """Points the DAG at moto's S3 server: empty model, inbox and predictions buckets."""
+    monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MNIST_MODELS_URI", MODELS_URI)
+    monkeypatch.setenv("MNIST_PREDICTIONS_URI", f"s3://{PREDICTIONS}/predictions/")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+            }
+        ),
+    )
+    for bucket in ("bp-models", INBOX, PREDICTIONS):
+        s3_client.create_bucket(Bucket=bucket)
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["mnist_batch_predict"]
+    for task in dag.tasks:
+        task.retries = 0  # dag.test() would sleep through the retry delay
+    return dag
+
+
+@pytest.fixture
+def inbox(batch_env, s3_client, tmp_path) -> dict[str, str]:
+    """Object key -> what the images under INPUT_URI hold; plus a file that is not an image."""
+    local = tmp_path / "inbox"
+    local.mkdir()
+    dark_digit(local / "seven.png", 7)
+    Image.eval(glyph(3, size=80), lambda v: 255 - v).convert("RGB").save(local / "three.jpg", quality=85)
+    dark_digit(local / "four.png", 4)
+    Image.new("L", (100, 80), 255).save(local / "blank.png")
+    (local / "broken.png").write_text("this is not an image")
+    (local / "readme.txt").write_text("scans from the front desk")
+    contents = {
+        "scans/0-seven.png": "seven.png",
+        "scans/1-three.jpg": "three.jpg",
+        "scans/2/four.png": "four.png",
+        "scans/3-blank.png": "blank.png",
+        "scans/4-broken.png": "broken.png",
+        "scans/readme.txt": "readme.txt",
+        "elsewhere/9-seven.png": "seven.png",  # outside the input prefix
+    }
+    for key, name in contents.items():
+        s3_client.upload_file(str(local / name), INBOX, key)
+    return contents
+
+
+def _states(dag_run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def _predictions(s3_client) -> dict[str, bytes]:
+    listing = s3_client.list_objects_v2(Bucket=PREDICTIONS).get("Contents", [])
+    return {o["Key"]: s3_client.get_object(Bucket=PREDICTIONS, Key=o["Key"])["Body"].read() for o in listing}
+
+
+def test_a_run_scores_the_inbox_with_the_latest_model_and_a_rerun_replaces_its_output(
+    dag, inbox, model_file, s3_client  # noqa: F811
+):
+    publish_test_model(s3_client, model_file, models_uri=MODELS_URI, version=VERSION)
+
+    dag_run = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf={"input_uri": INPUT_URI})
+
+    assert str(dag_run.state) == "success", _states(dag_run)
+    base = f"predictions/{safe_name(dag_run.run_id)}/"
+    objects = _predictions(s3_client)
+    assert set(objects) == {base + "predictions.csv", base + "predictions.json"}
+
+    table = list(csv.DictReader(io.StringIO(objects[base + "predictions.csv"].decode())))
+    assert list(table[0]) == ["file", "digit", "probability", "status", "error", "model_version"]
+    expected = [
+        (f"s3://{INBOX}/scans/0-seven.png", 7, "ok"),
+        (f"s3://{INBOX}/scans/1-three.jpg", 3, "ok"),
+        (f"s3://{INBOX}/scans/2/four.png", 4, "ok"),
+        (f"s3://{INBOX}/scans/3-blank.png", None, "blank"),
+        (f"s3://{INBOX}/scans/4-broken.png", None, "error"),
+    ]
+    assert [(r["file"], r["digit"], r["status"], r["model_version"]) for r in table] == [
+        (file, "" if digit is None else str(digit), status, str(VERSION)) for file, digit, status in expected
+    ]
+    assert all(0.5 <= float(r["probability"]) <= 1 for r in table[:3])
+    assert table[4]["error"].startswith(f"s3://{INBOX}/scans/4-broken.png: not an image")
+
+    document = json.loads(objects[base + "predictions.json"])
+    assert document["model"]["version"] == VERSION
+    assert document["model"]["verified_against"] == f"{MODELS_URI}{VERSION}/manifest.json"
+    assert (document["images"], document["skipped"], document["ignored"]) == (5, 0, 1)
+    assert document["counts"] == {"ok": 3, "blank": 1, "low_confidence": 0, "error": 1}
+    assert [(r["file"], r["digit"], r["status"]) for r in document["predictions"]] == expected
+
+    # The same run again, now capped at two images: its two files are replaced, nothing is added.
+    again = dag.test(
+        logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf={"input_uri": INPUT_URI, "max_images": 2}
+    )
+    assert str(again.state) == "success", _states(again)
+    assert again.run_id == dag_run.run_id
+    objects = _predictions(s3_client)
+    assert set(objects) == {base + "predictions.csv", base + "predictions.json"}
+    table = list(csv.DictReader(io.StringIO(objects[base + "predictions.csv"].decode())))
+    assert [(r["file"], r["digit"]) for r in table] == [
+        (f"s3://{INBOX}/scans/0-seven.png", "7"),
+        (f"s3://{INBOX}/scans/1-three.jpg", "3"),
+    ]
+    document = json.loads(objects[base + "predictions.json"])
+    assert (document["images"], document["skipped"], document["ignored"]) == (2, 3, 1)
+
+
+def test_without_a_published_model_the_run_fails_and_writes_nothing(dag, inbox, s3_client):
+    dag_run = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf={"input_uri": INPUT_URI})
+
+    assert str(dag_run.state) == "failed"
+    assert _states(dag_run) == {"predict": "failed"}
+    assert _predictions(s3_client) == {}
