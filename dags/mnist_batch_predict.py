@@ -37,6 +37,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
+# plugins/mnist_alerting.py: Airflow puts the plugins folder on sys.path in all its processes.
+from mnist_alerting import alert_task_failure
 from mnist_tasks.settings import PUBLISHED_MODEL_ASSET, Settings
 
 _SETTINGS = Settings.from_env()
@@ -62,6 +64,7 @@ PUBLISHED_MODEL = Asset(name=PUBLISHED_MODEL_ASSET, uri=_SETTINGS.published_mode
         "retry_delay": timedelta(minutes=5),
         "retry_exponential_backoff": True,
         "execution_timeout": timedelta(minutes=60),
+        "on_failure_callback": alert_task_failure,
     },
     params={
         "input_uri": Param(

@@ -3,6 +3,7 @@ can only ever reach it."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -61,6 +62,22 @@ def s3_client(s3_endpoint: str):
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def aws_connection(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> None:
+    """Airflow's `aws_default` connection, pointing at the moto server."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+            }
+        ),
     )
 
 

@@ -78,7 +78,7 @@ def http_mirror(tiny_mirror, tmp_path):
 
 
 @pytest.fixture
-def pipeline_env(monkeypatch, tmp_path, tiny_mirror, http_mirror, s3_endpoint, s3_client, airflow_db):
+def pipeline_env(monkeypatch, tmp_path, tiny_mirror, http_mirror, s3_client, aws_connection, airflow_db):
     """Points the DAG at the tiny HTTP mirror, a scratch data dir and moto's S3 server."""
     import mnist_tasks.dataset
 
@@ -86,28 +86,17 @@ def pipeline_env(monkeypatch, tmp_path, tiny_mirror, http_mirror, s3_endpoint, s
     monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MNIST_MIRRORS", http_mirror[1])
     monkeypatch.setenv("MNIST_MODELS_URI", MODELS_URI)
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
-            }
-        ),
-    )
     s3_client.create_bucket(Bucket=MODELS_BUCKET)
     return http_mirror[0]
 
 
-@pytest.fixture(scope="module")
-def dag():
+def load_dag_for_test(dag_id: str):
+    """The DAG as the dag-processor parses it from dags/, adjusted for dag.test()."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
-    dag = bag.dags["mnist_retraining"]
+    dag = bag.dags[dag_id]
     # dag.test() sleeps through retry delays; a failure here should fail at once.
     for task in dag.tasks:
         task.retries = 0
@@ -116,6 +105,11 @@ def dag():
     # since its runs are not queued. test_alerting_wiring checks the deadline.
     dag.deadline = None
     return dag
+
+
+@pytest.fixture(scope="module")
+def dag():
+    return load_dag_for_test("mnist_retraining")
 
 
 class SmtpReceiver:

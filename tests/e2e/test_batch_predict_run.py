@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from mnist_tasks.storage import safe_name
-from tests.conftest import REPO
+from tests.e2e.conftest import load_dag_for_test
 from tests.test_cli import dark_digit, model_file, publish_test_model  # noqa: F401  (model_file: fixture)
 from tests.test_predict import glyph, model  # noqa: F401  (model: fixture)
 
@@ -32,36 +32,18 @@ LOGICAL_DATE = datetime(2026, 11, 21, 6, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def batch_env(monkeypatch, tmp_path, s3_endpoint, s3_client, airflow_db):
+def batch_env(monkeypatch, tmp_path, s3_client, aws_connection, airflow_db):
     """Points the DAG at moto's S3 server: empty model, inbox and predictions buckets."""
     monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MNIST_MODELS_URI", MODELS_URI)
     monkeypatch.setenv("MNIST_PREDICTIONS_URI", f"s3://{PREDICTIONS}/predictions/")
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
-            }
-        ),
-    )
     for bucket in ("bp-models", INBOX, PREDICTIONS):
         s3_client.create_bucket(Bucket=bucket)
 
 
 @pytest.fixture(scope="module")
 def dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert bag.import_errors == {}
-    dag = bag.dags["mnist_batch_predict"]
-    for task in dag.tasks:
-        task.retries = 0  # dag.test() would sleep through the retry delay
-    return dag
+    return load_dag_for_test("mnist_batch_predict")
 
 
 @pytest.fixture

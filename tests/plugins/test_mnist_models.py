@@ -8,7 +8,6 @@ publish_model, as the DAG does.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -52,20 +51,9 @@ def token(client) -> str:
 
 
 @pytest.fixture
-def registry(monkeypatch, s3_endpoint, s3_client):
+def registry(monkeypatch, s3_client, aws_connection):
     """An empty model bucket that the plugin reads through the `aws_default` connection."""
     monkeypatch.setenv("MNIST_MODELS_URI", MODELS_URI)
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
-            }
-        ),
-    )
     s3_client.create_bucket(Bucket=BUCKET)
     return s3_client
 
