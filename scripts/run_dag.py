@@ -49,6 +49,7 @@ def run_and_summarize(dag_id: str, conf: dict) -> dict:
         "failed_tasks": sorted(t for t, s in task_states.items() if s == "failed"),
         "test_accuracy": evaluation.get("accuracy"),
         "accuracy_threshold": evaluation.get("threshold"),
+        "champion_accuracy": evaluation.get("champion_accuracy"),
         "gate": None if "passed" not in evaluation else ("passed" if evaluation["passed"] else "failed"),
         "model_version": published.get("version"),
         "model_uri": published.get("model_uri"),
