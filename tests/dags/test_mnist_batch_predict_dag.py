@@ -6,16 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from tests.conftest import REPO
 
 DAG_ID = "mnist_batch_predict"
-
-
-@pytest.fixture(scope="module")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(REPO / "dags"))
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,6 @@ DAG_ID = "mnist_retraining"
 
 
 @pytest.fixture(scope="module")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(REPO / "dags"))
-
-
-@pytest.fixture(scope="module")
 def dag(dagbag):
     return dagbag.dags[DAG_ID]
 
