@@ -32,6 +32,8 @@ the form refuses values outside their bounds.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,18 @@ def _run_dir(context: dict[str, Any]) -> Path:
     from mnist_tasks.storage import safe_name
 
     return Settings.from_env().data_dir / "runs" / safe_name(context["run_id"])
+
+
+@contextmanager
+def _not_retried(*errors: type[Exception]) -> Iterator[None]:
+    """Fail the task at once on these errors: bad bytes, a failed gate or an
+    immutable version stay what they are, so retrying would only delay the alert."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        yield
+    except errors as err:
+        raise AirflowFailException(str(err)) from err
 
 
 def _s3_client():
@@ -150,34 +164,26 @@ def _bounded(default: float, *, type: str, description: str, **bounds: float) ->
 def mnist_retraining() -> None:
     @task(execution_timeout=timedelta(minutes=20))
     def download() -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from mnist_tasks.dataset import DataIntegrityError, download_mnist
 
         settings = Settings.from_env()
         needs_s3 = any(m.startswith("s3://") for m in settings.mirrors)
-        try:
+        # DataIntegrityError means every mirror served bad bytes; network errors are retried.
+        with _not_retried(DataIntegrityError):
             return download_mnist(
                 mirrors=settings.mirrors,
                 raw_dir=settings.data_dir / "raw",
                 s3_client=_s3_client() if needs_s3 else None,
             )
-        except DataIntegrityError as err:
-            # Every mirror served bad bytes: retrying will not change them.
-            raise AirflowFailException(str(err)) from err
 
     @task(execution_timeout=timedelta(minutes=10))
     def prepare(downloaded: dict) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from mnist_tasks.dataset import DataIntegrityError, prepare_dataset
 
-        try:
+        with _not_retried(DataIntegrityError):
             return prepare_dataset(
                 raw_dir=Path(downloaded["raw_dir"]), cache_root=Settings.from_env().data_dir / "prepared"
             )
-        except DataIntegrityError as err:
-            raise AirflowFailException(str(err)) from err
 
     @task(execution_timeout=timedelta(minutes=60))
     def train(prepared: dict, **context) -> dict:
@@ -204,26 +210,26 @@ def mnist_retraining() -> None:
         from mnist_tasks.registry import PublishVerificationError
 
         p = context["params"]
-        with tempfile.TemporaryDirectory(prefix="mnist-champion-") as champion_dir:
-            try:
-                # None before the first publish; an unreachable bucket raises (and retries)
-                # rather than letting the candidate skip the comparison.
-                champion = fetch_champion(
-                    s3_client=_s3_client(), models_uri=Settings.from_env().models_uri, dest_dir=Path(champion_dir)
-                )
-                result = evaluate_model(
-                    model_path=Path(trained["model_path"]),
-                    model_sha256=trained["model_sha256"],
-                    cache_dir=Path(prepared["cache_dir"]),
-                    out_dir=_run_dir(context),
-                    threshold=p["accuracy_threshold"],
-                    max_regression=p["max_regression"],
-                    champion=champion,
-                    history_path=Path(trained["history_path"]),
-                )
-            except (ModelChecksumError, PublishVerificationError) as err:
-                # A model or a published version that differs from its checksum stays that way.
-                raise AirflowFailException(str(err)) from err
+        # A model or a published version that differs from its checksum stays that way.
+        with (
+            tempfile.TemporaryDirectory(prefix="mnist-champion-") as champion_dir,
+            _not_retried(ModelChecksumError, PublishVerificationError),
+        ):
+            # None before the first publish; an unreachable bucket raises (and retries)
+            # rather than letting the candidate skip the comparison.
+            champion = fetch_champion(
+                s3_client=_s3_client(), models_uri=Settings.from_env().models_uri, dest_dir=Path(champion_dir)
+            )
+            result = evaluate_model(
+                model_path=Path(trained["model_path"]),
+                model_sha256=trained["model_sha256"],
+                cache_dir=Path(prepared["cache_dir"]),
+                out_dir=_run_dir(context),
+                threshold=p["accuracy_threshold"],
+                max_regression=p["max_regression"],
+                champion=champion,
+                history_path=Path(trained["history_path"]),
+            )
         if not result["passed"]:
             # Kept for the alert and the run summary: a failed task returns nothing.
             context["ti"].xcom_push(key="evaluation", value=result)
@@ -232,8 +238,6 @@ def mnist_retraining() -> None:
 
     @task(execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
     def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from mnist_tasks.publish import GateFailedError, VersionConflictError, build_manifest, publish_model, version_for
         from mnist_tasks.report import REPORT_FILE, write_report
 
@@ -258,7 +262,7 @@ def mnist_retraining() -> None:
             pictures=pictures,
             path=run_dir / REPORT_FILE,
         )
-        try:
+        with _not_retried(GateFailedError, VersionConflictError):
             return publish_model(
                 s3_client=_s3_client(),
                 models_uri=Settings.from_env().models_uri,
@@ -272,9 +276,6 @@ def mnist_retraining() -> None:
                 },
                 manifest=manifest,
             )
-        except (GateFailedError, VersionConflictError) as err:
-            # Versions are immutable and the gate is final: a retry cannot help.
-            raise AirflowFailException(str(err)) from err
 
     downloaded = download()
     prepared = prepare(downloaded)

@@ -207,9 +207,12 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Callable[[argparse.Namespace], object], help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, run: Callable[[argparse.Namespace], object] | None, help: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
-        sub.set_defaults(run=run)
+        if run is not None:  # None: the command's sub-actions set their own
+            sub.set_defaults(run=run)
         return sub
 
     data_dir = {"type": Path, "default": settings.data_dir, "help": "working directory (default: %(default)s)"}
@@ -261,7 +264,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     sub.add_argument("--multi", action="store_true", help="images hold several digits: read them left to right")
     sub.add_argument("--save-preprocessed", type=Path, metavar="DIR", help="write the 28x28 images the model saw")
 
-    sub = command("models", lambda _: None, "The published models: list, show, promote.")
+    sub = command("models", None, "The published models: list, show, promote.")
     models = sub.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     for name, run, help_text in [
         ("list", _models_list, "List published versions and which one is latest."),
