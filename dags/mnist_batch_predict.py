@@ -35,15 +35,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-# plugins/mnist_alerting.py: Airflow puts the plugins folder on sys.path in all its processes.
-from mnist_alerting import alert_task_failure
-from mnist_tasks.settings import PUBLISHED_MODEL_ASSET, Settings
+# plugins/: Airflow puts the plugins folder on sys.path in all its processes.
+from mnist_dags import bounded, default_args, not_retried, published_model_asset, s3_client
+from mnist_tasks.settings import Settings
 
 _SETTINGS = Settings.from_env()
 
-PUBLISHED_MODEL = Asset(name=PUBLISHED_MODEL_ASSET, uri=_SETTINGS.published_model_uri)
+PUBLISHED_MODEL = published_model_asset(_SETTINGS)
 
 
 @dag(
@@ -58,14 +58,7 @@ PUBLISHED_MODEL = Asset(name=PUBLISHED_MODEL_ASSET, uri=_SETTINGS.published_mode
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=2),
     tags=["mnist", "ml", "predictions"],
-    default_args={
-        "owner": "ml-platform",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "retry_exponential_backoff": True,
-        "execution_timeout": timedelta(minutes=60),
-        "on_failure_callback": alert_task_failure,
-    },
+    default_args=default_args(_SETTINGS, execution_timeout=timedelta(minutes=60)),
     params={
         "input_uri": Param(
             _SETTINGS.predict_input_uri,
@@ -73,14 +66,14 @@ PUBLISHED_MODEL = Asset(name=PUBLISHED_MODEL_ASSET, uri=_SETTINGS.published_mode
             pattern=r"^s3://[^/]+/",
             description="The images to score: every image file under this s3://bucket/prefix/.",
         ),
-        "max_images": Param(
+        "max_images": bounded(
             10_000,
             type="integer",
             minimum=1,
             maximum=1_000_000,
             description="Score at most this many images (the first by key); the rest are counted as skipped.",
         ),
-        "min_confidence": Param(
+        "min_confidence": bounded(
             0.5,
             type="number",
             minimum=0,
@@ -90,11 +83,8 @@ PUBLISHED_MODEL = Asset(name=PUBLISHED_MODEL_ASSET, uri=_SETTINGS.published_mode
     },
 )
 def mnist_batch_predict() -> None:
-    @task(execution_timeout=timedelta(minutes=60))
+    @task(execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
     def predict(**context) -> dict:
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.sdk.exceptions import AirflowFailException
-
         from mnist_tasks.batch_predict import predict_prefix
         from mnist_tasks.predict import PredictError
         from mnist_tasks.registry import PublishVerificationError, VersionNotFoundError
@@ -102,9 +92,10 @@ def mnist_batch_predict() -> None:
 
         settings = Settings.from_env()
         p = context["params"]
-        try:
+        # No published model, or one that fails its checksums: a retry finds the same.
+        with not_retried(VersionNotFoundError, PublishVerificationError, PredictError):
             return predict_prefix(
-                s3_client=S3Hook(aws_conn_id=settings.aws_conn_id).get_conn(),
+                s3_client=s3_client(settings),
                 input_uri=p["input_uri"],
                 output_uri=f"{settings.predictions_uri.rstrip('/')}/{safe_name(context['run_id'])}/",
                 models_uri=settings.models_uri,
@@ -112,9 +103,6 @@ def mnist_batch_predict() -> None:
                 max_images=p["max_images"],
                 min_confidence=p["min_confidence"],
             )
-        except (VersionNotFoundError, PublishVerificationError, PredictError) as err:
-            # No published model, or one that fails its checksums: a retry finds the same.
-            raise AirflowFailException(str(err)) from err
 
     predict()
 

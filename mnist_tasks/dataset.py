@@ -408,9 +408,15 @@ def prepare_dataset(*, raw_dir: Path, cache_root: Path, files: Mapping[str, File
     }
 
 
+def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the "train" or "test" split, memory-mapped read-only from a directory of prepared arrays.
+
+    The directory needs only that split's two files (a worker that evaluates holds no training set).
+    """
+    x, y = (np.load(cache_dir / f"{axis}_{split}.npy", mmap_mode="r", allow_pickle=False) for axis in ("x", "y"))
+    return x, y
+
+
 def load_prepared(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test), memory-mapped read-only from a prepare_dataset cache."""
-    x_train, y_train, x_test, y_test = (
-        np.load(cache_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ARRAY_NAMES
-    )
-    return x_train, y_train, x_test, y_test
+    return (*load_split(cache_dir, "train"), *load_split(cache_dir, "test"))

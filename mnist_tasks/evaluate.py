@@ -142,7 +142,7 @@ def evaluate_model(
     champion: Champion | None = None,
     history_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the model (and the champion, if any) on the test set in cache_dir; apply the gate.
+    """Evaluate the model (and the champion, if any) on the test set in cache_dir (x_test.npy, y_test.npy); apply the gate.
 
     Writes out_dir/metrics.json and the report pictures (report.PICTURES; the
     training curves only with the run's history.json). Each model is loaded
@@ -160,10 +160,10 @@ def evaluate_model(
 
     import keras
 
-    from mnist_tasks.dataset import load_prepared
+    from mnist_tasks.dataset import load_split
     from mnist_tasks.report import render_pictures
 
-    _, _, x_test, y_test = load_prepared(cache_dir)
+    x_test, y_test = load_split(cache_dir, "test")
     images, labels = np.asarray(x_test), np.asarray(y_test)
     probabilities = _predict(model_path, images)
     confusion = confusion_matrix(labels=labels, predictions=probabilities.argmax(axis=1))

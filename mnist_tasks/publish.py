@@ -109,11 +109,13 @@ def build_manifest(
     data: dict[str, Any],
     metrics: dict[str, Any],
     started_at: str | None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything a stranger needs to tell where a model came from; publish_model adds `files`.
 
     `data` carries the data checksums (data_sha256 and per-file sha256s),
-    `metrics` the evaluation result including the gate decision.
+    `metrics` the evaluation result including the gate decision, `training`
+    the training run's artifacts (URIs and sha256s) and final figures.
     """
     return {
         "schema": MANIFEST_SCHEMA,
@@ -125,6 +127,7 @@ def build_manifest(
         "params": params,
         "data": data,
         "metrics": metrics,
+        "training": training,
         "code": {"package": PACKAGE, "version": _distribution_version((PACKAGE,)), **git_state(SOURCE_ROOT)},
         "libraries": {key: _distribution_version(names) for key, names in LIBRARIES.items()},
         "python": platform.python_version(),

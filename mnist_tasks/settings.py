@@ -25,7 +25,11 @@ PUBLISHED_MODEL_ASSET = "mnist_model"
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
-    """Local working area: raw downloads, prepared arrays, per-run outputs."""
+    """This worker's own cache: raw downloads, prepared arrays and run outputs fetched from the
+    artifact store (each checked against its sha256 before use). Never shared between workers."""
+    artifacts_uri: str
+    """The artifact store (s3://bucket/prefix/, or file:///dir/ on one machine): the only thing tasks
+    share. Each task leaves its outputs there and hands the next one their URIs and checksums."""
     mirrors: tuple[str, ...]
     """MNIST mirrors (https://, s3://bucket/prefix/ or file://), tried in order."""
     models_uri: str
@@ -46,6 +50,11 @@ class Settings:
     """Also send a message when a run succeeds (failures always alert)."""
     run_deadline_minutes: int
     """A run that has not finished this many minutes after it was queued raises an alert."""
+    training_queue: str
+    """Celery queue of the TensorFlow tasks (train, evaluate, batch predictions); the light tasks
+    stay on `default`. The default is `default` too, so a cluster with one queue runs everything."""
+    retry_delay_seconds: int
+    """Wait before a failed task's first retry (it doubles for each later one)."""
 
     @property
     def published_model_uri(self) -> str:
@@ -62,6 +71,7 @@ class Settings:
         mirrors = tuple(env.get("MNIST_MIRRORS", "").replace(",", " ").split()) or PUBLIC_MIRRORS
         return cls(
             data_dir=Path(env.get("MNIST_DATA_DIR") or Path.home() / ".cache" / "mnist-retraining"),
+            artifacts_uri=env.get("MNIST_ARTIFACTS_URI", "s3://mnist-artifacts/"),
             mirrors=mirrors,
             models_uri=env.get("MNIST_MODELS_URI", "s3://mnist-models/mnist/"),
             aws_conn_id=env.get("MNIST_AWS_CONN_ID", "aws_default"),
@@ -73,6 +83,8 @@ class Settings:
             notify_on_success=_flag(env, "MNIST_NOTIFY_ON_SUCCESS"),
             # Below the DAG's 3-hour dagrun_timeout: the alert warns while the run can still finish.
             run_deadline_minutes=_positive_int(env, "MNIST_RUN_DEADLINE_MINUTES", 120),
+            training_queue=env.get("MNIST_TRAINING_QUEUE", "").strip() or "default",
+            retry_delay_seconds=_positive_int(env, "MNIST_RETRY_DELAY_SECONDS", 300),
         )
 
 

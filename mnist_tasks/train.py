@@ -40,7 +40,7 @@ def train_model(
     seed: int = 42,
     validation_split: float = 0.1,
 ) -> dict[str, Any]:
-    """Train on the prepared arrays in cache_dir; write out_dir/model.keras and out_dir/history.json.
+    """Train on the prepared training arrays in cache_dir (x_train.npy, y_train.npy); write out_dir/model.keras and out_dir/history.json.
 
     The same seed and data give the same weights: all seeds are set from `seed`
     and TensorFlow runs deterministic kernels (a process-wide switch, slightly slower).
@@ -62,11 +62,11 @@ def train_model(
     import keras
     import tensorflow as tf
 
-    from mnist_tasks.dataset import load_prepared
+    from mnist_tasks.dataset import load_split
     from mnist_tasks.model import build_model
 
     started = time.monotonic()
-    x_train, y_train, _, _ = load_prepared(cache_dir)
+    x_train, y_train = load_split(cache_dir, "train")
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()

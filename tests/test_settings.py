@@ -52,3 +52,18 @@ def test_a_deadline_must_be_a_positive_number_of_minutes(value):
     message = rf"MNIST_RUN_DEADLINE_MINUTES must be a whole number greater than 0, got '{re.escape(value)}'"
     with pytest.raises(SettingsError, match=message):
         Settings.from_env({"MNIST_RUN_DEADLINE_MINUTES": value})
+
+
+def test_cluster_settings_defaults_and_environment():
+    default = Settings.from_env({})
+    assert (default.artifacts_uri, default.training_queue, default.retry_delay_seconds) == (
+        "s3://mnist-artifacts/",
+        "default",
+        300,
+    )
+    custom = Settings.from_env(
+        {"MNIST_ARTIFACTS_URI": "file:///srv/mnist/", "MNIST_TRAINING_QUEUE": "gpu", "MNIST_RETRY_DELAY_SECONDS": "15"}
+    )
+    assert (custom.artifacts_uri, custom.training_queue, custom.retry_delay_seconds) == ("file:///srv/mnist/", "gpu", 15)
+    with pytest.raises(SettingsError, match="MNIST_RETRY_DELAY_SECONDS must be a whole number greater than 0"):
+        Settings.from_env({"MNIST_RETRY_DELAY_SECONDS": "0"})

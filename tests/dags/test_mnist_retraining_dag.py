@@ -127,3 +127,39 @@ def test_parsing_the_dag_folder_imports_no_heavy_library():
     # Every DAG in the folder, the batch-prediction DAG included.
     assert {DAG_ID, "mnist_batch_predict"} <= set(result["dags"])
     assert result["heavy"] == []
+
+
+def _parse_in_a_fresh_interpreter(env: dict[str, str]) -> dict:
+    """Each task's queue and retry delay, as a dag-processor with this environment parses them."""
+    import os
+
+    code = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
+        "print(json.dumps({d.dag_id: {t.task_id: [t.queue, t.retry_delay.total_seconds()] for t in d.tasks}"
+        " for d in bag.dags.values()}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, **env}
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_tensorflow_tasks_run_on_the_training_queue_and_light_tasks_on_default():
+    tasks = _parse_in_a_fresh_interpreter({"MNIST_TRAINING_QUEUE": "training", "MNIST_RETRY_DELAY_SECONDS": "7"})
+    queues = {task: queue for task, (queue, _) in tasks[DAG_ID].items()}
+    assert queues == {
+        "download": "default",
+        "prepare": "default",
+        "train": "training",
+        "evaluate": "training",
+        "publish": "default",
+    }
+    assert tasks["mnist_batch_predict"]["predict"][0] == "training"
+    assert {delay for dag in tasks.values() for _, delay in dag.values()} == {7.0}
+
+
+def test_without_a_training_queue_everything_runs_on_default(dag):
+    assert {t.queue for t in dag.tasks} == {"default"}
+    assert {t.retry_delay for t in dag.tasks} == {timedelta(minutes=5)}

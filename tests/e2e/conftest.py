@@ -24,6 +24,8 @@ from tests.conftest import REPO
 
 MODELS_BUCKET = "models-e2e"
 MODELS_URI = f"s3://{MODELS_BUCKET}/mnist/"
+ARTIFACTS_BUCKET = "artifacts-e2e"
+ARTIFACTS_URI = f"s3://{ARTIFACTS_BUCKET}/store/"
 
 
 def _tiny_split(rng: np.random.Generator, prototypes: np.ndarray, count: int, scrambled: float):
@@ -79,14 +81,16 @@ def http_mirror(tiny_mirror, tmp_path):
 
 @pytest.fixture
 def pipeline_env(monkeypatch, tmp_path, tiny_mirror, http_mirror, s3_client, aws_connection, airflow_db):
-    """Points the DAG at the tiny HTTP mirror, a scratch data dir and moto's S3 server."""
+    """Points the DAG at the tiny HTTP mirror, a scratch data dir and moto's S3 server (models and artifacts)."""
     import mnist_tasks.dataset
 
     monkeypatch.setattr(mnist_tasks.dataset, "MNIST_FILES", tiny_mirror[1])
     monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MNIST_MIRRORS", http_mirror[1])
     monkeypatch.setenv("MNIST_MODELS_URI", MODELS_URI)
+    monkeypatch.setenv("MNIST_ARTIFACTS_URI", ARTIFACTS_URI)
     s3_client.create_bucket(Bucket=MODELS_BUCKET)
+    s3_client.create_bucket(Bucket=ARTIFACTS_BUCKET)
     return http_mirror[0]
 
 

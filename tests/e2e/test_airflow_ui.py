@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 DAG_ID = "mnist_retraining"
 MIRROR_URI = "s3://mnist-mirror/mnist/"
 MODELS_URI = "s3://mnist-models/mnist/"
+ARTIFACTS_URI = "s3://mnist-artifacts/"
 SCREENSHOTS = REPO / "test-artifacts" / "airflow-ui"
 # Debian's Chromium in a container: no sandbox, no GPU, nothing that phones home.
 CHROMIUM = "/usr/bin/chromium"
@@ -96,6 +97,7 @@ def stack() -> Iterator[Stack]:
         "MNIST_DATA_DIR": str(root / "data"),
         "MNIST_MIRRORS": MIRROR_URI,
         "MNIST_MODELS_URI": MODELS_URI,
+        "MNIST_ARTIFACTS_URI": ARTIFACTS_URI,
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -114,7 +116,7 @@ def stack() -> Iterator[Stack]:
     try:
         _run(
             [python, "scripts/local_s3.py", "start", "--port", s3_port, "--state-dir", state]
-            + ["--bucket", "mnist-mirror", "--bucket", "mnist-models"],
+            + ["--bucket", "mnist-mirror", "--bucket", "mnist-models", "--bucket", "mnist-artifacts"],
             env,
         )
         _run([python, "-m", "mnist_tasks", "mirror", "--to", MIRROR_URI, "--work-dir", root / "wheel"], env)

@@ -18,7 +18,7 @@ import pytest
 
 from mnist_tasks.report import REPORT_FILES
 from mnist_tasks.storage import safe_name
-from tests.e2e.conftest import MODELS_BUCKET
+from tests.e2e.conftest import ARTIFACTS_BUCKET, MODELS_BUCKET
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -62,6 +62,15 @@ def test_a_run_publishes_a_verified_version_and_a_worse_challenger_does_not_repl
     assert manifest["params"]["epochs"] == PASSING_CONF["epochs"]
     assert manifest["metrics"]["accuracy"] >= PASSING_CONF["accuracy_threshold"]
     assert manifest["data"]["data_sha256"]
+    # The manifest points at the artifact store, never at a worker's disk.
+    assert str(tmp_path) not in manifest_bytes.decode()
+    stored = {o["Key"] for o in s3_client.list_objects_v2(Bucket=ARTIFACTS_BUCKET)["Contents"]}
+    run_prefix = f"store/runs/mnist_retraining/{safe_name(dag_run.run_id)}/"
+    assert {run_prefix + name for name in ("model.keras", "history.json", "metrics.json")} <= stored
+    assert manifest["training"]["model"]["uri"] == f"s3://{ARTIFACTS_BUCKET}/{run_prefix}model.keras"
+    assert manifest["training"]["model"]["sha256"] == manifest["files"]["model.keras"]["sha256"]
+    data_prefix = f"store/datasets/{manifest['data']['data_sha256']}/"
+    assert {f"{data_prefix}prepared/dataset.json", f"{data_prefix}raw/t10k-images-idx3-ubyte.gz"} <= stored
 
     # A re-run of the same run re-publishes the same version instead of adding one.
     again = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=PASSING_CONF)
@@ -81,7 +90,8 @@ def test_a_run_publishes_a_verified_version_and_a_worse_challenger_does_not_repl
     states = _states(worse)
     assert (states["evaluate"], states["publish"]) == ("failed", "upstream_failed")
     assert _objects(s3_client) == before
-    gate = json.loads((tmp_path / "data" / "runs" / safe_name(worse.run_id) / "metrics.json").read_text())["gate"]
+    metrics_key = f"store/runs/mnist_retraining/{safe_name(worse.run_id)}/metrics.json"
+    gate = json.loads(s3_client.get_object(Bucket=ARTIFACTS_BUCKET, Key=metrics_key)["Body"].read())["gate"]
     assert gate["champion_accuracy"] == metrics["accuracy"]
     assert f"below the champion's {metrics['accuracy']:.4f}" in gate["message"]
 

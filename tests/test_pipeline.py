@@ -1,0 +1,113 @@
+"""The DAG's steps on four workers that share nothing but the artifact store (moto's S3 server).
+
+Each step gets a worker cache of its own, as on a Celery cluster where any task
+may land on any host. Tiny data from a file:// mirror; slow only for TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mnist_tasks import pipeline
+from mnist_tasks.artifacts import ArtifactIntegrityError, ArtifactStore
+from mnist_tasks.registry import read_latest, verify_version
+from tests.e2e.conftest import tiny_mirror  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS_URI = "s3://pipeline-artifacts/store/"
+MODELS_URI = "s3://pipeline-models/mnist/"
+PARAMS = {"epochs": 2, "batch_size": 16, "learning_rate": 0.001, "hidden_units": 32, "seed": 3}
+
+
+@pytest.fixture
+def workers(tmp_path, s3_client, tiny_mirror, monkeypatch):  # noqa: F811
+    import mnist_tasks.dataset
+
+    monkeypatch.setattr(mnist_tasks.dataset, "MNIST_FILES", tiny_mirror[1])
+    s3_client.create_bucket(Bucket="pipeline-artifacts")
+    s3_client.create_bucket(Bucket="pipeline-models")
+
+    def worker(name: str) -> ArtifactStore:
+        return ArtifactStore(ARTIFACTS_URI, cache_dir=tmp_path / name / "artifacts", s3_client=s3_client)
+
+    return worker
+
+
+def _run(workers, s3_client, tiny_mirror, tmp_path, run_id: str, version: int):  # noqa: F811
+    a, b, c, d = (workers(name) for name in ("worker-a", "worker-b", "worker-c", "worker-d"))
+    downloaded = pipeline.download(
+        store=a, mirrors=[tiny_mirror[0].as_uri() + "/"], raw_dir=tmp_path / "worker-a" / "raw"
+    )
+    prepared = pipeline.prepare(store=b, downloaded=downloaded, cache_root=tmp_path / "worker-b" / "prepared")
+    trained = pipeline.train(store=c, prepared=prepared, dag_id="mnist_retraining", run_id=run_id, params=PARAMS)
+    evaluated = pipeline.evaluate(
+        store=d,
+        s3_client=s3_client,
+        models_uri=MODELS_URI,
+        prepared=prepared,
+        trained=trained,
+        dag_id="mnist_retraining",
+        run_id=run_id,
+        threshold=0.0,
+        max_regression=1.0,
+    )
+    published = pipeline.publish(
+        store=a,
+        s3_client=s3_client,
+        models_uri=MODELS_URI,
+        version=version,
+        dag_id="mnist_retraining",
+        run_id=run_id,
+        started_at=None,
+        downloaded=downloaded,
+        trained=trained,
+        evaluated=evaluated,
+    )
+    return {"download": downloaded, "prepare": prepared, "train": trained, "evaluate": evaluated, "publish": published}
+
+
+def test_steps_on_four_workers_publish_a_verified_version(workers, s3_client, tiny_mirror, tmp_path):  # noqa: F811
+    results = _run(workers, s3_client, tiny_mirror, tmp_path, run_id="manual__2026-11-25T10:00:00+00:00", version=1)
+
+    manifest = verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=1)
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == 1
+    assert manifest["training"]["model"]["sha256"] == manifest["files"]["model.keras"]["sha256"]
+    # What XCom would carry, and the manifest, name no worker's disk.
+    assert str(tmp_path) not in json.dumps(results)
+    assert str(tmp_path) not in json.dumps(manifest)
+    assert results["prepare"]["cache_hit"] is False
+    # Each worker holds only what its own step fetched or wrote.
+    trainer = {p.name for p in (tmp_path / "worker-c").rglob("*") if p.is_file()}
+    assert trainer == {"x_train.npy", "y_train.npy", "model.keras", "history.json"}
+    evaluator = {p.name for p in (tmp_path / "worker-d").rglob("*") if p.is_file()}
+    assert {"x_test.npy", "y_test.npy", "model.keras", "metrics.json"} <= evaluator
+    assert "x_train.npy" not in evaluator
+
+
+def test_a_second_run_reuses_the_stored_data(workers, s3_client, tiny_mirror, tmp_path):  # noqa: F811
+    _run(workers, s3_client, tiny_mirror, tmp_path, run_id="scheduled__2026-11-24T02:00:00+00:00", version=1)
+    second = _run(workers, s3_client, tiny_mirror, tmp_path, run_id="scheduled__2026-11-25T02:00:00+00:00", version=2)
+
+    assert second["download"]["downloaded"] == []
+    assert second["prepare"]["cache_hit"] is True
+    assert second["evaluate"]["champion_version"] == 1
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == 2
+
+
+def test_a_damaged_prepared_array_in_the_store_fails_training_by_name(
+    workers, s3_client, tiny_mirror, tmp_path  # noqa: F811
+):
+    a, b, c = workers("worker-a"), workers("worker-b"), workers("worker-c")
+    downloaded = pipeline.download(store=a, mirrors=[tiny_mirror[0].as_uri() + "/"], raw_dir=tmp_path / "raw")
+    prepared = pipeline.prepare(store=b, downloaded=downloaded, cache_root=tmp_path / "prepared")
+    ref = prepared["arrays"]["y_train"]
+    bucket, key = ref["uri"][len("s3://") :].split("/", 1)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=b"\x93NUMPY tampered")
+
+    with pytest.raises(ArtifactIntegrityError, match=f"checksum mismatch for {ref['uri']}: expected {ref['sha256']}"):
+        pipeline.train(store=c, prepared=prepared, dag_id="d", run_id="r", params=PARAMS)
+    assert not Path(c.local_path(key[len("store/") :])).exists()
