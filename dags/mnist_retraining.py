@@ -193,11 +193,14 @@ def mnist_retraining() -> None:
         from mnist_tasks import pipeline
         from mnist_tasks.artifacts import ArtifactIntegrityError
         from mnist_tasks.publish import GateFailedError, VersionConflictError, version_for
+        from mnist_tasks.registry import LatestMovedError
 
         settings = Settings.from_env()
         client = s3_client(settings)
         dag_run = context["dag_run"]
-        with not_retried(ArtifactIntegrityError, GateFailedError, VersionConflictError):
+        # LatestMovedError: another run moved `latest` after evaluate compared with it; a retry
+        # would meet the same, only re-running evaluate compares with the new champion.
+        with not_retried(ArtifactIntegrityError, GateFailedError, VersionConflictError, LatestMovedError):
             return pipeline.publish(
                 store=artifact_store(settings, client),
                 s3_client=client,

@@ -92,7 +92,13 @@ def _models_show(args: argparse.Namespace) -> dict:
 def _models_promote(args: argparse.Namespace) -> dict:
     from mnist_tasks.registry import promote
 
-    return promote(s3_client=_s3_client_if(True), models_uri=args.models_uri, version=args.version)
+    return promote(
+        s3_client=_s3_client_if(True),
+        models_uri=args.models_uri,
+        version=args.version,
+        force=args.force,
+        reason=args.reason,
+    )
 
 
 def _version_or_latest(text: str) -> int | None:
@@ -269,13 +275,23 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     for name, run, help_text in [
         ("list", _models_list, "List published versions and which one is latest."),
         ("show", _models_show, "Print a version's manifest."),
-        ("promote", _models_promote, "Point latest at an existing, verified version (rollback)."),
+        (
+            "promote",
+            _models_promote,
+            "Point latest at an existing, verified version that passed its gate (rollback); "
+            "records who moved it, when and why.",
+        ),
     ]:
         action = models.add_parser(name, help=help_text, description=help_text)
         action.set_defaults(run=run)
         action.add_argument("--models-uri", **models_uri)
         if name != "list":
             action.add_argument("version", type=int)
+        if name == "promote":
+            action.add_argument("--reason", help="why latest moves; recorded in latest.json")
+            action.add_argument(
+                "--force", action="store_true", help="also promote a version whose gate failed (needs --reason)"
+            )
 
     sub = command("report", _report, "Fetch a published version's report.html and pictures, sha256-verified.")
     sub.add_argument("version", type=_version_or_latest, help="a version number, or latest")

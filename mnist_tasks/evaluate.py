@@ -38,6 +38,8 @@ class Champion:
     version: int
     model_path: Path
     model_sha256: str
+    latest_etag: str | None = None
+    """The ETag of the `latest.json` that pointed at it: publish moves `latest` only from that state."""
 
 
 def fetch_champion(*, s3_client: Any, models_uri: str, dest_dir: Path) -> Champion | None:
@@ -51,7 +53,12 @@ def fetch_champion(*, s3_client: Any, models_uri: str, dest_dir: Path) -> Champi
         got = download_model(s3_client=s3_client, models_uri=models_uri, version=None, dest_dir=dest_dir)
     except NothingPublishedError:
         return None
-    return Champion(version=got["version"], model_path=Path(got["model_path"]), model_sha256=got["model_sha256"])
+    return Champion(
+        version=got["version"],
+        model_path=Path(got["model_path"]),
+        model_sha256=got["model_sha256"],
+        latest_etag=got["latest_etag"],
+    )
 
 
 def gate_verdict(

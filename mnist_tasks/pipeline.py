@@ -9,6 +9,7 @@ step may run on any worker. The functions underneath (`dataset`, `train`,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -141,7 +142,9 @@ def evaluate(
     """The gate's verdict on the trained model, against the champion (`latest`) on the same test set.
 
     Returns evaluate_model's result with, instead of its local paths, `artifacts`:
-    the refs of metrics.json and the report pictures. A failed gate is returned, not raised.
+    the refs of metrics.json and the report pictures, and `champion_latest_etag`:
+    the state of `latest.json` it compared with (None: nothing was published),
+    from which alone publish may move it. A failed gate is returned, not raised.
     """
     import tempfile
 
@@ -164,6 +167,7 @@ def evaluate(
         )
     outputs = {METRICS_FILE: result.pop("metrics_path"), **result.pop("pictures")}
     result["artifacts"] = {name: store.put(Path(path), run_key(dag_id, run_id, name)) for name, path in outputs.items()}
+    result["champion_latest_etag"] = None if champion is None else champion.latest_etag
     return result
 
 
@@ -183,10 +187,13 @@ def publish(
     """Render report.html and publish the run's model, history, metrics, pictures and report as `version`.
 
     The manifest records the data's and the run's artifacts by URI and sha256, and
-    the sha256 of every published file.
+    the sha256 of every published file. A retry after an earlier attempt of this
+    run wrote the version's manifest renders the report from that manifest, so
+    it publishes the same bytes (versions are immutable).
     """
     from mnist_tasks.evaluate import METRICS_FILE
     from mnist_tasks.publish import build_manifest, publish_model
+    from mnist_tasks.registry import VersionNotFoundError, read_manifest
     from mnist_tasks.report import REPORT_FILE, write_report
     from mnist_tasks.train import HISTORY_FILE, MODEL_FILE
 
@@ -195,6 +202,10 @@ def publish(
         HISTORY_FILE: store.get(trained["history"]),
         **{name: store.get(ref) for name, ref in evaluated["artifacts"].items()},
     }
+    try:
+        claimed = read_manifest(s3_client=s3_client, models_uri=models_uri, version=version)
+    except VersionNotFoundError:
+        claimed = None
     manifest = build_manifest(
         version=version,
         run_id=run_id,
@@ -205,6 +216,11 @@ def publish(
         started_at=started_at,
         training={name: trained[name] for name in ("model", "history", "final", "train_count", "seconds")},
     )
+    if claimed is not None and claimed["run_id"] == run_id:
+        manifest = {name: value for name, value in claimed.items() if name != "files"}
+    else:
+        # In the key order the stored manifest will have, so a retry renders the same report.
+        manifest = json.loads(json.dumps(manifest, sort_keys=True))
     # Rendered here, not in evaluate: the report shows the manifest's lineage.
     report = store.local_path(run_key(dag_id, run_id, REPORT_FILE))
     pictures = {name: path for name, path in files.items() if name.endswith(".png")}
@@ -215,6 +231,7 @@ def publish(
         version=version,
         files={**files, REPORT_FILE: report},
         manifest=manifest,
+        compared_latest_etag=evaluated["champion_latest_etag"],
     )
 
 

@@ -20,15 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from mnist_tasks.registry import (
+    CONDITION_FAILED,
     LATEST_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
-    PublishVerificationError,  # noqa: F401  re-exported: publish_model raises it (through promote)
-    VersionNotFoundError,
+    LatestMovedError,
+    PublishVerificationError,  # noqa: F401  re-exported: publish_model raises it (through verify_version)
     gate_passed,
     models_location,
-    promote,
-    read_manifest,
+    move_latest,
+    read_latest_state,
+    read_manifest_and_sha256,
+    verify_version,
     version_prefix,
 )
 from mnist_tasks.storage import sha256_stream
@@ -140,6 +143,10 @@ def _check_file_name(name: str) -> None:
         raise ValueError(f"bad file name for a model version: {name!r}")
 
 
+# publish_model's default: move `latest` from whatever state it is in when publish reads it.
+FROM_CURRENT_LATEST = "current"
+
+
 def publish_model(
     *,
     s3_client: Any,
@@ -147,13 +154,55 @@ def publish_model(
     version: int,
     files: Mapping[str, Path | str],
     manifest: dict[str, Any],
+    compared_latest_etag: str | None = FROM_CURRENT_LATEST,
 ) -> dict[str, Any]:
-    """Upload `files` (name -> local path) as `version`, verify them, then move `latest.json`.
+    """Claim `version` by writing its manifest once, upload `files` (name -> local path), verify, move `latest`.
 
-    A retry of the same run re-publishes the same version; a different run
-    claiming an existing version gets VersionConflictError. If the read-back
-    does not match (PublishVerificationError), `latest.json` is not touched.
+    The manifest is written with If-None-Match: *, so a version has one owner
+    and its objects are never mixed: another run claiming it gets
+    VersionConflictError, and so does this run with bytes other than those it
+    published before (versions are immutable). A retry with the same bytes
+    completes what an earlier attempt started. If the read-back does not match
+    (PublishVerificationError), `latest.json` is not touched.
+
+    `latest` then moves forward only: never to an older version than it points
+    at, and, with `compared_latest_etag` (the ETag latest.json had when evaluate
+    compared this model with the champion; None when nothing was published),
+    only from that state, else LatestMovedError and the version stays published
+    but not latest.
     """
+    _check_publishable(version=version, files=files, manifest=manifest)
+    # Hashed before upload, checked after: a file that changes in between fails verification.
+    entries = {}
+    for name, path in sorted(files.items()):
+        with open(path, "rb") as f:
+            sha, size = sha256_stream(f)
+        entries[name] = {"sha256": sha, "bytes": size}
+    manifest = {**manifest, "files": entries}
+    manifest_sha256 = _claim_version(s3_client, models_uri, version, manifest)
+
+    bucket, prefix = models_location(models_uri)
+    base = version_prefix(models_uri, version)
+    for name, path in files.items():
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        s3_client.upload_file(str(path), bucket, base + name, ExtraArgs={"ContentType": content_type})
+    verify_version(s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256)
+    latest = _advance_latest(
+        s3_client, models_uri, version, manifest_sha256, compared_latest_etag, run_id=manifest["run_id"]
+    )
+    return {
+        "version": version,
+        "version_uri": f"s3://{bucket}/{base}",
+        "model_uri": f"s3://{bucket}/{base}{MODEL_FILE}",
+        "manifest_uri": f"s3://{bucket}/{base}{MANIFEST_FILE}",
+        "latest_uri": f"s3://{bucket}/{prefix}{LATEST_FILE}",
+        "manifest_sha256": manifest_sha256,
+        "latest_version": latest["version"],
+        "latest_moved": latest["version"] == version,
+    }
+
+
+def _check_publishable(*, version: int, files: Mapping[str, Path | str], manifest: dict[str, Any]) -> None:
     passed = gate_passed(manifest.get("metrics", {}))
     if passed is not True:
         raise GateFailedError(
@@ -166,41 +215,69 @@ def publish_model(
     for name in files:
         _check_file_name(name)
 
-    # Hashed before upload, checked after: a file that changes in between fails verification.
-    entries = {}
-    for name, path in sorted(files.items()):
-        with open(path, "rb") as f:
-            sha, size = sha256_stream(f)
-        entries[name] = {"sha256": sha, "bytes": size}
-    manifest = {**manifest, "files": entries}
-    manifest_body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
-    bucket, prefix = models_location(models_uri)
-    base = version_prefix(models_uri, version)
+def _claim_version(s3_client: Any, models_uri: str, version: int, manifest: dict[str, Any]) -> str:
+    """Write the version's manifest unless it exists; return the sha256 of the manifest that stands.
+
+    An existing manifest stands if it is this run's and records the same files.
+    """
+    from botocore.exceptions import ClientError
+
+    body = (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    bucket, _ = models_location(models_uri)
+    key = version_prefix(models_uri, version) + MANIFEST_FILE
     try:
-        existing = read_manifest(s3_client=s3_client, models_uri=models_uri, version=version)
-    except VersionNotFoundError:
-        existing = None
-    if existing is not None and existing["run_id"] != manifest["run_id"]:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
+        return hashlib.sha256(body).hexdigest()
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in CONDITION_FAILED:
+            raise
+    existing, existing_sha256 = read_manifest_and_sha256(s3_client=s3_client, models_uri=models_uri, version=version)
+    if existing["run_id"] != manifest["run_id"]:
         raise VersionConflictError(
-            f"version {version} already exists at s3://{bucket}/{base} from run {existing['run_id']!r}; "
-            f"run {manifest['run_id']!r} may not overwrite it (versions are immutable)"
+            f"version {version} already exists at s3://{bucket}/{key.removesuffix(MANIFEST_FILE)} from run "
+            f"{existing['run_id']!r}; run {manifest['run_id']!r} may not overwrite it (versions are immutable)"
         )
+    differing = sorted(n for n in {*existing["files"], *manifest["files"]} if existing["files"].get(n) != manifest["files"].get(n))
+    if differing:
+        raise VersionConflictError(
+            f"version {version} was already published by this run ({manifest['run_id']!r}) with other bytes for "
+            f"{', '.join(differing)}; versions are immutable, so publish this model from a new run"
+        )
+    return existing_sha256
 
-    for name, path in files.items():
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        s3_client.upload_file(str(path), bucket, base + name, ExtraArgs={"ContentType": content_type})
-    s3_client.put_object(
-        Bucket=bucket, Key=base + MANIFEST_FILE, Body=manifest_body, ContentType="application/json"
+
+def _advance_latest(
+    s3_client: Any,
+    models_uri: str,
+    version: int,
+    manifest_sha256: str,
+    compared_latest_etag: str | None,
+    *,
+    run_id: str,
+) -> dict[str, Any]:
+    """Move `latest` to the verified version if that moves it forward from the state evaluate compared with.
+
+    Returns the pointer as it stands afterwards.
+    """
+    current, etag = read_latest_state(s3_client=s3_client, models_uri=models_uri)
+    if current is not None and (current["version"], current["manifest_sha256"]) == (version, manifest_sha256):
+        return current  # an earlier attempt of this run got this far
+    if compared_latest_etag != FROM_CURRENT_LATEST and etag != compared_latest_etag:
+        now = "nothing" if current is None else f"version {current['version']}"
+        raise LatestMovedError(
+            f"latest changed after evaluate compared version {version} with the champion: it now points at {now}. "
+            f"Version {version} is published and verified but latest was not moved; re-run evaluate and publish "
+            "to compare it with the new champion"
+        )
+    if current is not None and current["version"] > version:
+        return current  # latest only moves forward; an older run re-run publishes its version beside it
+    return move_latest(
+        s3_client=s3_client,
+        models_uri=models_uri,
+        version=version,
+        manifest_sha256=manifest_sha256,
+        expected_etag=etag,
+        moved_by=f"run {run_id}",
+        reason="passed the accuracy gate",
     )
-    manifest_sha256 = hashlib.sha256(manifest_body).hexdigest()
-    pointer = promote(s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256)
-
-    return {
-        "version": version,
-        "version_uri": f"s3://{bucket}/{base}",
-        "model_uri": pointer["model_uri"],
-        "manifest_uri": f"s3://{bucket}/{base}{MANIFEST_FILE}",
-        "latest_uri": f"s3://{bucket}/{prefix}{LATEST_FILE}",
-        "manifest_sha256": manifest_sha256,
-    }

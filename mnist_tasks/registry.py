@@ -2,20 +2,28 @@
 
 Layout under `models_uri` (s3://bucket/prefix/):
 
-    prefix/<version>/model.keras, metrics.json, ...   immutable once the manifest exists
-    prefix/<version>/manifest.json                     written last within the version
+    prefix/<version>/manifest.json                     written first and once (If-None-Match: *)
+    prefix/<version>/model.keras, metrics.json, ...   the bytes the manifest records, never others
     prefix/latest.json                                 the pointer, moved only to a verified version
 
 `<version>` is a plain integer so TensorFlow Serving style loaders, which scan
 numbered directories, can read the tree as is. A directory without a manifest
-is an unfinished publish and is not a version.
+is not a version. The manifest is the version's claim: whoever writes it first
+owns the version, and a version is complete once every file it lists is there
+with its sha256 (`verify_version`); `latest` only ever points at a complete one.
+
+`latest.json` moves with conditional writes (If-Match on the ETag it had when it
+was read, If-None-Match: * when there was none), so two writers never overwrite
+each other unseen: the loser gets LatestMovedError.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import re
+import socket
 from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -49,6 +57,18 @@ class FileNotPublishedError(LookupError):
 
 class PublishVerificationError(RuntimeError):
     """An object in the bucket is missing or differs from what its manifest records."""
+
+
+class LatestMovedError(RuntimeError):
+    """`latest.json` is not what the caller last saw: someone else moved it in between."""
+
+
+class GateNotPassedError(ValueError):
+    """A version whose manifest does not record a passed gate may become `latest` only by force."""
+
+
+# What S3, MinIO and moto answer when a conditional write's condition does not hold.
+CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 def models_location(models_uri: str) -> tuple[str, str]:
@@ -141,14 +161,32 @@ def _load_manifest(
 
 def read_latest(*, s3_client: Any, models_uri: str) -> dict[str, Any] | None:
     """The `latest.json` pointer, or None when nothing has been published yet."""
+    return read_latest_state(s3_client=s3_client, models_uri=models_uri)[0]
+
+
+def read_latest_state(*, s3_client: Any, models_uri: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the `latest.json` pointer, its ETag), or (None, None) when nothing has been published yet.
+
+    The ETag is what a later `move_latest` makes its write conditional on.
+    """
     bucket, prefix = models_location(models_uri)
-    raw = _get_bytes(s3_client, bucket, prefix + LATEST_FILE)
-    return None if raw is None else json.loads(raw)
+    try:
+        stored = s3_client.get_object(Bucket=bucket, Key=prefix + LATEST_FILE)
+    except ClientError as err:
+        if _is_missing(err):
+            return None, None
+        raise
+    return json.loads(stored["Body"].read()), stored["ETag"]
 
 
 def read_manifest(*, s3_client: Any, models_uri: str, version: int) -> dict[str, Any]:
     """The manifest of one version (not verified against the objects; see verify_version)."""
     return _load_manifest(s3_client, models_uri, version)[0]
+
+
+def read_manifest_and_sha256(*, s3_client: Any, models_uri: str, version: int) -> tuple[dict[str, Any], str]:
+    """(the manifest of one version, the sha256 of its stored bytes)."""
+    return _load_manifest(s3_client, models_uri, version)
 
 
 def list_versions(*, s3_client: Any, models_uri: str) -> list[dict[str, Any]]:
@@ -221,14 +259,49 @@ def verify_version(
 
 
 def promote(
-    *, s3_client: Any, models_uri: str, version: int, manifest_sha256: str | None = None
+    *, s3_client: Any, models_uri: str, version: int, force: bool = False, reason: str | None = None
 ) -> dict[str, Any]:
-    """Point `latest.json` at a version once verify_version passes; return the new pointer.
+    """Point `latest` at a verified version on purpose, a rollback for instance; return the new pointer.
 
-    Used for rollbacks, and by publish_model as its last step. An unknown or
-    damaged version is refused (raises) and the pointer stays where it was.
+    An unknown or damaged version is refused (raises) and the pointer stays.
+    So is a version whose gate failed, unless `force` with a `reason`. The
+    pointer records who moved it, when and why.
     """
-    _, manifest_sha256 = _verify(s3_client, models_uri, version, manifest_sha256)
+    if force and not (reason or "").strip():
+        raise GateNotPassedError("--force needs a --reason: it is recorded in latest.json")
+    manifest, manifest_sha256 = _verify(s3_client, models_uri, version, None)
+    if gate_passed(manifest.get("metrics", {})) is not True and not force:
+        raise GateNotPassedError(
+            f"version {version} did not pass its accuracy gate ({manifest['metrics'].get('message', 'no verdict')}); "
+            "promote it anyway only with --force and a --reason"
+        )
+    _, etag = read_latest_state(s3_client=s3_client, models_uri=models_uri)
+    return move_latest(
+        s3_client=s3_client,
+        models_uri=models_uri,
+        version=version,
+        manifest_sha256=manifest_sha256,
+        expected_etag=etag,
+        moved_by=f"{getpass.getuser()}@{socket.gethostname()}",
+        reason=reason or "promoted by hand",
+    )
+
+
+def move_latest(
+    *,
+    s3_client: Any,
+    models_uri: str,
+    version: int,
+    manifest_sha256: str,
+    expected_etag: str | None,
+    moved_by: str,
+    reason: str,
+) -> dict[str, Any]:
+    """Write `latest.json` for a verified version, only if it still has `expected_etag` (None: absent).
+
+    Raises LatestMovedError when someone else wrote it since it was read; the
+    pointer then stays what they made it.
+    """
     bucket, prefix = models_location(models_uri)
     base = version_prefix(models_uri, version)
     pointer = {
@@ -239,13 +312,27 @@ def promote(
         "manifest_sha256": manifest_sha256,
         "model_uri": f"s3://{bucket}/{base}{MODEL_FILE}",
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "moved_by": moved_by,
+        "reason": reason,
     }
-    s3_client.put_object(
-        Bucket=bucket,
-        Key=prefix + LATEST_FILE,
-        Body=(json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode(),
-        ContentType="application/json",
-    )
+    condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
+    try:
+        s3_client.put_object(
+            Bucket=bucket,
+            Key=prefix + LATEST_FILE,
+            Body=(json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode(),
+            ContentType="application/json",
+            **condition,
+        )
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in CONDITION_FAILED:
+            raise
+        current, _ = read_latest_state(s3_client=s3_client, models_uri=models_uri)
+        now = "nothing" if current is None else f"version {current['version']}"
+        raise LatestMovedError(
+            f"s3://{bucket}/{prefix}{LATEST_FILE} changed while version {version} was being made latest: "
+            f"it now points at {now}; latest was left as it is"
+        ) from err
     return pointer
 
 
@@ -259,13 +346,14 @@ def download_files(
     failure leaves dest_dir as it was. When following `latest`, the manifest
     must also be the one `latest.json` vouches for.
 
-    Returns {"version", "manifest", "files": {name: {"path", "sha256"}}}.
+    Returns {"version", "manifest", "files": {name: {"path", "sha256"}}, "latest_etag"}; the
+    last is the ETag of the `latest.json` followed (None when a version was asked for).
     Raises NothingPublishedError, VersionNotFoundError, FileNotPublishedError
     (a name the manifest does not list) or PublishVerificationError.
     """
-    pinned_sha = None
+    pinned_sha = latest_etag = None
     if version is None:
-        latest = read_latest(s3_client=s3_client, models_uri=models_uri)
+        latest, latest_etag = read_latest_state(s3_client=s3_client, models_uri=models_uri)
         if latest is None:
             raise NothingPublishedError(f"nothing published yet in {models_uri}: no {LATEST_FILE}")
         version, pinned_sha = latest["version"], latest["manifest_sha256"]
@@ -299,7 +387,7 @@ def download_files(
             if got != expected:
                 raise PublishVerificationError(f"s3://{bucket}/{key}: expected sha256 {expected}, got {got}")
             files[name] = {"path": str(final), "sha256": got}
-    return {"version": version, "manifest": manifest, "files": files}
+    return {"version": version, "manifest": manifest, "files": files, "latest_etag": latest_etag}
 
 
 def download_model(
@@ -319,4 +407,5 @@ def download_model(
         "model_sha256": model["sha256"],
         "version": got["version"],
         "manifest": got["manifest"],
+        "latest_etag": got["latest_etag"],
     }

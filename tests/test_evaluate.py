@@ -339,8 +339,12 @@ def test_a_published_champion_keeps_a_worse_challenger_from_being_published(
     before = _bucket_objects(s3_client)
 
     champion = fetch_champion(s3_client=s3_client, models_uri=MODELS_URI, dest_dir=tmp_path / "champion")
+    latest = s3_client.get_object(Bucket="models", Key="mnist/latest.json")
     assert champion == Champion(
-        version=CHAMPION_VERSION, model_path=tmp_path / "champion" / "model.keras", model_sha256=sha256_file(model_file)
+        version=CHAMPION_VERSION,
+        model_path=tmp_path / "champion" / "model.keras",
+        model_sha256=sha256_file(model_file),
+        latest_etag=latest["ETag"],  # the state publish may move latest from
     )
     # The challenger clears the absolute threshold, but falls far behind the champion.
     result = evaluate_model(

@@ -111,3 +111,28 @@ def test_a_damaged_prepared_array_in_the_store_fails_training_by_name(
     with pytest.raises(ArtifactIntegrityError, match=f"checksum mismatch for {ref['uri']}: expected {ref['sha256']}"):
         pipeline.train(store=c, prepared=prepared, dag_id="d", run_id="r", params=PARAMS)
     assert not Path(c.local_path(key[len("store/") :])).exists()
+
+
+def test_a_retried_publish_completes_the_same_version(workers, s3_client, tiny_mirror, tmp_path):  # noqa: F811
+    run_id = "scheduled__2026-11-24T02:00:00+00:00"
+    first = _run(workers, s3_client, tiny_mirror, tmp_path, run_id=run_id, version=1)
+    # The first attempt's upload was cut short after the manifest: a file and the pointer are missing.
+    s3_client.delete_object(Bucket="pipeline-models", Key="mnist/1/report.html")
+    s3_client.delete_object(Bucket="pipeline-models", Key="mnist/latest.json")
+
+    retried = pipeline.publish(
+        store=workers("worker-e"),
+        s3_client=s3_client,
+        models_uri=MODELS_URI,
+        version=1,
+        dag_id="mnist_retraining",
+        run_id=run_id,
+        started_at=None,
+        downloaded=first["download"],
+        trained=first["train"],
+        evaluated=first["evaluate"],
+    )
+
+    assert retried["manifest_sha256"] == first["publish"]["manifest_sha256"]
+    assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=1)["run_id"] == run_id
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == 1

@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,13 @@ from mnist_tasks.publish import (
     publish_model,
     version_for,
 )
-from mnist_tasks.registry import PublishVerificationError, read_latest
+from mnist_tasks.registry import (
+    LatestMovedError,
+    PublishVerificationError,
+    read_latest,
+    read_latest_state,
+    verify_version,
+)
 
 BUCKET = "models"
 MODELS_URI = f"s3://{BUCKET}/mnist"  # no trailing slash on purpose: publish normalises it
@@ -170,26 +177,117 @@ def test_publish_uploads_the_version_then_points_latest_at_it(
         "manifest_uri": f"s3://{BUCKET}/{base}manifest.json",
         "latest_uri": f"s3://{BUCKET}/{prefix}latest.json",
         "manifest_sha256": manifest_sha,
+        "latest_version": VERSION,
+        "latest_moved": True,
     }
     head = s3_client.head_object(Bucket=BUCKET, Key=base + "metrics.json")
     assert head["ContentType"] == "application/json"
 
 
-def test_a_retry_of_the_same_run_republishes_the_same_version(s3_client, bucket: str, tmp_path: Path) -> None:
-    publish_model(
+def test_a_retry_of_the_same_run_completes_the_same_version(s3_client, bucket: str, tmp_path: Path) -> None:
+    first = publish_model(
         s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
     )
-    retried = _files(tmp_path / "2", model_bytes=b"retrained" * 50)
+    # The first attempt died after its manifest: one file never arrived.
+    s3_client.delete_object(Bucket=BUCKET, Key=f"mnist/{VERSION}/model.keras")
+    s3_client.delete_object(Bucket=BUCKET, Key="mnist/latest.json")
+    # The retry builds its manifest anew (another created_at); the version's own stands.
     result = publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=retried, manifest=_manifest()
+        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "2"), manifest=_manifest()
     )
 
     stored = _bucket_state(s3_client)
     assert {k.split("/")[1] for k in stored} == {str(VERSION), "latest.json"}
-    assert stored[f"mnist/{VERSION}/model.keras"] == b"retrained" * 50
-    manifest = json.loads(stored[f"mnist/{VERSION}/manifest.json"])
-    assert manifest["files"]["model.keras"]["sha256"] == hashlib.sha256(b"retrained" * 50).hexdigest()
-    assert json.loads(stored["mnist/latest.json"])["manifest_sha256"] == result["manifest_sha256"]
+    assert result["manifest_sha256"] == first["manifest_sha256"]
+    assert json.loads(stored["mnist/latest.json"])["manifest_sha256"] == first["manifest_sha256"]
+    assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=VERSION)["run_id"] == "scheduled__a"
+
+
+def test_a_retry_with_other_bytes_may_not_change_a_published_version(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
+    )
+    before = _bucket_state(s3_client)
+    retrained = _files(tmp_path / "2", model_bytes=b"retrained" * 50)
+
+    with pytest.raises(VersionConflictError, match=rf"{VERSION} was already published by this run .* model.keras"):
+        publish_model(
+            s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=retrained, manifest=_manifest()
+        )
+    assert _bucket_state(s3_client) == before
+
+
+def test_two_runs_publishing_one_version_at_once_leave_one_complete_version(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    def publish(run: str) -> str:
+        files = _files(tmp_path / run, model_bytes=run.encode() * 500)
+        try:
+            publish_model(
+                s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest(run_id=run)
+            )
+            return "published"
+        except VersionConflictError:
+            return "refused"
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(publish, ["scheduled__a", "manual__b"]))
+
+    assert sorted(outcomes) == ["published", "refused"]
+    winner = ["scheduled__a", "manual__b"][outcomes.index("published")]
+    manifest = verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=VERSION)
+    assert manifest["run_id"] == winner
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == VERSION
+
+
+def test_latest_never_moves_back_to_an_older_version(s3_client, bucket: str, tmp_path: Path) -> None:
+    newer, older = VERSION, VERSION - 1_000_000
+    publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=newer, files=_files(tmp_path / "n"), manifest=_manifest()
+    )
+    # A re-run of an older run, published last: its version is kept, latest is not moved back.
+    result = publish_model(
+        s3_client=s3_client,
+        models_uri=MODELS_URI,
+        version=older,
+        files=_files(tmp_path / "o"),
+        manifest=_manifest(version=older, run_id="scheduled__old"),
+    )
+
+    assert (result["latest_version"], result["latest_moved"]) == (newer, False)
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == newer
+    assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=older)["version"] == older
+
+
+def test_latest_moves_only_from_the_state_evaluate_compared_with(s3_client, bucket: str, tmp_path: Path) -> None:
+    earlier = VERSION - 1_000_000
+    publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=earlier, files=_files(tmp_path / "e"),
+        manifest=_manifest(version=earlier, run_id="scheduled__e"),
+    )
+    _, compared = read_latest_state(s3_client=s3_client, models_uri=MODELS_URI)
+    # Meanwhile another run published a newer champion, which this candidate never met.
+    newest = VERSION + 1_000_000
+    publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=newest, files=_files(tmp_path / "n"),
+        manifest=_manifest(version=newest, run_id="scheduled__n"),
+    )
+    latest_before = _bucket_state(s3_client)["mnist/latest.json"]
+
+    with pytest.raises(LatestMovedError, match=rf"now points at version {newest}.*latest was not moved"):
+        publish_model(
+            s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "c"),
+            manifest=_manifest(), compared_latest_etag=compared,
+        )
+    assert _bucket_state(s3_client)["mnist/latest.json"] == latest_before
+    # Before the first publish, the state compared with is "nothing published".
+    with pytest.raises(LatestMovedError, match=rf"now points at version {newest}"):
+        publish_model(
+            s3_client=s3_client, models_uri=MODELS_URI, version=VERSION + 1, files=_files(tmp_path / "f"),
+            manifest=_manifest(version=VERSION + 1, run_id="scheduled__f"), compared_latest_etag=None,
+        )
 
 
 def test_another_run_may_not_overwrite_an_existing_version(s3_client, bucket: str, tmp_path: Path) -> None:
@@ -247,10 +345,10 @@ def test_bad_file_names_are_refused_before_anything_is_written(
     assert _bucket_state(s3_client) == {}
 
 
-class _OverwritesModelBeforeManifest:
-    """The real client on moto, except that just before the manifest is stored,
-    something else overwrites model.keras: the bucket then holds bytes the
-    manifest does not describe, as after a corrupted upload or a racing writer."""
+class _OverwritesModelAfterUpload:
+    """The real client on moto, except that right after model.keras is uploaded,
+    something else overwrites it: the bucket then holds bytes the manifest does
+    not describe, as after a corrupted upload."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -258,11 +356,10 @@ class _OverwritesModelBeforeManifest:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    def put_object(self, **kwargs: Any) -> Any:
-        if kwargs["Key"].endswith("/manifest.json"):
-            model_key = kwargs["Key"].removesuffix("manifest.json") + "model.keras"
-            self._client.put_object(Bucket=kwargs["Bucket"], Key=model_key, Body=b"corrupted")
-        return self._client.put_object(**kwargs)
+    def upload_file(self, path: str, bucket: str, key: str, **kwargs: Any) -> Any:
+        self._client.upload_file(path, bucket, key, **kwargs)
+        if key.endswith("/model.keras"):
+            self._client.put_object(Bucket=bucket, Key=key, Body=b"corrupted")
 
 
 def test_a_failed_read_back_leaves_latest_untouched(s3_client, bucket: str, tmp_path: Path) -> None:
@@ -281,7 +378,7 @@ def test_a_failed_read_back_leaves_latest_untouched(s3_client, bucket: str, tmp_
     got = hashlib.sha256(b"corrupted").hexdigest()
     with pytest.raises(PublishVerificationError, match=rf"mnist/{VERSION}/model.keras.*{expected}.*{got}"):
         publish_model(
-            s3_client=_OverwritesModelBeforeManifest(s3_client),
+            s3_client=_OverwritesModelAfterUpload(s3_client),
             models_uri=MODELS_URI,
             version=VERSION,
             files=files,

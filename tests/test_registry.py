@@ -10,6 +10,7 @@ import pytest
 
 from mnist_tasks.publish import build_manifest, publish_model
 from mnist_tasks.registry import (
+    GateNotPassedError,
     PublishVerificationError,
     VersionNotFoundError,
     download_model,
@@ -35,7 +36,7 @@ def _model_bytes(version: int) -> bytes:
     return f"model {version}".encode() * 40
 
 
-def _publish(s3_client, tmp_path: Path, version: int, accuracy: float = 0.97) -> dict:
+def _publish(s3_client, tmp_path: Path, version: int, accuracy: float = 0.97, passed: bool = True) -> dict | None:
     run_dir = tmp_path / str(version)
     run_dir.mkdir()
     (run_dir / "model.keras").write_bytes(_model_bytes(version))
@@ -49,6 +50,9 @@ def _publish(s3_client, tmp_path: Path, version: int, accuracy: float = 0.97) ->
         metrics={"accuracy": accuracy, "loss": 0.1, "passed": True},
         started_at=None,
     )
+    if not passed:
+        # publish_model refuses a failed gate, so such a version only arises from outside it.
+        return _write_failed_version(s3_client, run_dir, version, manifest)
     return publish_model(
         s3_client=s3_client,
         models_uri=MODELS_URI,
@@ -56,6 +60,18 @@ def _publish(s3_client, tmp_path: Path, version: int, accuracy: float = 0.97) ->
         files={"model.keras": run_dir / "model.keras", "history.json": run_dir / "history.json"},
         manifest=manifest,
     )
+
+
+def _write_failed_version(s3_client, run_dir: Path, version: int, manifest: dict) -> None:
+    files = {name: (run_dir / name).read_bytes() for name in ("model.keras", "history.json")}
+    manifest = {
+        **manifest,
+        "metrics": {"accuracy": 0.5, "passed": False, "message": "accuracy gate failed: test accuracy 0.5000"},
+        "files": {n: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)} for n, b in files.items()},
+    }
+    for name, body in files.items():
+        s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{version}/{name}", Body=body)
+    s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{version}/manifest.json", Body=json.dumps(manifest).encode())
 
 
 def _latest_bytes(s3_client) -> bytes:
@@ -74,7 +90,7 @@ def test_list_versions_has_one_row_per_published_version_oldest_first(
 ) -> None:
     _publish(s3_client, tmp_path, V3, accuracy=0.95)
     _publish(s3_client, tmp_path, V1, accuracy=0.96)
-    _publish(s3_client, tmp_path, V2, accuracy=0.97)  # published last, so it is latest
+    _publish(s3_client, tmp_path, V2, accuracy=0.97)  # published last, yet older: latest stays at V3
     # An upload that died before its manifest, and things that are not versions.
     s3_client.put_object(Bucket=BUCKET, Key="mnist/20261126020000/model.keras", Body=b"partial")
     s3_client.put_object(Bucket=BUCKET, Key="mnist/notes/readme.txt", Body=b"hello")
@@ -83,7 +99,7 @@ def test_list_versions_has_one_row_per_published_version_oldest_first(
     rows = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
 
     assert [r["version"] for r in rows] == [V1, V2, V3]
-    assert [r["is_latest"] for r in rows] == [False, True, False]
+    assert [r["is_latest"] for r in rows] == [False, False, True]
     assert [r["accuracy"] for r in rows] == [0.96, 0.97, 0.95]
     assert all(r["passed"] is True for r in rows)
     assert [r["run_id"] for r in rows] == [f"scheduled__{v}" for v in (V1, V2, V3)]
@@ -181,3 +197,31 @@ def test_download_model_refuses_a_manifest_changed_after_latest_vouched_for_it(
 
     with pytest.raises(PublishVerificationError, match=rf"{key}: expected sha256"):
         download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "dest")
+
+
+def test_promote_records_who_moved_latest_when_and_why(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V1)
+    _publish(s3_client, tmp_path, V2)
+
+    pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1, reason="V2 misreads 7s")
+
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) == pointer
+    assert pointer["reason"] == "V2 misreads 7s"
+    assert "@" in pointer["moved_by"] and pointer["updated_at"]
+
+
+def test_promote_refuses_a_version_whose_gate_failed_unless_forced_with_a_reason(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    _publish(s3_client, tmp_path, V1)
+    _publish(s3_client, tmp_path, V2, passed=False)
+    before = _latest_bytes(s3_client)
+
+    with pytest.raises(GateNotPassedError, match=rf"version {V2} did not pass its accuracy gate .*--force"):
+        promote(s3_client=s3_client, models_uri=MODELS_URI, version=V2)
+    with pytest.raises(GateNotPassedError, match="--force needs a --reason"):
+        promote(s3_client=s3_client, models_uri=MODELS_URI, version=V2, force=True)
+    assert _latest_bytes(s3_client) == before
+
+    pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V2, force=True, reason="incident 42")
+    assert (pointer["version"], pointer["reason"]) == (V2, "incident 42")

@@ -72,14 +72,16 @@ def test_a_run_publishes_a_verified_version_and_a_worse_challenger_does_not_repl
     data_prefix = f"store/datasets/{manifest['data']['data_sha256']}/"
     assert {f"{data_prefix}prepared/dataset.json", f"{data_prefix}raw/t10k-images-idx3-ubyte.gz"} <= stored
 
-    # A re-run of the same run re-publishes the same version instead of adding one.
+    # A re-run of the same run compares with its own published model (a tie), but may
+    # not change that version: versions are immutable, and the bucket stays as it was.
+    before = _objects(s3_client)
     again = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=PASSING_CONF)
-    assert str(again.state) == "success", _states(again)
+    assert str(again.state) == "failed", _states(again)
     assert again.run_id == dag_run.run_id
-    versions = {key.split("/")[1] for key in _objects(s3_client) if key.count("/") == 2}
-    assert versions == {version}
-    # The re-run met its own published model as the champion, and tied.
-    metrics = json.loads(_objects(s3_client)[f"mnist/{version}/metrics.json"])
+    assert _states(again)["publish"] == "failed" and _states(again)["evaluate"] == "success"
+    assert _objects(s3_client) == before
+    metrics_key = f"store/runs/mnist_retraining/{safe_name(again.run_id)}/metrics.json"
+    metrics = json.loads(s3_client.get_object(Bucket=ARTIFACTS_BUCKET, Key=metrics_key)["Body"].read())
     assert metrics["champion"]["version"] == int(version)
     assert metrics["champion"]["accuracy"] == metrics["accuracy"]
 
