@@ -146,9 +146,10 @@ def mnist_retraining() -> None:
     def train(prepared: dict, **context) -> dict:
         from mnist_tasks import pipeline
         from mnist_tasks.artifacts import ArtifactIntegrityError
+        from mnist_tasks.train import TrainingDivergedError
 
         p = context["params"]
-        with not_retried(ArtifactIntegrityError):
+        with not_retried(ArtifactIntegrityError, TrainingDivergedError):
             return pipeline.train(
                 store=artifact_store(Settings.from_env()),
                 prepared=prepared,

@@ -99,7 +99,7 @@ class ArtifactStore:
     def put_json(self, value: Any, key: str) -> ArtifactRef:
         path = self.local_path(key)
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+            tmp.write_text(json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n")
         return self.put(path, key)
 
     def get(self, ref: ArtifactRef) -> Path:

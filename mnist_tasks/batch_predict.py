@@ -146,7 +146,7 @@ def predict_prefix(
     # One PUT per file: each appears whole or not at all, and a re-run replaces it.
     for name, body, content_type in [
         (PREDICTIONS_CSV, table.getvalue().encode(), "text/csv"),
-        (PREDICTIONS_JSON, (json.dumps(document, indent=2) + "\n").encode(), "application/json"),
+        (PREDICTIONS_JSON, (json.dumps(document, indent=2, allow_nan=False) + "\n").encode(), "application/json"),
     ]:
         s3_client.put_object(Bucket=out_bucket, Key=out_prefix + name, Body=body, ContentType=content_type)
 

@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     if result is None:
         return  # the command wrote its own output
-    json.dump(result, sys.stdout, indent=2)
+    json.dump(result, sys.stdout, indent=2, allow_nan=False)
     sys.stdout.write("\n")
     if isinstance(result, dict) and result.get("passed") is False:
         sys.exit(1)  # the gate failed: scripts see it in the exit code

@@ -389,7 +389,7 @@ def prepare_dataset(*, raw_dir: Path, cache_root: Path, files: Mapping[str, File
             with atomic_dir(cache_dir) as tmp:
                 for array_name, array in zip(ARRAY_NAMES, (x_train, y_train, x_test, y_test), strict=True):
                     np.save(tmp / f"{array_name}.npy", array, allow_pickle=False)
-                (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n")
+                (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
         except OSError:
             # Another process may have renamed the same cache into place first;
             # it was made from the same bytes, so it is just as good.

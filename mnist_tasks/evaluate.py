@@ -9,6 +9,7 @@ Before the first publish there is no champion and the threshold alone decides.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,15 +68,20 @@ def gate_verdict(
     threshold: float,
     champion_accuracy: float | None = None,
     max_regression: float = DEFAULT_MAX_REGRESSION,
+    loss: float = 0.0,
 ) -> tuple[bool, str]:
     """(passed, message) of the gate.
 
-    Passes when accuracy >= threshold and, if there is a champion, accuracy >=
-    champion_accuracy - max_regression; both boundaries pass. The message names
-    the accuracy, the threshold and the champion's accuracy when there is one.
+    Passes when the test loss is finite, accuracy >= threshold and, if there is
+    a champion, accuracy >= champion_accuracy - max_regression; both boundaries
+    pass. The message names the accuracy, the threshold and the champion's
+    accuracy when there is one.
     """
     if not 0 <= max_regression <= 1:
         raise ValueError(f"max_regression must be between 0 and 1, got {max_regression}")
+    if not math.isfinite(loss):
+        # NaN outputs argmax to digit 0, so accuracy alone could still look plausible.
+        return False, f"accuracy gate failed: the test loss is {loss}, not a finite number: the model's outputs are broken"
     meets_threshold = accuracy >= threshold
     if champion_accuracy is None:
         if meets_threshold:
@@ -187,8 +193,14 @@ def evaluate_model(
     if champion is not None:
         champion_accuracy = float((_predict(champion.model_path, images).argmax(axis=1) == labels).mean())
     passed, message = gate_verdict(
-        accuracy=accuracy, threshold=threshold, champion_accuracy=champion_accuracy, max_regression=max_regression
+        accuracy=accuracy,
+        threshold=threshold,
+        champion_accuracy=champion_accuracy,
+        max_regression=max_regression,
+        loss=loss,
     )
+    if not math.isfinite(loss):
+        loss = None  # standard JSON has no NaN; the gate's message says what it was
 
     pictures = render_pictures(
         images=images,
@@ -218,7 +230,7 @@ def evaluate_model(
     }
     metrics_path = out_dir / METRICS_FILE
     with atomic_path(metrics_path) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
 
     return {
         "metrics_path": str(metrics_path),

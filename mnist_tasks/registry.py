@@ -320,7 +320,7 @@ def move_latest(
         s3_client.put_object(
             Bucket=bucket,
             Key=prefix + LATEST_FILE,
-            Body=(json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode(),
+            Body=(json.dumps(pointer, indent=2, sort_keys=True, allow_nan=False) + "\n").encode(),
             ContentType="application/json",
             **condition,
         )

@@ -18,6 +18,10 @@ HISTORY_FILE = "history.json"
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
+class TrainingDivergedError(ArithmeticError):
+    """The loss became NaN or infinite: the weights are garbage, and a retry with the same Params diverges again."""
+
+
 def _check_params(params: dict[str, Any]) -> None:
     for name in ("epochs", "batch_size", "hidden_units"):
         if params[name] < 1:
@@ -70,7 +74,8 @@ def train_model(
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    model = build_model(hidden_units=hidden_units, learning_rate=learning_rate)
+    # float(): Keras refuses an int learning rate, and the form's "1" arrives as one.
+    model = build_model(hidden_units=hidden_units, learning_rate=float(learning_rate))
     # Keras holds out the *last* validation_split of the arrays, before shuffling;
     # MNIST's training file is not ordered by class, so that tail is a fair sample.
     # verbose=2: one line per epoch, readable in Airflow's task log.
@@ -82,10 +87,10 @@ def train_model(
         validation_split=validation_split,
         shuffle=True,
         verbose=2,
+        # Stops at the first non-finite batch loss rather than training on garbage for the other epochs.
+        callbacks=[keras.callbacks.TerminateOnNaN()],
     ).history
-    per_epoch = [
-        {"epoch": i + 1, **{name: float(history[name][i]) for name in METRICS}} for i in range(epochs)
-    ]
+    per_epoch = _per_epoch(history, params)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
@@ -99,7 +104,8 @@ def train_model(
     history_path = out_dir / HISTORY_FILE
     with atomic_path(history_path) as tmp:
         tmp.write_text(
-            json.dumps({"params": params, "train_count": len(x_train), "history": per_epoch}, indent=2) + "\n"
+            json.dumps({"params": params, "train_count": len(x_train), "history": per_epoch}, indent=2, allow_nan=False)
+            + "\n"
         )
 
     return {
@@ -111,3 +117,19 @@ def train_model(
         "train_count": len(x_train),
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+def _per_epoch(history: dict[str, list[float]], params: dict[str, Any]) -> list[dict[str, float]]:
+    """Keras' history as one row per epoch; TrainingDivergedError (so no model) if a figure is not finite."""
+    import math
+
+    rows = [{"epoch": i + 1, **{name: float(history[name][i]) for name in METRICS}} for i in range(len(history["loss"]))]
+    for row in rows:
+        bad = [f"{name} {value}" for name, value in row.items() if not math.isfinite(value)]
+        if bad or len(rows) < params["epochs"]:
+            raise TrainingDivergedError(
+                f"training diverged in epoch {row['epoch']} of {params['epochs']} "
+                f"({', '.join(bad) or 'a non-finite batch loss stopped it'}) with learning_rate "
+                f"{params['learning_rate']} and batch_size {params['batch_size']}; no model was written"
+            )
+    return rows

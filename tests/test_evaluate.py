@@ -367,3 +367,29 @@ def test_a_published_champion_keeps_a_worse_challenger_from_being_published(
             manifest=manifest(CHAMPION_VERSION + 1, result),
         )
     assert _bucket_objects(s3_client) == before
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf")])
+def test_the_gate_fails_a_model_whose_test_loss_is_not_finite(loss: float) -> None:
+    passed, message = gate_verdict(accuracy=0.98, threshold=0.0, loss=loss)
+    assert passed is False
+    assert message == f"accuracy gate failed: the test loss is {loss}, not a finite number: the model's outputs are broken"
+
+
+def test_a_model_with_nan_weights_fails_the_gate_and_its_metrics_stay_standard_json(
+    prepared: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "nan").mkdir()
+    nan_model = _save_dense_model(tmp_path / "nan", np.full((784, 10), np.nan, dtype=np.float32))
+    result = evaluate_model(
+        model_path=nan_model,
+        model_sha256=sha256_file(nan_model),
+        cache_dir=prepared,
+        out_dir=tmp_path / "out",
+        threshold=0.0,
+    )
+
+    assert result["passed"] is False
+    assert "the test loss is nan, not a finite number" in result["message"]
+    metrics = json.loads(Path(result["metrics_path"]).read_text(), parse_constant=pytest.fail)
+    assert metrics["loss"] is None and metrics["gate"]["passed"] is False

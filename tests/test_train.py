@@ -127,3 +127,18 @@ def test_bad_params_are_refused_before_anything_is_written(
     with pytest.raises(ValueError, match=re.escape(message)):
         train_model(cache_dir=prepared, out_dir=tmp_path / "out", **{**FAST, **override})
     assert not (tmp_path / "out").exists()
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_writes_no_model(prepared: Path, tmp_path: Path) -> None:
+    from mnist_tasks.train import TrainingDivergedError
+
+    with pytest.raises(TrainingDivergedError, match=r"training diverged in epoch 1 of 3 \(loss nan.*learning_rate 1e\+308"):
+        train_model(cache_dir=prepared, out_dir=tmp_path / "out", learning_rate=1e308, **FAST)
+    assert not (tmp_path / "out" / "model.keras").exists()
+    assert not (tmp_path / "out" / "history.json").exists()
+
+
+def test_an_integer_learning_rate_trains(prepared: Path, tmp_path: Path) -> None:
+    # The trigger form's maximum, 1, arrives as an int; Keras' Adam refuses ints.
+    result = train_model(cache_dir=prepared, out_dir=tmp_path / "out", learning_rate=1, epochs=1, hidden_units=8)
+    assert Path(result["model_path"]).is_file()
