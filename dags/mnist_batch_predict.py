@@ -38,7 +38,8 @@ import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 # plugins/: Airflow puts the plugins folder on sys.path in all its processes.
-from mnist_dags import bounded, default_args, not_retried, published_model_asset, s3_client
+from mnist_dags import airflow_param, default_args, not_retried, published_model_asset, s3_client
+from mnist_tasks.params import BATCH_PREDICT_PARAMS
 from mnist_tasks.settings import Settings
 
 _SETTINGS = Settings.from_env()
@@ -66,20 +67,7 @@ PUBLISHED_MODEL = published_model_asset(_SETTINGS)
             pattern=r"^s3://[^/]+/",
             description="The images to score: every image file under this s3://bucket/prefix/.",
         ),
-        "max_images": bounded(
-            10_000,
-            type="integer",
-            minimum=1,
-            maximum=1_000_000,
-            description="Score at most this many images (the first by key); the rest are counted as skipped.",
-        ),
-        "min_confidence": bounded(
-            0.5,
-            type="number",
-            minimum=0,
-            maximum=1,
-            description="Below this probability an image gets no digit and the status low_confidence.",
-        ),
+        **{spec.name: airflow_param(spec) for spec in BATCH_PREDICT_PARAMS},
     },
 )
 def mnist_batch_predict() -> None:

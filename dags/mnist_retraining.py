@@ -45,7 +45,8 @@ from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, dag, ta
 
 # plugins/: Airflow puts the plugins folder on sys.path in all its processes.
 from mnist_alerting import alert_run_failure, alert_run_overdue, alert_run_success
-from mnist_dags import artifact_store, bounded, default_args, not_retried, published_model_asset, s3_client
+from mnist_dags import airflow_param, artifact_store, default_args, not_retried, published_model_asset, s3_client
+from mnist_tasks.params import GATE_PARAMS, TRAINING_PARAMS
 from mnist_tasks.settings import Settings
 
 _SETTINGS = Settings.from_env()
@@ -75,43 +76,7 @@ PUBLISHED_MODEL = published_model_asset(_SETTINGS)
     ),
     tags=["mnist", "ml", "retraining"],
     default_args=default_args(_SETTINGS, execution_timeout=timedelta(minutes=30)),
-    params={
-        "epochs": bounded(5, type="integer", minimum=1, maximum=100, description="Passes over the training set."),
-        "batch_size": bounded(32, type="integer", minimum=1, maximum=8192, description="Examples per gradient step."),
-        "learning_rate": bounded(
-            0.001,
-            type="number",
-            exclusiveMinimum=0,
-            maximum=1,
-            description="Adam's learning rate.",
-        ),
-        "hidden_units": bounded(
-            128, type="integer", minimum=1, maximum=4096, description="Width of the hidden Dense(relu) layer."
-        ),
-        "seed": bounded(
-            42,
-            type="integer",
-            minimum=0,
-            maximum=2**31 - 1,
-            description="Random seed for weights and shuffling; the same seed and data give the same model.",
-        ),
-        "accuracy_threshold": bounded(
-            0.93,
-            type="number",
-            minimum=0,
-            maximum=1,
-            description="The gate: the model is published only if its test accuracy is at least this.",
-        ),
-        "max_regression": bounded(
-            0.005,
-            type="number",
-            minimum=0,
-            maximum=1,
-            description="The gate against the champion (the model `latest` points at, evaluated on the same "
-            "test set): the model is published only if its test accuracy is at most this much below the "
-            "champion's. The first run, with no champion, is judged by accuracy_threshold alone.",
-        ),
-    },
+    params={spec.name: airflow_param(spec) for spec in (*TRAINING_PARAMS, *GATE_PARAMS)},
 )
 def mnist_retraining() -> None:
     @task(execution_timeout=timedelta(minutes=20))
@@ -155,7 +120,7 @@ def mnist_retraining() -> None:
                 prepared=prepared,
                 dag_id=context["dag_run"].dag_id,
                 run_id=context["run_id"],
-                params={name: p[name] for name in ("epochs", "batch_size", "learning_rate", "hidden_units", "seed")},
+                params={spec.name: p[spec.name] for spec in TRAINING_PARAMS},
             )
 
     @task(execution_timeout=timedelta(minutes=15), queue=_SETTINGS.training_queue)

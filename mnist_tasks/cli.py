@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mnist_tasks.params import PARAMS, TRAINING_PARAMS, ParamError
 from mnist_tasks.settings import Settings
 
 
@@ -174,11 +175,17 @@ def _prediction_line(row: dict, *, min_confidence: float) -> str:
     return f"{name}: {row['digit']}  p={row['probability']:.3f}  top 3: {top3}"
 
 
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+def _param(name: str) -> Callable[[str], int | float]:
+    """argparse's `type` for a Param of mnist_tasks.params: the bounds the trigger form enforces."""
+
+    def parse(text: str) -> int | float:
+        try:
+            return PARAMS[name].parse(text)
+        except ParamError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = name  # argparse names it in some messages
+    return parse
 
 
 PREDICT_EPILOG = """\
@@ -240,18 +247,25 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     sub = command("train", _train, "Train the dense model on a prepared cache directory.")
     sub.add_argument("--cache-dir", type=Path, required=True, help="a directory written by `prepare`")
     sub.add_argument("--out", type=Path, required=True, help="where model.keras and history.json go")
-    sub.add_argument("--epochs", type=int, default=5)
-    sub.add_argument("--batch-size", type=int, default=32)
-    sub.add_argument("--learning-rate", type=float, default=0.001)
-    sub.add_argument("--hidden-units", type=int, default=128)
-    sub.add_argument("--seed", type=int, default=42)
+    for spec in TRAINING_PARAMS:
+        sub.add_argument(
+            f"--{spec.name.replace('_', '-')}",
+            type=_param(spec.name),
+            default=spec.default,
+            help=f"{spec.description} Allowed: {spec.allowed}; default %(default)s.",
+        )
 
     sub = command("evaluate", _evaluate, "Evaluate a model on the test set and apply the accuracy gate.")
     sub.add_argument("--model", type=Path, required=True, help="a .keras file")
     sub.add_argument("--model-sha256", help="refuse the model unless its sha256 is this")
     sub.add_argument("--cache-dir", type=Path, required=True, help="a directory written by `prepare`")
     sub.add_argument("--out", type=Path, required=True, help="where metrics.json goes")
-    sub.add_argument("--threshold", type=float, default=0.93, help="minimum test accuracy (default %(default)s)")
+    sub.add_argument(
+        "--threshold",
+        type=_param("accuracy_threshold"),
+        default=PARAMS["accuracy_threshold"].default,
+        help="minimum test accuracy (default %(default)s)",
+    )
 
     models_uri = {"default": settings.models_uri, "help": "s3://bucket/prefix/ (default: %(default)s)"}
     sub = command("predict", _predict, "Read the digit in each image (or the number, with --multi).")
@@ -263,8 +277,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print JSON instead of one line per file")
     sub.add_argument(
         "--min-confidence",
-        type=_probability,
-        default=0.5,
+        type=_param("min_confidence"),
+        default=PARAMS["min_confidence"].default,
         help="below this probability no digit is given (default %(default)s)",
     )
     sub.add_argument("--multi", action="store_true", help="images hold several digits: read them left to right")

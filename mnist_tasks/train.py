@@ -22,15 +22,15 @@ class TrainingDivergedError(ArithmeticError):
     """The loss became NaN or infinite: the weights are garbage, and a retry with the same Params diverges again."""
 
 
-def _check_params(params: dict[str, Any]) -> None:
-    for name in ("epochs", "batch_size", "hidden_units"):
-        if params[name] < 1:
-            raise ValueError(f"{name} must be at least 1, got {params[name]}")
-    if not params["learning_rate"] > 0:
-        raise ValueError(f"learning_rate must be positive, got {params['learning_rate']}")
+def _check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The Params cast to their types, each within the bounds the trigger form enforces (ParamError)."""
+    from mnist_tasks.params import ParamError, check_params
+
+    checked = check_params({name: value for name, value in params.items() if name != "validation_split"})
     # The result reports validation metrics, so some data must be held out and some trained on.
     if not 0 < params["validation_split"] < 1:
-        raise ValueError(f"validation_split must be between 0 and 1 (exclusive), got {params['validation_split']}")
+        raise ParamError(f"validation_split must be between 0 and 1 (exclusive), got {params['validation_split']}")
+    return {**checked, "validation_split": params["validation_split"]}
 
 
 def train_model(
@@ -44,7 +44,7 @@ def train_model(
     seed: int = 42,
     validation_split: float = 0.1,
 ) -> dict[str, Any]:
-    """Train on the prepared training arrays in cache_dir (x_train.npy, y_train.npy); write out_dir/model.keras and out_dir/history.json.
+    """Train on cache_dir's x_train.npy and y_train.npy; write out_dir/model.keras and out_dir/history.json.
 
     The same seed and data give the same weights: all seeds are set from `seed`
     and TensorFlow runs deterministic kernels (a process-wide switch, slightly slower).
@@ -61,7 +61,8 @@ def train_model(
         "seed": seed,
         "validation_split": validation_split,
     }
-    _check_params(params)
+    params = _check_params(params)
+    epochs, batch_size, learning_rate = params["epochs"], params["batch_size"], params["learning_rate"]
 
     import keras
     import tensorflow as tf
@@ -74,8 +75,8 @@ def train_model(
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    # float(): Keras refuses an int learning rate, and the form's "1" arrives as one.
-    model = build_model(hidden_units=hidden_units, learning_rate=float(learning_rate))
+    # learning_rate is a float now (_check_params casts): Keras refuses an int, and the form's 1 is one.
+    model = build_model(hidden_units=params["hidden_units"], learning_rate=learning_rate)
     # Keras holds out the *last* validation_split of the arrays, before shuffling;
     # MNIST's training file is not ordered by class, so that tail is a fair sample.
     # verbose=2: one line per epoch, readable in Airflow's task log.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, Param
 
 from mnist_alerting import alert_task_failure
+from mnist_tasks.params import ParamSpec
 from mnist_tasks.settings import PUBLISHED_MODEL_ASSET, Settings
 
 if TYPE_CHECKING:
@@ -67,11 +68,9 @@ def not_retried(*errors: type[Exception]) -> Iterator[None]:
         raise AirflowFailException(str(err)) from err
 
 
-_BOUND_WORDS = {"minimum": "at least", "exclusiveMinimum": "above", "maximum": "at most"}
-
-
-def bounded(default: float, *, type: str, description: str, **bounds: float) -> Param:
-    """A number Param whose bounds the trigger form shows and enforces by refusing a value outside them.
+def airflow_param(spec: ParamSpec) -> Param:
+    """The trigger form's field for a Param of mnist_tasks.params: it shows and enforces the bounds by refusing
+    a value outside them.
 
     The form's number fields take a top-level `minimum`/`maximum` as limits to
     clamp to: 500 epochs typed and submitted would silently run 100. Nested in
@@ -79,5 +78,9 @@ def bounded(default: float, *, type: str, description: str, **bounds: float) -> 
     the Params refuses the trigger with an error that names the Param and the
     bound. The description spells the bounds out, as the form shows no limits.
     """
-    allowed = ", ".join(f"{_BOUND_WORDS[name]} {value}" for name, value in bounds.items())
-    return Param(default, type=type, allOf=[bounds], description=f"{description} Allowed: {allowed}.")
+    return Param(
+        spec.default,
+        type="integer" if spec.type is int else "number",
+        description=f"{spec.description} Allowed: {spec.allowed}.",
+        **spec.json_schema(),
+    )

@@ -131,7 +131,7 @@ def test_predict_names_what_is_wrong_with_the_model_argument(images, tmp_path, c
 def test_predict_refuses_a_min_confidence_outside_0_to_1(images, capsys):
     code, _, err = run(["predict", "--min-confidence", "1.5", str(images)], capsys)
     assert code == 2
-    assert "--min-confidence: must be between 0 and 1, got 1.5" in err
+    assert "--min-confidence: min_confidence must be at most 1, got 1.5" in err
 
 
 # --- predictions with a local model file ---------------------------------------------------

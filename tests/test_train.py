@@ -118,7 +118,9 @@ def test_another_seed_gives_other_weights(trained: dict[str, Any], prepared: Pat
     [
         ({"validation_split": 0.0}, "validation_split must be between 0 and 1 (exclusive), got 0.0"),
         ({"epochs": 0}, "epochs must be at least 1, got 0"),
-        ({"learning_rate": -1.0}, "learning_rate must be positive, got -1.0"),
+        ({"learning_rate": -1.0}, "learning_rate must be above 0, got -1.0"),
+        ({"learning_rate": 1e308}, "learning_rate must be at most 1, got 1e+308"),
+        ({"epochs": 1_000_000_000}, "epochs must be at most 100, got 1000000000"),
     ],
 )
 def test_bad_params_are_refused_before_anything_is_written(
@@ -129,11 +131,16 @@ def test_bad_params_are_refused_before_anything_is_written(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_diverging_run_stops_with_a_clear_error_and_writes_no_model(prepared: Path, tmp_path: Path) -> None:
+def test_a_diverging_run_stops_with_a_clear_error_and_writes_no_model(tmp_path: Path) -> None:
     from mnist_tasks.train import TrainingDivergedError
 
-    with pytest.raises(TrainingDivergedError, match=r"training diverged in epoch 1 of 3 \(loss nan.*learning_rate 1e\+308"):
-        train_model(cache_dir=prepared, out_dir=tmp_path / "out", learning_rate=1e308, **FAST)
+    # One corrupt pixel is enough to make the loss NaN in the first epoch.
+    x, y = synthetic_digits(200, seed=5)
+    x[7, 3, 3] = np.inf
+    data = write_prepared(tmp_path / "data", x_train=x, y_train=y, x_test=x, y_test=y)
+
+    with pytest.raises(TrainingDivergedError, match=r"training diverged in epoch 1 of 3 \(loss nan.*learning_rate 0.001"):
+        train_model(cache_dir=data, out_dir=tmp_path / "out", learning_rate=0.001, **FAST)
     assert not (tmp_path / "out" / "model.keras").exists()
     assert not (tmp_path / "out" / "history.json").exists()
 

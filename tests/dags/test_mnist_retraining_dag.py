@@ -163,3 +163,16 @@ def test_tensorflow_tasks_run_on_the_training_queue_and_light_tasks_on_default()
 def test_without_a_training_queue_everything_runs_on_default(dag):
     assert {t.queue for t in dag.tasks} == {"default"}
     assert {t.retry_delay for t in dag.tasks} == {timedelta(minutes=5)}
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "accuracy_threshold", "max_regression"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_params_refuse_values_that_are_not_finite(dag, name, value):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        dag.params.get_param(name).resolve(value)
+
+
+def test_the_documented_maximum_learning_rate_is_accepted(dag):
+    assert dag.params.get_param("learning_rate").resolve(1) == 1

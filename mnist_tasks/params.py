@@ -1,0 +1,143 @@
+"""The run's Params: one definition of each one's type, default, bounds and meaning.
+
+The DAG's trigger form (plugins/mnist_dags.py builds Airflow Params from these),
+the CLI's options and `train_model` all check values against the same bounds,
+so every value the form accepts trains, and the CLI refuses what the form refuses.
+NaN and infinity are never accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+class ParamError(ValueError):
+    """A Param's value is of the wrong type, not finite, or out of its bounds."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type: type  # int or float
+    default: int | float
+    description: str
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    maximum: float | None = None
+
+    def check(self, value: Any) -> int | float:
+        """The value as this Param's type, or ParamError naming the Param, the bound and the value."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamError(f"{self.name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ParamError(f"{self.name} must be a finite number, got {value!r}")
+        if self.type is int and value != int(value):
+            raise ParamError(f"{self.name} must be a whole number, got {value!r}")
+        for holds, words in self._bounds():
+            if not holds(value):
+                raise ParamError(f"{self.name} must be {words}, got {value!r}")
+        return self.type(value)
+
+    def parse(self, text: str) -> int | float:
+        """`check` for a command-line string (argparse's `type`)."""
+        try:
+            value = int(text) if self.type is int else float(text)
+        except ValueError:
+            raise ParamError(f"{self.name} must be a {'whole ' if self.type is int else ''}number, got {text!r}") from None
+        return self.check(value)
+
+    @property
+    def allowed(self) -> str:
+        """The bounds in words: "at least 1, at most 100"."""
+        return ", ".join(words for _, words in self._bounds())
+
+    def json_schema(self) -> dict[str, Any]:
+        """The bounds for Airflow's Param: JSON Schema, with NaN refused too.
+
+        NaN compares false with everything, so it passes `minimum` and `maximum`;
+        `not: {exclusiveMinimum: M}` holds for every number up to M and fails only for NaN.
+        """
+        bounds: dict[str, float] = {}
+        if self.minimum is not None:
+            bounds["minimum"] = self.minimum
+        if self.exclusive_minimum is not None:
+            bounds["exclusiveMinimum"] = self.exclusive_minimum
+        if self.maximum is not None:
+            bounds["maximum"] = self.maximum
+        return {"allOf": [bounds, {"not": {"exclusiveMinimum": self.maximum}}]}
+
+    def _bounds(self) -> list[tuple[Any, str]]:
+        bounds = []
+        if self.minimum is not None:
+            bounds.append((lambda v: v >= self.minimum, f"at least {self.minimum}"))
+        if self.exclusive_minimum is not None:
+            bounds.append((lambda v: v > self.exclusive_minimum, f"above {self.exclusive_minimum}"))
+        if self.maximum is not None:
+            bounds.append((lambda v: v <= self.maximum, f"at most {self.maximum}"))
+        return bounds
+
+
+TRAINING_PARAMS = (
+    ParamSpec("epochs", int, 5, "Passes over the training set.", minimum=1, maximum=100),
+    ParamSpec("batch_size", int, 32, "Examples per gradient step.", minimum=1, maximum=8192),
+    ParamSpec("learning_rate", float, 0.001, "Adam's learning rate.", exclusive_minimum=0, maximum=1),
+    ParamSpec("hidden_units", int, 128, "Width of the hidden Dense(relu) layer.", minimum=1, maximum=4096),
+    ParamSpec(
+        "seed",
+        int,
+        42,
+        "Random seed for weights and shuffling; the same seed and data give the same model.",
+        minimum=0,
+        maximum=2**31 - 1,
+    ),
+)
+
+GATE_PARAMS = (
+    ParamSpec(
+        "accuracy_threshold",
+        float,
+        0.93,
+        "The gate: the model is published only if its test accuracy is at least this.",
+        minimum=0,
+        maximum=1,
+    ),
+    ParamSpec(
+        "max_regression",
+        float,
+        0.005,
+        "The gate against the champion (the model `latest` points at, evaluated on the same test set): the "
+        "model is published only if its test accuracy is at most this much below the champion's. The first "
+        "run, with no champion, is judged by accuracy_threshold alone.",
+        minimum=0,
+        maximum=1,
+    ),
+)
+
+# mnist_batch_predict's, and `predict --min-confidence`.
+BATCH_PREDICT_PARAMS = (
+    ParamSpec(
+        "max_images",
+        int,
+        10_000,
+        "Score at most this many images (the first by key); the rest are counted as skipped.",
+        minimum=1,
+        maximum=1_000_000,
+    ),
+    ParamSpec(
+        "min_confidence",
+        float,
+        0.5,
+        "Below this probability an image gets no digit and the status low_confidence.",
+        minimum=0,
+        maximum=1,
+    ),
+)
+
+PARAMS = {spec.name: spec for spec in (*TRAINING_PARAMS, *GATE_PARAMS, *BATCH_PREDICT_PARAMS)}
+
+
+def check_params(values: dict[str, Any]) -> dict[str, int | float]:
+    """Each named value checked against its Param (ParamError on the first that fails), cast to its type."""
+    return {name: PARAMS[name].check(value) for name, value in values.items()}
