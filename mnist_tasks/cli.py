@@ -102,13 +102,18 @@ def _models_promote(args: argparse.Namespace) -> dict:
     )
 
 
+def _version(text: str) -> int:
+    from mnist_tasks.registry import parse_version
+
+    try:
+        return parse_version(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _version_or_latest(text: str) -> int | None:
     """A version number, or None for `latest`."""
-    if text == "latest":
-        return None
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a version number or latest, got {text!r}")
-    return int(text)
+    return None if text == "latest" else _version(text)
 
 
 def _report(args: argparse.Namespace) -> dict:
@@ -218,6 +223,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "(predict: one line per image unless --json). "
         "S3 access uses the standard AWS_* environment (AWS_ENDPOINT_URL for MinIO or a local endpoint).",
     )
+    parser.add_argument("--debug", action="store_true", help="on failure, print the traceback too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -300,7 +306,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         action.set_defaults(run=run)
         action.add_argument("--models-uri", **models_uri)
         if name != "list":
-            action.add_argument("version", type=int)
+            action.add_argument("version", type=_version)
         if name == "promote":
             action.add_argument("--reason", help="why latest moves; recorded in latest.json")
             action.add_argument(
@@ -318,7 +324,7 @@ def _is_own_error(err: Exception) -> bool:
     """Whether this package raised it on purpose (a class defined in mnist_tasks).
 
     Those messages already name the problem (file, expected, got), so a user sees just
-    the message. Anything else is a bug or an environment problem and keeps its traceback.
+    the message; anything else also gets its type, as the message alone may not say enough.
     """
     return any(cls.__module__.startswith("mnist_tasks.") for cls in type(err).__mro__)
 
@@ -331,9 +337,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         result = args.run(args)
     except Exception as err:
-        if not _is_own_error(err):
+        if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        # One line and exit status 2, whatever failed: a bucket that does not exist, a
+        # malformed latest.json, a file where a directory should be, or a bug.
+        detail = "" if _is_own_error(err) else f" ({type(err).__name__}; --debug shows the traceback)"
+        print(f"error: {err}{detail}", file=sys.stderr)
         sys.exit(2)
     if result is None:
         return  # the command wrote its own output

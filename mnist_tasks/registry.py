@@ -71,6 +71,13 @@ class GateNotPassedError(ValueError):
 CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
+def parse_version(text: str) -> int:
+    """A version number as users and directory names write it: a canonical positive integer."""
+    if not _VERSION_DIR.fullmatch(text):
+        raise ValueError(f"a version is a positive whole number without leading zeros, like 20261123020000; got {text!r}")
+    return int(text)
+
+
 def models_location(models_uri: str) -> tuple[str, str]:
     """`s3://bucket/a/b` -> ("bucket", "a/b/"); an empty prefix stays ""."""
     bucket, prefix = split_s3_uri(models_uri)

@@ -95,15 +95,51 @@ def test_this_packages_errors_are_one_line_messages_with_exit_code_2(s3_endpoint
     )
 
 
-def test_other_exceptions_keep_their_traceback(monkeypatch):
+def test_other_exceptions_are_one_line_too_and_debug_shows_their_traceback(monkeypatch, capsys):
     import mnist_tasks.registry
 
     def broken(**_):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(mnist_tasks.registry, "list_versions", broken)
+    code, out, err = run(["models", "list", "--models-uri", MODELS_URI], capsys)
+    assert (code, out) == (2, "")
+    assert err == "error: a bug (RuntimeError; --debug shows the traceback)\n"
     with pytest.raises(RuntimeError, match="a bug"):
-        main(["models", "list", "--models-uri", MODELS_URI])
+        main(["--debug", "models", "list", "--models-uri", MODELS_URI])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["download", "--mirror", "notaurl"], "unsupported mirror 'notaurl/'"),
+        (["models", "show", "0"], "a version is a positive whole number without leading zeros"),
+        (["models", "show", "0042"], "got '0042'"),
+        (["report", "007", "--out", "x"], "got '007'"),
+        (["models", "list", "--models-uri", "s3://no-such-bucket/m/"], "NoSuchBucket"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors_with_exit_code_2(s3_endpoint, s3_client, tmp_path, argv, message):
+    done = subprocess.run(
+        [sys.executable, "-m", "mnist_tasks", *argv],
+        env={**os.environ, "AWS_ENDPOINT_URL": s3_endpoint, "MNIST_DATA_DIR": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_malformed_latest_json_is_a_one_line_error(s3_client, s3_endpoint, monkeypatch, capsys):
+    s3_client.create_bucket(Bucket=MODELS_BUCKET)
+    s3_client.put_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json", Body=b"{not json")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    code, _, err = run(["models", "list", "--models-uri", MODELS_URI], capsys)
+    assert code == 2
+    assert err.startswith("error: Expecting property name") and "JSONDecodeError" in err
 
 
 def test_predict_refuses_a_directory_without_images_before_loading_any_model(tmp_path, capsys):
