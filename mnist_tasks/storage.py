@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -36,14 +37,48 @@ def _umask() -> int:
     return current
 
 
+def _temp_prefix(final: Path) -> str:
+    """Temp names beside `final` carry the writer's pid: `.model.keras.<pid>.<random>.tmp`."""
+    return f".{final.name}.{os.getpid()}."
+
+
+def _remove_stale_temps(final: Path) -> None:
+    """Remove the temp files and directories beside `final` whose writer has died.
+
+    A process killed with SIGKILL never runs its clean-up, so whoever writes
+    `final` next removes what it left. A writer that is still running (its pid
+    alive on this host) keeps its temp; caches are per worker, so pids are this host's.
+    """
+    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*.tmp*"):
+        pid = leftover.name[len(final.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 @contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
+def atomic_path(final: Path, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path beside `final`; rename it into place only if the block succeeds.
 
-    Readers never see a half-written file, and a failure leaves nothing behind.
+    Readers never see a half-written file, and a failure leaves nothing behind;
+    nor does a crash, once `final` is written again. `suffix` ends the temp name
+    (Keras writes only files named *.keras).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    _remove_stale_temps(final)
+    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=_temp_prefix(final), suffix=".tmp" + suffix)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -59,7 +94,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Like `atomic_path`, for a directory filled by the block."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    _remove_stale_temps(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_temp_prefix(final), suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -95,12 +93,8 @@ def train_model(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
-    # Keras only writes files whose name ends in .keras, so atomic_path's temp
-    # name will not do: save into a private temp dir beside the target, then rename.
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{MODEL_FILE}.") as tmp:
-        tmp_model = Path(tmp) / MODEL_FILE
-        model.save(tmp_model)
-        os.replace(tmp_model, model_path)
+    with atomic_path(model_path, suffix=".keras") as tmp:  # Keras writes only files named *.keras
+        model.save(tmp)
 
     history_path = out_dir / HISTORY_FILE
     with atomic_path(history_path) as tmp:

@@ -1,0 +1,70 @@
+"""storage.py: atomic writes, and the temp files of a writer killed with SIGKILL removed by the next one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mnist_tasks.storage import atomic_dir, atomic_path
+
+# A real process that starts writing `final` through the given context manager,
+# puts a few MB in its temp, and is killed with SIGKILL mid-write: no clean-up runs.
+KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from mnist_tasks.storage import atomic_dir, atomic_path
+
+    final, kind = Path(sys.argv[1]), sys.argv[2]
+    with (atomic_path(final, suffix=".keras") if kind == "file" else atomic_dir(final)) as tmp:
+        target = tmp if kind == "file" else tmp / "x_train.npy"
+        target.write_bytes(b"\\0" * (4 << 20))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def _killed_writer(final: Path, kind: str) -> list[Path]:
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(final), kind], capture_output=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    leftovers = [p for p in final.parent.iterdir() if p.name.startswith(f".{final.name}.")]
+    assert len(leftovers) == 1 and not final.exists()  # what a crash leaves
+    return leftovers
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_the_next_writer_removes_what_a_killed_writer_left(tmp_path: Path, kind: str) -> None:
+    final = tmp_path / ("model.keras" if kind == "file" else "prepared")
+    _killed_writer(final, kind)
+
+    with atomic_path(final) if kind == "file" else atomic_dir(final) as tmp:
+        if kind == "file":
+            tmp.write_bytes(b"complete")
+        else:
+            (tmp / "x_train.npy").write_bytes(b"complete")
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+
+
+def test_a_live_writers_temp_is_left_alone(tmp_path: Path) -> None:
+    final = tmp_path / "history.json"
+    with atomic_path(final) as first:
+        first.write_text("one")
+        # A second writer of the same file meanwhile: the first is alive, its temp stays.
+        with atomic_path(final) as second:
+            second.write_text("two")
+        assert first.exists()
+    assert final.read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]
+
+
+def test_a_failed_block_leaves_nothing(tmp_path: Path) -> None:
+    final = tmp_path / "metrics.json"
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
