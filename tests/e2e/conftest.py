@@ -94,16 +94,20 @@ def pipeline_env(monkeypatch, tmp_path, tiny_mirror, http_mirror, s3_client, aws
     return http_mirror[0]
 
 
-def load_dag_for_test(dag_id: str):
-    """The DAG as the dag-processor parses it from dags/, adjusted for dag.test()."""
+def load_dag_for_test(dag_id: str, *, keep_retries: bool = False):
+    """The DAG as the dag-processor parses it from dags/, adjusted for dag.test().
+
+    Parsed anew, so settings read at parse time (MNIST_RETRY_DELAY_SECONDS) are the test's.
+    """
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
     dag = bag.dags[dag_id]
-    # dag.test() sleeps through retry delays; a failure here should fail at once.
-    for task in dag.tasks:
-        task.retries = 0
+    if not keep_retries:
+        # dag.test() sleeps through retry delays; a failure here should fail at once.
+        for task in dag.tasks:
+            task.retries = 0
     # dag.test() crashes at the end of a successful run of a DAG with a deadline
     # (apache/airflow#73428); it never creates a DAGRUN_QUEUED_AT deadline anyway,
     # since its runs are not queued. test_alerting_wiring checks the deadline.
