@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tasks.storage import CHUNK_BYTES, atomic_dir, atomic_path, sha256_stream, split_s3_uri
+from mnist_tasks.storage import CHUNK_BYTES, atomic_dir, atomic_path, sha256_file, sha256_stream, split_s3_uri
 
 
 @dataclass(frozen=True)
@@ -355,8 +355,9 @@ def prepare_dataset(*, raw_dir: Path, cache_root: Path, files: Mapping[str, File
     """Decode and normalise the verified raw files into a cache keyed by their checksum.
 
     The cache directory, cache_root/<data_sha256[:16]>, holds x_train.npy,
-    y_train.npy, x_test.npy, y_test.npy and dataset.json. It appears complete or
-    not at all; when it exists nothing is decoded.
+    y_train.npy, x_test.npy, y_test.npy and dataset.json (with their sha256s).
+    It appears complete or not at all; when it exists and every array still
+    has its sha256, nothing is decoded; a damaged one is rebuilt.
 
     Returns {"cache_dir", "cache_hit", "data_sha256", "train_count", "test_count"}.
     """
@@ -372,29 +373,13 @@ def prepare_dataset(*, raw_dir: Path, cache_root: Path, files: Mapping[str, File
     data_sha256 = _data_sha256({name: c["sha256"] for name, c in checked.items()})
     cache_dir = cache_root / data_sha256[:16]
     info_path = cache_dir / DATASET_INFO
+    if info_path.exists() and not _cache_intact(cache_dir):
+        # Changed since it was written (a disk fault, a stray write): rebuilt from the verified raw files.
+        shutil.rmtree(cache_dir)
 
     cache_hit = info_path.exists()
     if not cache_hit:
-        x_train, y_train = _decode_split(raw_dir, roles["train", "images"], roles["train", "labels"])
-        x_test, y_test = _decode_split(raw_dir, roles["test", "images"], roles["test", "labels"])
-        info = {
-            "data_sha256": data_sha256,
-            "train_count": len(y_train),
-            "test_count": len(y_test),
-            "files": checked,
-            "x": "float32 (N, 28, 28), pixel / 255",
-            "y": "uint8 (N,), digits 0-9",
-        }
-        try:
-            with atomic_dir(cache_dir) as tmp:
-                for array_name, array in zip(ARRAY_NAMES, (x_train, y_train, x_test, y_test), strict=True):
-                    np.save(tmp / f"{array_name}.npy", array, allow_pickle=False)
-                (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
-        except OSError:
-            # Another process may have renamed the same cache into place first;
-            # it was made from the same bytes, so it is just as good.
-            if not info_path.exists():
-                raise
+        _write_cache(raw_dir, roles, cache_dir, {"data_sha256": data_sha256, "files": checked})
 
     info = json.loads(info_path.read_text())
     if info["data_sha256"] != data_sha256:
@@ -406,6 +391,39 @@ def prepare_dataset(*, raw_dir: Path, cache_root: Path, files: Mapping[str, File
         "train_count": info["train_count"],
         "test_count": info["test_count"],
     }
+
+
+def _write_cache(raw_dir: Path, roles: dict, cache_dir: Path, info: dict) -> None:
+    x_train, y_train = _decode_split(raw_dir, roles["train", "images"], roles["train", "labels"])
+    x_test, y_test = _decode_split(raw_dir, roles["test", "images"], roles["test", "labels"])
+    info = {
+        **info,
+        "train_count": len(y_train),
+        "test_count": len(y_test),
+        "x": "float32 (N, 28, 28), pixel / 255",
+        "y": "uint8 (N,), digits 0-9",
+    }
+    try:
+        with atomic_dir(cache_dir) as tmp:
+            for array_name, array in zip(ARRAY_NAMES, (x_train, y_train, x_test, y_test), strict=True):
+                np.save(tmp / f"{array_name}.npy", array, allow_pickle=False)
+            # Checked on every later cache hit: a cache is used only while it is what was written.
+            info["arrays"] = {name: sha256_file(tmp / f"{name}.npy") for name in ARRAY_NAMES}
+            (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
+    except OSError:
+        # Another process may have renamed the same cache into place first;
+        # it was made from the same bytes, so it is just as good.
+        if not (cache_dir / DATASET_INFO).exists():
+            raise
+
+
+def _cache_intact(cache_dir: Path) -> bool:
+    """Whether every array in the cache still has the sha256 recorded when it was written."""
+    recorded = json.loads((cache_dir / DATASET_INFO).read_text()).get("arrays") or {}
+    return set(recorded) == set(ARRAY_NAMES) and all(
+        (cache_dir / f"{name}.npy").is_file() and sha256_file(cache_dir / f"{name}.npy") == sha256
+        for name, sha256 in recorded.items()
+    )
 
 
 def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -385,3 +385,19 @@ def test_prepare_needs_the_raw_files(tiny, tmp_path):
     (raw / TRAIN_LABELS).unlink()
     with pytest.raises(FileNotFoundError, match=f"{TRAIN_LABELS} does not exist"):
         prepare_dataset(raw_dir=raw, cache_root=tmp_path / "prepared", files=tiny.spec)
+
+
+def test_a_damaged_cache_is_rebuilt_rather_than_used(tiny, tmp_path):
+    raw = tiny.write(tmp_path / "raw")
+    first = prepare_dataset(raw_dir=raw, cache_root=tmp_path / "prepared", files=tiny.spec)
+    x_test = Path(first["cache_dir"]) / "x_test.npy"
+    good = x_test.read_bytes()
+    damaged = bytearray(good)
+    damaged[-64:] = b"\xff" * 64  # the .npy header stays valid: only a checksum can tell
+    x_test.write_bytes(bytes(damaged))
+
+    again = prepare_dataset(raw_dir=raw, cache_root=tmp_path / "prepared", files=tiny.spec)
+
+    assert again["cache_hit"] is False
+    assert x_test.read_bytes() == good
+    assert prepare_dataset(raw_dir=raw, cache_root=tmp_path / "prepared", files=tiny.spec)["cache_hit"] is True
