@@ -122,3 +122,20 @@ def test_a_corrupted_mirror_file_fails_at_download_and_publishes_nothing(pipelin
     assert {states[t] for t in ("prepare", "train", "evaluate", "publish")} == {"upstream_failed"}
     assert _objects(s3_client) == {}
     assert not (tmp_path / "data" / "raw" / "train-labels-idx1-ubyte.gz").exists()
+
+
+def test_a_new_models_uri_on_the_same_airflow_home_still_publishes(pipeline_env, s3_client, monkeypatch):
+    from tests.e2e.conftest import load_dag_for_test
+
+    first = load_dag_for_test("mnist_retraining").test(
+        logical_date=datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc), run_conf=PASSING_CONF
+    )
+    assert str(first.state) == "success", _states(first)
+    # The operator moves the registry; the DAG is parsed anew, as the dag-processor would.
+    monkeypatch.setenv("MNIST_MODELS_URI", f"s3://{MODELS_BUCKET}/moved/")
+    moved = load_dag_for_test("mnist_retraining").test(
+        logical_date=datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc), run_conf=PASSING_CONF
+    )
+
+    assert str(moved.state) == "success", _states(moved)
+    assert json.loads(_objects(s3_client)["moved/latest.json"])["version"] == 20261124020000
