@@ -4,14 +4,28 @@
 
 Airflow's own log goes before the summary; the last line of stdout is the JSON.
 The exit code is 0 only when the run succeeded.
+
+The run happens in a child process: Airflow's task runner replaces the SIGTERM
+handler of the process it runs tasks in (and keeps it while `dag.test()` waits
+for a retry), so this process stays the one that answers SIGTERM and Ctrl-C,
+by stopping the child and exiting with 128 + the signal number.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
+
+# Set in the child that runs the DAG.
+CHILD = "MNIST_RUN_DAG_CHILD"
+# How long the child gets to stop after SIGTERM before it is killed.
+GRACE_SECONDS = 10
 
 
 def run_and_summarize(dag_id: str, conf: dict) -> dict:
@@ -62,9 +76,38 @@ def main() -> None:
     parser.add_argument("--dag-id", default="mnist_retraining")
     parser.add_argument("--conf", type=json.loads, default={}, help="DAG Params as a JSON object")
     args = parser.parse_args()
+    if os.environ.get(CHILD) != "1":
+        sys.exit(_run_in_child())
     summary = run_and_summarize(args.dag_id, args.conf)
     print(json.dumps(summary), flush=True)
     sys.exit(0 if summary["state"] == "success" else 1)
+
+
+def _run_in_child() -> int:
+    child = subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, CHILD: "1"}, start_new_session=True)
+    stopped_by: list[int] = []
+
+    def stop(signum: int, _frame) -> None:
+        # Only signals here: the main thread is inside child.wait(), whose lock a
+        # second wait() in this handler would wait for forever.
+        stopped_by.append(signum)
+        os.killpg(child.pid, signal.SIGTERM)
+        threading.Timer(GRACE_SECONDS, _kill_group, args=(child.pid,)).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = child.wait()
+    if stopped_by:
+        print(f"stopped by {signal.Signals(stopped_by[0]).name}", file=sys.stderr, flush=True)
+        return 128 + stopped_by[0]
+    return code
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it stopped within the grace period
 
 
 if __name__ == "__main__":

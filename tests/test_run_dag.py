@@ -1,0 +1,60 @@
+"""scripts/run_dag.py (what `make run` runs) stops on SIGTERM, even while its run waits for a retry."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigterm_stops_a_run_that_waits_for_a_retry(tmp_path):
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "MNIST_DATA_DIR": str(tmp_path / "data"),
+        "MNIST_ARTIFACTS_URI": (tmp_path / "store").as_uri() + "/",
+        # Port 9 (discard) refuses: download fails with a network error, which is retried, 300 s later.
+        "MNIST_MIRRORS": "http://127.0.0.1:9/",
+        "MNIST_RETRY_DELAY_SECONDS": "300",
+    }
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        run = subprocess.Popen(
+            [sys.executable, str(REPO / "scripts" / "run_dag.py")], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "up_for_retry" not in log.read_text(errors="replace"):
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(1)
+
+        stopped_at = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 128 + signal.SIGTERM
+        assert time.monotonic() - stopped_at < 30
+        assert log.read_text().rstrip().endswith("stopped by SIGTERM")
+    finally:
+        run.kill()
+    # The child that ran the DAG is gone too: no process has this run's environment.
+    assert _processes_with(f"MNIST_DATA_DIR={tmp_path / 'data'}") == []
+
+
+def _processes_with(variable: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0") if entry.isdigit() else []
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if variable.encode() in environ:
+            found.append(int(entry))
+    return found
