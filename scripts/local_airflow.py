@@ -17,6 +17,10 @@ scheduler; Airflow 3 accepts it with SQLite (unlike Airflow 2), and it is what
 `airflow standalone` uses. Log-ins go through the SimpleAuthManager with one
 admin user, whose password Airflow generates on first start and keeps in
 $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated.
+
+scripts/local_cluster.py starts the same components with the same functions
+(migrate, start_components, wait_for_ui, unpause), given another environment:
+the CeleryExecutor, PostgreSQL, and Celery workers of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from local_processes import answers, running, spawn, stop as stop_session, wait_until
@@ -39,8 +44,14 @@ USER = "admin"
 COMPONENTS = ("scheduler", "triggerer", "dag-processor", "api-server")
 
 
-def _airflow() -> str:
-    return str(Path(sys.executable).with_name("airflow"))
+def start(port: int, state_dir: Path) -> None:
+    env = _environment(port)
+    migrate(env, state_dir)
+    start_components(env, port=port, state_dir=state_dir)
+    wait_for_ui(port, state_dir)
+    unpause(env, state_dir)
+    print(login_line(env, port))
+    print(f"{DAG_ID} is unpaused; logs: {state_dir}/airflow-*.log; `make stop` stops everything")
 
 
 def _environment(port: int) -> dict[str, str]:
@@ -49,75 +60,107 @@ def _environment(port: int) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # Tasks at once; the LocalExecutor keeps this many worker processes (default 32).
         "AIRFLOW__CORE__PARALLELISM": "4",
+        **login_environment(port),
+    }
+
+
+def login_environment(port: int) -> dict[str, str]:
+    """One admin user through the SimpleAuthManager, and the address the UI's links use."""
+    return {
         "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-        # Where task processes reach the execution API, and the UI's own links.
+        # The UI's own links, and where task processes reach the execution API unless set apart.
         "AIRFLOW__API__BASE_URL": f"http://{HOST}:{port}",
     }
 
 
-def _command(component: str, port: int) -> list[str]:
-    if component == "api-server":
-        # One worker: a laptop, two cores, one user.
-        return [_airflow(), "api-server", "--host", HOST, "--port", str(port), "--workers", "1"]
-    return [_airflow(), component]
+def migrate(env: dict[str, str], state_dir: Path) -> None:
+    """Create or upgrade the database `env` names."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # Also creates airflow.cfg before the components start, so they all read the
+    # same generated secrets (the API's JWT secret above all) unless `env` sets them.
+    migrate_log = state_dir / "airflow-migrate.log"
+    if not run_quietly([airflow_executable(), "db", "migrate"], env=env, log_file=migrate_log):
+        sys.exit(f"`airflow db migrate` failed; see {migrate_log}")
 
 
-def _run_quietly(command: list[str], *, env: dict[str, str], log_file: Path) -> bool:
-    with open(log_file, "ab") as log:
-        return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode == 0
+def start_components(env: dict[str, str], *, port: int, state_dir: Path) -> None:
+    """Start in the background, all with `env`, each of COMPONENTS that is not running yet."""
+    for component in COMPONENTS:
+        if running(pid_file(state_dir, component)) is None:
+            spawn(
+                _command(component, port),
+                pid_file=pid_file(state_dir, component),
+                log_file=log_file(state_dir, component),
+                env=env,
+            )
 
 
-def _password(env: dict[str, str]) -> str:
-    """The admin password the api-server generated (it writes the file before it answers)."""
+def wait_for_ui(port: int, state_dir: Path) -> None:
+    url = f"http://{HOST}:{port}"
+    wait_until(
+        lambda: answers(f"{url}/api/v2/monitor/health"),
+        alive=lambda: running(pid_file(state_dir, "api-server")) is not None,
+        timeout=180,
+        failure=f"the Airflow api-server did not answer on {url}; see {log_file(state_dir, 'api-server')} "
+        "(one started earlier on another port? `make stop` first)",
+    )
+
+
+def unpause(env: dict[str, str], state_dir: Path) -> None:
+    """Unpause the DAG as soon as the dag-processor has stored it."""
+    unpause_log = state_dir / "airflow-unpause.log"
+    deadline = time.monotonic() + 180
+    while not run_quietly([airflow_executable(), "dags", "unpause", DAG_ID], env=env, log_file=unpause_log):
+        if time.monotonic() > deadline:
+            sys.exit(f"could not unpause {DAG_ID}: did the dag-processor parse it? see {unpause_log}")
+        time.sleep(2)
+
+
+def login_line(env: dict[str, str], port: int) -> str:
+    """How to log in, as `start` prints it; the api-server writes the password file before it answers."""
     home = Path(env.get("AIRFLOW_HOME") or Path.home() / "airflow")
     password_file = Path(
         env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
         or home / "simple_auth_manager_passwords.json.generated"
     )
-    return json.loads(password_file.read_text())[USER]
-
-
-def start(port: int, state_dir: Path) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    env = _environment(port)
-    url = f"http://{HOST}:{port}"
-    health = f"{url}/api/v2/monitor/health"
-
-    # Also creates airflow.cfg before the components start, so they all read the
-    # same generated secrets (the API's JWT secret above all).
-    migrate_log = state_dir / "airflow-migrate.log"
-    if not _run_quietly([_airflow(), "db", "migrate"], env=env, log_file=migrate_log):
-        sys.exit(f"`airflow db migrate` failed; see {migrate_log}")
-
-    for component in COMPONENTS:
-        pid_file = state_dir / f"airflow-{component}.pid"
-        if running(pid_file) is None:
-            spawn(_command(component, port), pid_file=pid_file, log_file=state_dir / f"airflow-{component}.log", env=env)
-    api_pid = state_dir / "airflow-api-server.pid"
-    wait_until(
-        lambda: answers(health),
-        alive=lambda: running(api_pid) is not None,
-        timeout=180,
-        failure=f"the Airflow api-server did not answer on {url}; see {state_dir / 'airflow-api-server.log'} "
-        "(one started earlier on another port? `make stop` first)",
-    )
-
-    # The DAG can be unpaused once the dag-processor has stored it.
-    unpause_log = state_dir / "airflow-unpause.log"
-    deadline = time.monotonic() + 180
-    while not _run_quietly([_airflow(), "dags", "unpause", DAG_ID], env=env, log_file=unpause_log):
-        if time.monotonic() > deadline:
-            sys.exit(f"could not unpause {DAG_ID}: did the dag-processor parse it? see {unpause_log}")
-        time.sleep(2)
-
-    print(f"Airflow UI: {url}  (user {USER}, password {_password(env)})")
-    print(f"{DAG_ID} is unpaused; logs: {state_dir}/airflow-*.log; `make stop` stops everything")
+    password = json.loads(password_file.read_text())[USER]
+    return f"Airflow UI: http://{HOST}:{port}  (user {USER}, password {password})"
 
 
 def stop(state_dir: Path) -> None:
-    stopped = [c for c in COMPONENTS if stop_session(state_dir / f"airflow-{c}.pid", grace_seconds=30)]
+    stopped = stop_components(state_dir, COMPONENTS)
     print(f"Airflow: {'stopped ' + ', '.join(stopped) if stopped else 'not running'}")
+
+
+def stop_components(state_dir: Path, components: Iterable[str]) -> list[str]:
+    """Stop these components in this order, each with the task processes it started; return those that ran."""
+    return [c for c in components if stop_session(pid_file(state_dir, c), grace_seconds=30)]
+
+
+def pid_file(state_dir: Path, component: str) -> Path:
+    return state_dir / f"airflow-{component}.pid"
+
+
+def log_file(state_dir: Path, component: str) -> Path:
+    return state_dir / f"airflow-{component}.log"
+
+
+def airflow_executable() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def _command(component: str, port: int) -> list[str]:
+    if component == "api-server":
+        # One worker: a laptop, two cores, one user.
+        return [airflow_executable(), "api-server", "--host", HOST, "--port", str(port), "--workers", "1"]
+    return [airflow_executable(), component]
+
+
+def run_quietly(command: list[str], *, env: dict[str, str], log_file: Path) -> bool:
+    """Run a command to its end with its output appended to `log_file`; True when it succeeded."""
+    with open(log_file, "ab") as log:
+        return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode == 0
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ Linux only (it reads /proc).
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -54,8 +55,19 @@ def running(pid_file: Path) -> int | None:
     return pid
 
 
-def spawn(command: list[str], *, pid_file: Path, log_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `command` in a new session with its output appended to `log_file`; record its pid."""
+def spawn(
+    command: list[str],
+    *,
+    pid_file: Path,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> subprocess.Popen:
+    """Start `command` in a new session with its output appended to `log_file`; record its pid.
+
+    With `user`, the command runs as that user, in its primary group and no other.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
@@ -64,30 +76,40 @@ def spawn(command: list[str], *, pid_file: Path, log_file: Path, env: dict[str, 
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            cwd=cwd,
             start_new_session=True,  # outlives the command that started it, until `make stop`
+            **as_user(user),
         )
     pid_file.write_text(str(proc.pid))
     return proc
 
 
-def stop(pid_file: Path, *, grace_seconds: float = 20.0) -> bool:
-    """SIGTERM every process in the session `pid_file` names, SIGKILL what is left after the grace.
+def as_user(user: str | None) -> dict:
+    """subprocess options that run a command as `user`, in its primary group and no other (None: as we are)."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
+def stop(pid_file: Path, *, grace_seconds: float = 20.0, first_signal: signal.Signals = signal.SIGTERM) -> bool:
+    """Send `first_signal` to every process in the session `pid_file` names, SIGKILL what is left after the grace.
 
     Returns False when nothing was running. The session is found even when its
     leader has died (Linux does not reuse a pid while a session still carries
     it), and members are looked up on every pass, so processes forked while
-    shutting down are caught too.
+    shutting down are caught too. `first_signal` is for servers whose clean
+    shutdown is not SIGTERM (PostgreSQL's fast shutdown is SIGINT).
     """
     if not pid_file.exists():
         return False
     sid = int(pid_file.read_text())
     deadline = time.monotonic() + grace_seconds
-    sig = signal.SIGTERM
+    sig = first_signal
     signalled: set[int] = set()
     found = False
     while members := list(_session_members(sid)):
         found = True
-        if sig == signal.SIGTERM and time.monotonic() > deadline:
+        if sig != signal.SIGKILL and time.monotonic() > deadline:
             sig = signal.SIGKILL
             signalled.clear()
         for pid in set(members) - signalled:
@@ -99,6 +121,15 @@ def stop(pid_file: Path, *, grace_seconds: float = 20.0) -> bool:
         time.sleep(0.2)
     pid_file.unlink(missing_ok=True)
     return found
+
+
+def kill(pid_file: Path) -> bool:
+    """SIGKILL every process in the session `pid_file` names, all in one pass: a crash, not a shutdown.
+
+    Nothing gets a chance to clean up or to notice the others going, as when a
+    machine loses power. Returns False when nothing was running.
+    """
+    return stop(pid_file, grace_seconds=0, first_signal=signal.SIGKILL)
 
 
 def wait_until(ready: Callable[[], bool], *, alive: Callable[[], bool], timeout: float, failure: str) -> None:

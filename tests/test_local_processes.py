@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -102,3 +103,61 @@ def test_a_pid_that_does_not_lead_its_session_is_not_ours(processes, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_kill_ends_the_whole_session_at_once_sigterm_or_not(processes, tmp_path):
+    # What the cluster test does to a worker: no grace, nothing gets to clean up.
+    pid_file, grandchild_file = tmp_path / "tree.pid", tmp_path / "grandchild"
+    script = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + TREE
+    proc = processes.spawn(
+        [sys.executable, "-c", script, str(grandchild_file)], pid_file=pid_file, log_file=tmp_path / "tree.log"
+    )
+    _wait_for(grandchild_file)
+    started = time.monotonic()
+
+    assert processes.kill(pid_file) is True
+
+    assert time.monotonic() - started < 2
+    assert proc.wait(timeout=5) == -9
+    assert _alive(proc.pid) == []
+    assert not pid_file.exists()
+    assert processes.kill(pid_file) is False
+
+
+def test_stop_can_ask_with_another_signal_first(processes, tmp_path):
+    # PostgreSQL's fast shutdown is SIGINT; SIGTERM would only start a smart one.
+    pid_file, ready, got = tmp_path / "server.pid", tmp_path / "ready", tmp_path / "got"
+    proc = processes.spawn(
+        ["sh", "-c", f"trap 'echo INT > {got}; exit 0' INT; trap '' TERM; echo 1 > {ready}; while :; do sleep 0.1; done"],
+        pid_file=pid_file,
+        log_file=tmp_path / "server.log",
+    )
+    _wait_for(ready)
+    started = time.monotonic()
+
+    assert processes.stop(pid_file, grace_seconds=10, first_signal=signal.SIGINT) is True
+
+    assert time.monotonic() - started < 5
+    assert got.read_text().strip() == "INT"
+    assert proc.wait(timeout=5) == 0
+
+
+def test_spawn_runs_in_the_given_directory(processes, tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    proc = processes.spawn(["pwd"], pid_file=tmp_path / "pwd.pid", log_file=tmp_path / "pwd.log", cwd=workdir)
+    proc.wait(timeout=10)
+    assert (tmp_path / "pwd.log").read_text().strip() == str(workdir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can start a process as another user")
+def test_spawn_as_another_user_keeps_none_of_our_groups(processes, tmp_path):
+    # How the cluster runs PostgreSQL when started as root, which PostgreSQL refuses to run as.
+    import pwd
+
+    proc = processes.spawn(["id"], pid_file=tmp_path / "id.pid", log_file=tmp_path / "id.log", cwd=Path("/"), user="nobody")
+    proc.wait(timeout=10)
+    ids = dict(field.split("=") for field in (tmp_path / "id.log").read_text().split())
+
+    assert ids["uid"].startswith(f"{pwd.getpwnam('nobody').pw_uid}(")
+    assert ids["groups"] == ids["gid"]  # its primary group and no other

@@ -1,0 +1,409 @@
+"""The production topology (`make cluster`) running mnist_retraining, and losing a worker mid-training.
+
+The cluster is the one scripts/local_cluster.py starts: PostgreSQL, Redis, the
+local S3 endpoint with the real MNIST mirror, Airflow on the CeleryExecutor with
+a worker for the queue `default` and one for `training`, each with its own data
+dir, as if on hosts of their own. Everything here goes through what a user has:
+the REST API with the admin login, the S3 buckets, the pid files. Stopping the
+cluster must leave no process behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import requests
+
+from tests.conftest import REPO
+
+# The first test also pays for starting the cluster and for the nightly run.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+DAG_ID = "mnist_retraining"
+MODELS_URI = "s3://mnist-models/mnist/"
+ARTIFACTS_BUCKET = "mnist-artifacts"
+DEFAULT_WORKER, TRAINING_WORKER = "worker-default", "worker-training"
+ON_TRAINING_WORKER = {"train", "evaluate"}
+ON_DEFAULT_WORKER = {"download", "prepare", "publish"}
+# One epoch keeps the runs short. Unpausing starts the nightly run (five epochs)
+# first; one epoch falls short of its model, so the first run is judged by
+# accuracy_threshold alone. The second has the same Params and seed as the first,
+# so it trains the same model, and meets the champion (the first) with the default
+# max_regression.
+FIRST_CONF = {"epochs": 1, "seed": 42, "max_regression": 1.0}
+SECOND_CONF = {"epochs": 1, "seed": 42}
+# Two cores, shared: the nightly run, then ours, each waiting for the one before.
+RUN_TIMEOUT = 900
+START_TIMEOUT = 600
+# For this test only: a task whose worker died is declared failed after 30 s
+# without a heartbeat (not 300), and retried 5 s later (not 300).
+FAST_RECOVERY = {
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+    "MNIST_RETRY_DELAY_SECONDS": "5",
+}
+
+
+@dataclass
+class Cluster:
+    url: str
+    user: str
+    password: str
+    s3_endpoint: str
+    state_dir: Path
+    start_command: list[str]
+    env: dict[str, str]
+    sessions: set[int] = field(default_factory=set)
+    """Every session a pid file named, for the check that nothing is left running."""
+
+    def start(self) -> str:
+        """`local_cluster.py start`, as `make cluster` runs it: it starts what is not running."""
+        done = subprocess.run(
+            [str(a) for a in self.start_command], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT
+        )
+        self.note_sessions()
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{self.logs()}"
+        return done.stdout
+
+    def pids(self) -> dict[str, str]:
+        return {p.name: p.read_text() for p in self.state_dir.glob("*.pid")}
+
+    def note_sessions(self) -> None:
+        self.sessions |= {int(p.read_text()) for p in self.state_dir.glob("*.pid")}
+
+    def data_dir(self, worker: str) -> Path:
+        return self.state_dir / worker / "data"
+
+    def logs(self) -> str:
+        """The end of each component's log, for failure messages."""
+        return "\n".join(
+            f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            for log in sorted(self.state_dir.glob("*.log"))
+        )
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports, all held until every one is found, then released at once."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _run(args: list, env: dict[str, str]) -> str:
+    done = subprocess.run([str(a) for a in args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def scripts() -> Iterator[tuple[ModuleType, ModuleType]]:
+    """scripts/local_processes.py and scripts/local_cluster.py, imported as the scripts import each other."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO / "scripts"))
+        yield importlib.import_module("local_processes"), importlib.import_module("local_cluster")
+
+
+@pytest.fixture(scope="module")
+def cluster(scripts) -> Iterator[Cluster]:
+    _, local_cluster = scripts
+    # Not under pytest's basetemp: another pytest session's clean-up of old basetemps
+    # must never delete the pid files of a cluster that is still running.
+    root = Path(tempfile.mkdtemp(prefix="mnist-cluster-test-"))
+    state = root / "state"
+    api, s3, postgres, redis, *log_ports = _free_ports(7)
+    start = [sys.executable, "scripts/local_cluster.py", "start", "--state-dir", state, "--port", api]
+    start += ["--s3-port", s3, "--postgres-port", postgres, "--redis-port", redis, "--log-ports", *log_ports]
+    # No AWS settings of the caller's: the components reach S3 through aws_default alone.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env.update(FAST_RECOVERY)
+    cluster = Cluster(
+        url="",
+        user="",
+        password="",
+        s3_endpoint=f"http://127.0.0.1:{s3}",
+        state_dir=state,
+        start_command=start,
+        env=env,
+    )
+    try:
+        printed = cluster.start()
+        login = re.search(r"Airflow UI: (http://\S+) +\(user (\S+), password (\S+)\)", printed)
+        assert login, printed
+        assert login[1] == f"http://127.0.0.1:{api}"
+        cluster.url, cluster.user, cluster.password = login[1], login[2], login[3]
+        yield cluster
+    finally:
+        cluster.note_sessions()
+        _run([sys.executable, "scripts/local_cluster.py", "stop", "--state-dir", state], env)
+        # Any state but Z: an exited process stays a zombie until its parent (here
+        # init, which takes its time) reaps it, and a zombie runs nothing.
+        left = subprocess.run(
+            ["pgrep", "-a", "--runstates", "R,S,D,T,t", "-s", ",".join(map(str, sorted(cluster.sessions)))],
+            capture_output=True,
+            text=True,
+        )
+        assert left.returncode == 1, f"still running after stop:\n{left.stdout}"
+        # PostgreSQL's backends leave the postmaster's session (each calls setsid):
+        # nothing may still listen on any of the cluster's ports either.
+        listening = [port for port in (api, s3, postgres, redis, *log_ports) if _listens(port)]
+        assert not listening, f"still listening after stop: {listening}"
+        assert not list(state.glob("*.pid"))
+        postgres_dir = local_cluster.postgres_dir(state)
+        if root not in postgres_dir.parents:
+            shutil.rmtree(postgres_dir, ignore_errors=True)
+        shutil.rmtree(root)
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def api(cluster) -> requests.Session:
+    """The REST API with a token from the admin login, as a user gets one."""
+    response = requests.post(
+        f"{cluster.url}/auth/token", json={"username": cluster.user, "password": cluster.password}, timeout=60
+    )
+    assert response.status_code == 201, response.text
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+    return session
+
+
+@pytest.fixture(scope="module")
+def s3(cluster):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=cluster.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+
+
+def _trigger(api, cluster, conf: dict) -> dict:
+    response = api.post(
+        f"{cluster.url}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _get(api, cluster, path: str, **params) -> dict:
+    response = api.get(f"{cluster.url}/api/v2/dags/{DAG_ID}/{path}", params=params, timeout=60)
+    assert response.status_code == 200, f"{path}: {response.status_code} {response.text}"
+    return response.json()
+
+
+def _final_state(api, cluster, run_id: str) -> str:
+    """Poll a run until it ends; past RUN_TIMEOUT, fail with the components' logs."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while (state := _get(api, cluster, f"dagRuns/{run_id}")["state"]) not in ("success", "failed"):
+        assert time.monotonic() < deadline, f"run {run_id} still {state} after {RUN_TIMEOUT} s\n{cluster.logs()}"
+        time.sleep(3)
+    return state
+
+
+def _task_instances(api, cluster, run_id: str) -> dict[str, dict]:
+    found = _get(api, cluster, f"dagRuns/{run_id}/taskInstances")["task_instances"]
+    return {ti["task_id"]: ti for ti in found}
+
+
+def _log(api, cluster, run_id: str, task_id: str, try_number: int) -> tuple[list[str], str]:
+    """(where the API read it from, the text) of one try's log."""
+    response = api.get(
+        f"{cluster.url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+        headers={"Accept": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    events = [entry.get("event", "") for entry in response.json()["content"]]
+    # The log starts with a group naming its sources.
+    assert events[0] == "::group::Log message source details", events[:5]
+    end = events.index("::endgroup::")
+    return events[1:end], "\n".join(events[end + 1 :])
+
+
+def _versions(s3) -> set[int]:
+    from mnist_tasks.registry import list_versions
+
+    return {row["version"] for row in list_versions(s3_client=s3, models_uri=MODELS_URI)}
+
+
+@pytest.fixture(scope="module")
+def first_run(cluster, api) -> dict:
+    run = _trigger(api, cluster, FIRST_CONF)
+    run["final_state"] = _final_state(api, cluster, run["dag_run_id"])
+    run["task_instances"] = _task_instances(api, cluster, run["dag_run_id"])
+    return run
+
+
+def test_a_run_succeeds_with_each_task_on_the_worker_of_its_queue(first_run, cluster):
+    assert first_run["final_state"] == "success", f"{first_run['task_instances']}\n{cluster.logs()}"
+    ran_on = {task_id: ti["hostname"] for task_id, ti in first_run["task_instances"].items()}
+    assert ran_on == {
+        **{task_id: TRAINING_WORKER for task_id in ON_TRAINING_WORKER},
+        **{task_id: DEFAULT_WORKER for task_id in ON_DEFAULT_WORKER},
+    }, cluster.logs()
+
+
+def test_the_model_is_published_and_matches_its_manifest(first_run, cluster, s3):
+    from mnist_tasks.registry import read_latest, verify_version
+
+    assert first_run["final_state"] == "success", cluster.logs()
+    latest = read_latest(s3_client=s3, models_uri=MODELS_URI)
+    manifest = verify_version(
+        s3_client=s3, models_uri=MODELS_URI, version=latest["version"], manifest_sha256=latest["manifest_sha256"]
+    )
+    assert manifest["run_id"] == first_run["dag_run_id"], cluster.logs()
+    assert (manifest["params"]["epochs"], manifest["params"]["seed"]) == (1, 42)
+
+
+def test_the_logs_of_both_workers_tasks_are_read_from_s3_through_the_api(first_run, cluster, api):
+    run_id = first_run["dag_run_id"]
+    prepared = _get(api, cluster, f"dagRuns/{run_id}/taskInstances/prepare/xcomEntries/return_value")["value"]
+    # Each task's own output: what prepare returned, Keras' line for the epoch train ran.
+    expected = {"prepare": re.escape(prepared["data_sha256"]), "train": r"\d+/\d+ - .* - val_accuracy: 0\.\d+"}
+    for task_id, own_output in expected.items():
+        sources, text = _log(api, cluster, run_id, task_id, 1)
+        assert [s for s in sources if not s.startswith("s3://airflow-logs/logs/")] == [], sources
+        assert f"task_id={task_id}/attempt=1.log" in sources[0]
+        assert re.search(own_output, text), f"{task_id}'s log lacks {own_output!r}:\n{text[-3000:]}"
+
+
+def test_the_workers_share_no_files(first_run, cluster, s3):
+    """Each worker holds what its own tasks wrote, and verified copies of what they fetched from the artifact store."""
+    assert first_run["final_state"] == "success", cluster.logs()
+    default, training = _files(cluster.data_dir(DEFAULT_WORKER)), _files(cluster.data_dir(TRAINING_WORKER))
+    store = _ArtifactStoreDigests(s3)
+    # A worker's copy of a store object sits at MNIST_DATA_DIR/artifacts/<key>: it
+    # must be byte for byte that object. Anything else the worker wrote itself.
+    written_by = {}
+    for worker, files in ((DEFAULT_WORKER, default), (TRAINING_WORKER, training)):
+        for path, digest in files.items():
+            in_store = store.sha256(path.removeprefix("artifacts/")) if path.startswith("artifacts/") else None
+            assert in_store in (None, digest), f"{worker}'s {path} differs from the store's object"
+        written_by[worker] = files.keys() - store.copies(files)
+    assert written_by[DEFAULT_WORKER], default  # download's files, at least
+    assert not written_by[DEFAULT_WORKER] & training.keys(), sorted(written_by[DEFAULT_WORKER] & training.keys())
+    assert not written_by[TRAINING_WORKER] & default.keys(), sorted(written_by[TRAINING_WORKER] & default.keys())
+    # The training worker got its data, and the default one the model, through the store.
+    assert any(path.endswith("/x_train.npy") for path in store.copies(training)), sorted(training)
+    assert any(path.endswith("/model.keras") for path in store.copies(default)), sorted(default)
+
+
+class _ArtifactStoreDigests:
+    """The sha256 of objects in the artifact store, each read once."""
+
+    def __init__(self, s3) -> None:
+        self._s3 = s3
+        self._digests: dict[str, str | None] = {}
+
+    def sha256(self, key: str) -> str | None:
+        """None when the store has no such object."""
+        if key not in self._digests:
+            try:
+                body = self._s3.get_object(Bucket=ARTIFACTS_BUCKET, Key=key)["Body"]
+            except self._s3.exceptions.NoSuchKey:
+                self._digests[key] = None
+            else:
+                self._digests[key] = _sha256(body.iter_chunks(1 << 20))
+        return self._digests[key]
+
+    def copies(self, files: dict[str, str]) -> set[str]:
+        """Which of a worker's files are copies of store objects."""
+        return {
+            path
+            for path, digest in files.items()
+            if path.startswith("artifacts/") and self.sha256(path.removeprefix("artifacts/")) == digest
+        }
+
+
+def _files(root: Path) -> dict[str, str]:
+    """Relative path → sha256 of every file under `root`."""
+    digests = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                digests[str(path.relative_to(root))] = _sha256(iter(lambda: f.read(1 << 20), b""))
+    return digests
+
+
+def _sha256(chunks) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def test_a_training_worker_killed_mid_train_is_replaced_and_the_run_still_succeeds(
+    first_run, cluster, api, s3, scripts
+):
+    from mnist_tasks.registry import read_latest, verify_version
+
+    local_processes, _ = scripts
+    assert first_run["final_state"] == "success", cluster.logs()
+    versions_before = _versions(s3)
+    run = _trigger(api, cluster, SECOND_CONF)
+    run_id = run["dag_run_id"]
+
+    train = _wait_for_running(api, cluster, run_id, "train")
+    assert train["hostname"] == TRAINING_WORKER
+    # Like the machine losing power: every process of the worker's session, the task's included, at once.
+    killed = f"airflow-{TRAINING_WORKER}.pid"
+    others = {name: pid for name, pid in cluster.pids().items() if name != killed}
+    assert local_processes.kill(cluster.state_dir / killed)
+    killed_while = _task_instances(api, cluster, run_id)["train"]
+    assert (killed_while["state"], killed_while["try_number"]) == ("running", 1), killed_while
+
+    # Starting the cluster again starts the worker that is missing, and nothing twice.
+    cluster.start()
+    restarted = cluster.pids()
+    assert restarted.pop(killed) and restarted == others, f"{others} -> {restarted}\n{cluster.logs()}"
+
+    assert _final_state(api, cluster, run_id) == "success", f"{_task_instances(api, cluster, run_id)}\n{cluster.logs()}"
+    task_instances = _task_instances(api, cluster, run_id)
+    # The first try died with its worker; Airflow noticed the missing heartbeat and retried.
+    assert task_instances["train"]["try_number"] >= 2, task_instances["train"]
+    assert {task_instances[t]["hostname"] for t in ON_TRAINING_WORKER} == {TRAINING_WORKER}, task_instances
+
+    new_versions = _versions(s3) - versions_before
+    assert len(new_versions) == 1, f"{new_versions}\n{cluster.logs()}"
+    (version,) = new_versions
+    latest = read_latest(s3_client=s3, models_uri=MODELS_URI)
+    assert latest["version"] == version
+    manifest = verify_version(
+        s3_client=s3, models_uri=MODELS_URI, version=version, manifest_sha256=latest["manifest_sha256"]
+    )
+    assert manifest["run_id"] == run_id, cluster.logs()
+
+
+def _wait_for_running(api, cluster, run_id: str, task_id: str) -> dict:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while (ti := _task_instances(api, cluster, run_id).get(task_id, {})).get("state") != "running":
+        assert ti.get("state") not in ("success", "failed", "upstream_failed"), ti
+        assert time.monotonic() < deadline, f"{task_id} of {run_id} never ran: {ti}\n{cluster.logs()}"
+        time.sleep(0.5)
+    return ti
