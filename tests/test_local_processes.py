@@ -73,11 +73,9 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(processes, tmp
         log_file=tmp_path / "stubborn.log",
     )
     _wait_for(ready)
-    started = time.monotonic()
 
     assert processes.stop(pid_file, grace_seconds=1) is True
 
-    assert 1 <= time.monotonic() - started < 5
     assert proc.wait(timeout=5) == -9
     assert _alive(proc.pid) == []
 
@@ -113,11 +111,9 @@ def test_kill_ends_the_whole_session_at_once_sigterm_or_not(processes, tmp_path)
         [sys.executable, "-c", script, str(grandchild_file)], pid_file=pid_file, log_file=tmp_path / "tree.log"
     )
     _wait_for(grandchild_file)
-    started = time.monotonic()
 
     assert processes.kill(pid_file) is True
 
-    assert time.monotonic() - started < 2
     assert proc.wait(timeout=5) == -9
     assert _alive(proc.pid) == []
     assert not pid_file.exists()
@@ -133,11 +129,9 @@ def test_stop_can_ask_with_another_signal_first(processes, tmp_path):
         log_file=tmp_path / "server.log",
     )
     _wait_for(ready)
-    started = time.monotonic()
 
     assert processes.stop(pid_file, grace_seconds=10, first_signal=signal.SIGINT) is True
 
-    assert time.monotonic() - started < 5
     assert got.read_text().strip() == "INT"
     assert proc.wait(timeout=5) == 0
 
