@@ -11,6 +11,7 @@ can call it every time and a second run finds the mirror still there.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +41,15 @@ def start(port: int, state_dir: Path, buckets: list[str]) -> None:
 
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=f"http://{HOST}:{port}")
+    # moto's server takes any credentials; these are only so that boto3 signs its requests
+    # when the environment has none (AWS_* unset), instead of failing with a traceback.
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://{HOST}:{port}",
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "local"),
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
+        region_name="us-east-1",
+    )
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     for bucket in buckets:
         if bucket not in existing:
@@ -60,10 +69,17 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=Path(".local"))
     parser.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
     args = parser.parse_args()
-    if args.action == "start":
-        start(args.port, args.state_dir, args.bucket)
-    else:
+    if args.action == "stop":
         stop(args.state_dir)
+        return
+    was_running = running(args.state_dir / "moto.pid") is not None
+    try:
+        start(args.port, args.state_dir, args.bucket)
+    except Exception as err:  # noqa: BLE001  one line for the user, and no server left behind
+        if not was_running:
+            stop_session(args.state_dir / "moto.pid", grace_seconds=5)
+        print(f"error: the local S3 endpoint could not be set up: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
