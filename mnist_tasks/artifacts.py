@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TypedDict
 
-from mnist_tasks.storage import atomic_path, safe_name, sha256_file, split_s3_uri
+from mnist_tasks.storage import atomic_path, is_missing, safe_name, sha256_file, split_s3_uri
 
 # Object metadata (x-amz-meta-sha256) that lets `find` tell what an object holds without reading it.
 SHA256_METADATA = "sha256"
@@ -133,7 +133,7 @@ class ArtifactStore:
             try:
                 head = self._s3.head_object(Bucket=bucket, Key=object_key)
             except ClientError as err:
-                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                if is_missing(err):
                     return None
                 raise
             sha256 = head.get("Metadata", {}).get(SHA256_METADATA)
@@ -161,7 +161,8 @@ class ArtifactStore:
             if got != ref["sha256"]:
                 raise ArtifactIntegrityError(
                     f"checksum mismatch for {ref['uri']}: expected {ref['sha256']}, got {got} "
-                    f"({tmp.stat().st_size} bytes, expected {ref['bytes']})"
+                    f"({tmp.stat().st_size} bytes, expected {ref['bytes']}); the object changed in the store "
+                    "after it was handed over: delete it, and the task that wrote it makes it again"
                 )
         return False
 
@@ -173,7 +174,7 @@ class ArtifactStore:
             try:
                 self._s3.download_file(bucket, key, str(dest))
             except ClientError as err:
-                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                if is_missing(err):
                     raise ArtifactMissingError(f"{uri} is not in the artifact store") from err
                 raise
             return

@@ -26,6 +26,7 @@ from mnist_tasks.predict import (
     load_model_for_prediction,
     predict_files,
 )
+from mnist_tasks.params import PARAMS
 from mnist_tasks.storage import split_s3_uri
 
 PREDICTIONS_CSV = "predictions.csv"
@@ -79,8 +80,7 @@ def predict_prefix(
     {"input_uri", "predictions_csv", "predictions_json", "model_version", "model_sha256",
     "images" (scored), "skipped", "ignored", "counts": {status: images}}.
     """
-    if max_images < 1:
-        raise PredictError(f"max_images must be at least 1, got {max_images}")
+    PARAMS["max_images"].check(max_images)
     in_bucket, in_prefix = _directory(input_uri)
     out_bucket, out_prefix = _directory(output_uri)
     # Fails before anything is downloaded when there is no (intact) model to score with.

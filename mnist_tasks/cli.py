@@ -113,7 +113,12 @@ def _version(text: str) -> int:
 
 def _version_or_latest(text: str) -> int | None:
     """A version number, or None for `latest`."""
-    return None if text == "latest" else _version(text)
+    if text == "latest":
+        return None
+    try:
+        return _version(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a version number or latest, got {text!r}") from None
 
 
 def _report(args: argparse.Namespace) -> dict:
@@ -330,20 +335,25 @@ def _is_own_error(err: Exception) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = Settings.from_env()
-    args = _parser(settings).parse_args(argv)
-    if getattr(args, "mirror", ()) is None:
-        args.mirror = list(settings.mirrors)
+    # Read before parsing: a bad setting fails the parser's defaults too.
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        result = args.run(args)
+        settings = Settings.from_env()
+        args = _parser(settings).parse_args(argv)
+        if getattr(args, "mirror", ()) is None:
+            args.mirror = list(settings.mirrors)
+        _print_result(args.run(args))
     except Exception as err:
-        if args.debug:
+        if debug:
             raise
         # One line and exit status 2, whatever failed: a bucket that does not exist, a
         # malformed latest.json, a file where a directory should be, or a bug.
         detail = "" if _is_own_error(err) else f" ({type(err).__name__}; --debug shows the traceback)"
         print(f"error: {err}{detail}", file=sys.stderr)
         sys.exit(2)
+
+
+def _print_result(result: object) -> None:
     if result is None:
         return  # the command wrote its own output
     json.dump(result, sys.stdout, indent=2, allow_nan=False)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mnist_tasks.model import NUM_CLASSES
+from mnist_tasks.params import PARAMS
 from mnist_tasks.registry import NothingPublishedError, download_model
 from mnist_tasks.storage import atomic_path, sha256_file
 
@@ -77,8 +78,7 @@ def gate_verdict(
     pass. The message names the accuracy, the threshold and the champion's
     accuracy when there is one.
     """
-    if not 0 <= max_regression <= 1:
-        raise ValueError(f"max_regression must be between 0 and 1, got {max_regression}")
+    PARAMS["max_regression"].check(max_regression)
     if not math.isfinite(loss):
         # NaN outputs argmax to digit 0, so accuracy alone could still look plausible.
         return False, f"accuracy gate failed: the test loss is {loss}, not a finite number: the model's outputs are broken"

@@ -66,6 +66,9 @@ class ParamSpec:
             bounds["exclusiveMinimum"] = self.exclusive_minimum
         if self.maximum is not None:
             bounds["maximum"] = self.maximum
+        if self.maximum is None:
+            # No upper bound to hang the NaN guard on; every Param here has one.
+            raise ValueError(f"{self.name} needs a maximum: without one the form would accept NaN")
         return {"allOf": [bounds, {"not": {"exclusiveMinimum": self.maximum}}]}
 
     def _bounds(self) -> list[tuple[Any, str]]:

@@ -10,11 +10,12 @@ step may run on any worker. The functions underneath (`dataset`, `train`,
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
 from mnist_tasks.artifacts import ArtifactRef, ArtifactStore, dataset_key, run_key
+from mnist_tasks.storage import sha256_file
 
 DATASET_INFO = "dataset.json"
 
@@ -63,7 +64,7 @@ def download(*, store: ArtifactStore, mirrors: Sequence[str], raw_dir: Path, s3_
         key = dataset_key(got["data_sha256"], "raw", name)
         local = raw_dir / name
         stored = store.find(key)
-        if stored is None or stored["sha256"] != _sha256(local):
+        if stored is None or stored["sha256"] != sha256_file(local):
             stored = store.put(local, key)
         files[name] = {**checked, "artifact": stored}
     return {"data_sha256": got["data_sha256"], "files": files, "downloaded": got["downloaded"]}
@@ -79,7 +80,11 @@ def prepare(*, store: ArtifactStore, downloaded: Downloaded, cache_root: Path) -
     found = store.find(info_key)
     if found is not None:
         info = store.get_json(found)
-        if info["data_sha256"] == data_sha256:
+        # An array replaced or deleted in the store since would fail every later run
+        # (the check on read is not retried): rebuild instead. One HEAD request each.
+        if info["data_sha256"] == data_sha256 and all(
+            store.find(store.key_of(ref)) == ref for ref in info["arrays"].values()
+        ):
             return {**info, "cache_hit": True}
 
     from mnist_tasks.dataset import ARRAY_NAMES, prepare_dataset
@@ -188,12 +193,11 @@ def publish(
 
     The manifest records the data's and the run's artifacts by URI and sha256, and
     the sha256 of every published file. A retry after an earlier attempt of this
-    run wrote the version's manifest renders the report from that manifest, so
-    it publishes the same bytes (versions are immutable).
+    run claimed the version renders the report from that claim, so it publishes
+    the same bytes (versions are immutable).
     """
     from mnist_tasks.evaluate import METRICS_FILE
     from mnist_tasks.publish import build_manifest, publish_model
-    from mnist_tasks.registry import VersionNotFoundError, read_manifest
     from mnist_tasks.report import REPORT_FILE, write_report
     from mnist_tasks.train import HISTORY_FILE, MODEL_FILE
 
@@ -202,25 +206,22 @@ def publish(
         HISTORY_FILE: store.get(trained["history"]),
         **{name: store.get(ref) for name, ref in evaluated["artifacts"].items()},
     }
-    try:
-        claimed = read_manifest(s3_client=s3_client, models_uri=models_uri, version=version)
-    except VersionNotFoundError:
-        claimed = None
-    manifest = build_manifest(
+    manifest = _manifest_for(
+        s3_client=s3_client,
+        models_uri=models_uri,
         version=version,
         run_id=run_id,
-        dag_id=dag_id,
-        params=trained["params"],
-        data=downloaded,
-        metrics=evaluated,
-        started_at=started_at,
-        training={name: trained[name] for name in ("model", "history", "final", "train_count", "seconds")},
+        build=lambda: build_manifest(
+            version=version,
+            run_id=run_id,
+            dag_id=dag_id,
+            params=trained["params"],
+            data=downloaded,
+            metrics=evaluated,
+            started_at=started_at,
+            training={name: trained[name] for name in ("model", "history", "final", "train_count", "seconds")},
+        ),
     )
-    if claimed is not None and claimed["run_id"] == run_id:
-        manifest = {name: value for name, value in claimed.items() if name != "files"}
-    else:
-        # In the key order the stored manifest will have, so a retry renders the same report.
-        manifest = json.loads(json.dumps(manifest, sort_keys=True))
     # Rendered here, not in evaluate: the report shows the manifest's lineage.
     report = store.local_path(run_key(dag_id, run_id, REPORT_FILE))
     pictures = {name: path for name, path in files.items() if name.endswith(".png")}
@@ -235,7 +236,14 @@ def publish(
     )
 
 
-def _sha256(path: Path) -> str:
-    from mnist_tasks.storage import sha256_file
+def _manifest_for(
+    *, s3_client: Any, models_uri: str, version: int, run_id: str, build: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """The manifest (without files) this run publishes `version` with: its earlier claim, or a new one."""
+    from mnist_tasks.registry import read_claim
 
-    return sha256_file(path)
+    claim = read_claim(s3_client=s3_client, models_uri=models_uri, version=version)
+    if claim is not None and claim["run_id"] == run_id:
+        return claim
+    # In the key order the stored claim will have, so a retry renders the same report.
+    return json.loads(json.dumps(build(), sort_keys=True))

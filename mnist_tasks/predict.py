@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_tasks.evaluate import ModelChecksumError
+from mnist_tasks.params import PARAMS
 from mnist_tasks.storage import atomic_path, sha256_file
 
 if TYPE_CHECKING:
@@ -187,8 +188,7 @@ def predict_files(
     it; the other files are still predicted. `save_preprocessed` is a directory that receives
     the 28x28 images the model saw, as `<stem>.png` (`<stem>_<i>.png` with `multi`).
     """
-    if not 0.0 <= min_confidence <= 1.0:
-        raise PredictError(f"min_confidence must be in [0, 1], got {min_confidence}")
+    PARAMS["min_confidence"].check(min_confidence)
     if save_preprocessed is not None:
         _check_unique_stems(paths)
 

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from mnist_tasks.registry import (
-    CONDITION_FAILED,
     LATEST_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     LatestMovedError,
     PublishVerificationError,  # noqa: F401  re-exported: publish_model raises it (through verify_version)
+    VersionConflictError,
+    VersionNotFoundError,
+    claim_version,
     gate_passed,
     models_location,
     move_latest,
@@ -34,7 +36,7 @@ from mnist_tasks.registry import (
     verify_version,
     version_prefix,
 )
-from mnist_tasks.storage import sha256_stream
+from mnist_tasks.storage import is_condition_failed, sha256_stream
 
 MANIFEST_SCHEMA = 1
 PACKAGE = "mnist-retraining"
@@ -52,10 +54,6 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
 
 # The directory holding mnist_tasks/: the root of the source tree when this is a checkout.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
-
-
-class VersionConflictError(RuntimeError):
-    """The version already exists and was published by a different run."""
 
 
 class GateFailedError(ValueError):
@@ -156,22 +154,27 @@ def publish_model(
     manifest: dict[str, Any],
     compared_latest_etag: str | None = FROM_CURRENT_LATEST,
 ) -> dict[str, Any]:
-    """Claim `version` by writing its manifest once, upload `files` (name -> local path), verify, move `latest`.
+    """Publish `files` (name -> local path) as `version`: claim it, upload, write the manifest, verify, move `latest`.
 
-    The manifest is written with If-None-Match: *, so a version has one owner
-    and its objects are never mixed: another run claiming it gets
-    VersionConflictError, and so does this run with bytes other than those it
-    published before (versions are immutable). A retry with the same bytes
-    completes what an earlier attempt started. If the read-back does not match
-    (PublishVerificationError), `latest.json` is not touched.
+    A version belongs to the run that claims it first (`claim.json`, written
+    with If-None-Match: *): another run gets VersionConflictError and writes
+    nothing. Its `manifest.json` is written last and once, so a version with a
+    manifest is complete; a retry of the same run with the same bytes finishes
+    what an earlier attempt started, one with other bytes (a re-trained model)
+    gets VersionConflictError once the manifest exists (versions are immutable).
+    If the read-back does not match (PublishVerificationError), `latest.json`
+    is not touched.
 
-    `latest` then moves forward only: never to an older version than it points
-    at, and, with `compared_latest_etag` (the ETag latest.json had when evaluate
+    `latest` moves forward only: never to an older version than it points at,
+    and, with `compared_latest_etag` (the ETag latest.json had when evaluate
     compared this model with the champion; None when nothing was published),
-    only from that state, else LatestMovedError and the version stays published
-    but not latest.
+    only from that state. If it moved before publishing starts, LatestMovedError
+    and nothing is written; if it moves while publishing, LatestMovedError and
+    the version stays published but not latest.
     """
     _check_publishable(version=version, files=files, manifest=manifest)
+    _check_latest_unmoved(s3_client, models_uri, version, compared_latest_etag)
+    claim_version(s3_client=s3_client, models_uri=models_uri, version=version, manifest=manifest)
     # Hashed before upload, checked after: a file that changes in between fails verification.
     entries = {}
     for name, path in sorted(files.items()):
@@ -179,13 +182,15 @@ def publish_model(
             sha, size = sha256_stream(f)
         entries[name] = {"sha256": sha, "bytes": size}
     manifest = {**manifest, "files": entries}
-    manifest_sha256 = _claim_version(s3_client, models_uri, version, manifest)
 
     bucket, prefix = models_location(models_uri)
     base = version_prefix(models_uri, version)
-    for name, path in files.items():
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        s3_client.upload_file(str(path), bucket, base + name, ExtraArgs={"ContentType": content_type})
+    manifest_sha256 = _complete_manifest_sha256(s3_client, models_uri, version, manifest)
+    if manifest_sha256 is None:
+        for name, path in files.items():
+            content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            s3_client.upload_file(str(path), bucket, base + name, ExtraArgs={"ContentType": content_type})
+        manifest_sha256 = _write_manifest(s3_client, models_uri, version, manifest)
     verify_version(s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256)
     latest = _advance_latest(
         s3_client, models_uri, version, manifest_sha256, compared_latest_etag, run_id=manifest["run_id"]
@@ -216,11 +221,48 @@ def _check_publishable(*, version: int, files: Mapping[str, Path | str], manifes
         _check_file_name(name)
 
 
-def _claim_version(s3_client: Any, models_uri: str, version: int, manifest: dict[str, Any]) -> str:
-    """Write the version's manifest unless it exists; return the sha256 of the manifest that stands.
+def _check_latest_unmoved(s3_client: Any, models_uri: str, version: int, compared_latest_etag: str | None) -> None:
+    """LatestMovedError, before anything is written, if `latest` is no longer what evaluate compared with."""
+    if compared_latest_etag == FROM_CURRENT_LATEST:
+        return
+    current, etag = read_latest_state(s3_client=s3_client, models_uri=models_uri)
+    if etag == compared_latest_etag or (current is not None and current["version"] == version):
+        return  # unchanged, or an earlier attempt of this run already moved it here
+    now = "nothing" if current is None else f"version {current['version']}"
+    raise LatestMovedError(
+        f"latest changed after evaluate compared version {version} with the champion: it now points at {now}. "
+        "Nothing was published; re-run evaluate and publish to compare it with the new champion"
+    )
 
-    An existing manifest stands if it is this run's and records the same files.
+
+def _complete_manifest_sha256(s3_client: Any, models_uri: str, version: int, manifest: dict[str, Any]) -> str | None:
+    """The sha256 of the version's manifest if it is already complete with these very files, else None.
+
+    A manifest that records other files raises VersionConflictError: the version is immutable.
     """
+    try:
+        existing, existing_sha256 = read_manifest_and_sha256(
+            s3_client=s3_client, models_uri=models_uri, version=version
+        )
+    except VersionNotFoundError:
+        return None
+    if existing["run_id"] != manifest["run_id"]:
+        raise VersionConflictError(
+            f"version {version} already exists in {models_uri} from run {existing['run_id']!r}; "
+            f"run {manifest['run_id']!r} may not overwrite it (versions are immutable)"
+        )
+    files, published = manifest["files"], existing["files"]
+    differing = sorted(name for name in {*files, *published} if files.get(name) != published.get(name))
+    if differing:
+        raise VersionConflictError(
+            f"version {version} was already published by this run ({manifest['run_id']!r}) with other bytes for "
+            f"{', '.join(differing)}; versions are immutable, so publish this model from a new run"
+        )
+    return existing_sha256
+
+
+def _write_manifest(s3_client: Any, models_uri: str, version: int, manifest: dict[str, Any]) -> str:
+    """Write the manifest once (If-None-Match: *); return its sha256, or that of the one a racing attempt wrote."""
     from botocore.exceptions import ClientError
 
     body = (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
@@ -228,23 +270,12 @@ def _claim_version(s3_client: Any, models_uri: str, version: int, manifest: dict
     key = version_prefix(models_uri, version) + MANIFEST_FILE
     try:
         s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
-        return hashlib.sha256(body).hexdigest()
     except ClientError as err:
-        if err.response.get("Error", {}).get("Code") not in CONDITION_FAILED:
+        if not is_condition_failed(err):
             raise
-    existing, existing_sha256 = read_manifest_and_sha256(s3_client=s3_client, models_uri=models_uri, version=version)
-    if existing["run_id"] != manifest["run_id"]:
-        raise VersionConflictError(
-            f"version {version} already exists at s3://{bucket}/{key.removesuffix(MANIFEST_FILE)} from run "
-            f"{existing['run_id']!r}; run {manifest['run_id']!r} may not overwrite it (versions are immutable)"
-        )
-    differing = sorted(n for n in {*existing["files"], *manifest["files"]} if existing["files"].get(n) != manifest["files"].get(n))
-    if differing:
-        raise VersionConflictError(
-            f"version {version} was already published by this run ({manifest['run_id']!r}) with other bytes for "
-            f"{', '.join(differing)}; versions are immutable, so publish this model from a new run"
-        )
-    return existing_sha256
+        # Another attempt of this run finished first; it stands if it published these files.
+        return _complete_manifest_sha256(s3_client, models_uri, version, manifest)
+    return hashlib.sha256(body).hexdigest()
 
 
 def _advance_latest(
@@ -263,12 +294,12 @@ def _advance_latest(
     current, etag = read_latest_state(s3_client=s3_client, models_uri=models_uri)
     if current is not None and (current["version"], current["manifest_sha256"]) == (version, manifest_sha256):
         return current  # an earlier attempt of this run got this far
-    if compared_latest_etag != FROM_CURRENT_LATEST and etag != compared_latest_etag:
+    if compared_latest_etag not in (FROM_CURRENT_LATEST, etag):
         now = "nothing" if current is None else f"version {current['version']}"
         raise LatestMovedError(
-            f"latest changed after evaluate compared version {version} with the champion: it now points at {now}. "
-            f"Version {version} is published and verified but latest was not moved; re-run evaluate and publish "
-            "to compare it with the new champion"
+            f"latest changed while version {version} was being published: it now points at {now}. Version "
+            f"{version} is published and verified but is not latest; compare the two and, to make it latest, "
+            f"`python -m mnist_tasks models promote {version} --reason …`"
         )
     if current is not None and current["version"] > version:
         return current  # latest only moves forward; an older run re-run publishes its version beside it

@@ -2,15 +2,15 @@
 
 Layout under `models_uri` (s3://bucket/prefix/):
 
-    prefix/<version>/manifest.json                     written first and once (If-None-Match: *)
-    prefix/<version>/model.keras, metrics.json, ...   the bytes the manifest records, never others
+    prefix/<version>/claim.json                        written first and once (If-None-Match: *): whose it is
+    prefix/<version>/model.keras, metrics.json, ...   uploaded by that run only
+    prefix/<version>/manifest.json                     written last and once: the version is complete
     prefix/latest.json                                 the pointer, moved only to a verified version
 
 `<version>` is a plain integer so TensorFlow Serving style loaders, which scan
 numbered directories, can read the tree as is. A directory without a manifest
-is not a version. The manifest is the version's claim: whoever writes it first
-owns the version, and a version is complete once every file it lists is there
-with its sha256 (`verify_version`); `latest` only ever points at a complete one.
+is an unfinished publish and is not a version; `latest` only ever points at a
+version whose every file matches its manifest (`verify_version`).
 
 `latest.json` moves with conditional writes (If-Match on the ETag it had when it
 was read, If-None-Match: * when there was none), so two writers never overwrite
@@ -32,11 +32,19 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from mnist_tasks.storage import atomic_path, sha256_file, sha256_stream, split_s3_uri
+from mnist_tasks.storage import (
+    atomic_path,
+    is_condition_failed,
+    is_missing,
+    sha256_file,
+    sha256_stream,
+    split_s3_uri,
+)
 
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "latest.json"
+CLAIM_FILE = "claim.json"
 
 # Only canonical integers name versions: "0042" would read as 42 and then
 # point at a directory that does not exist.
@@ -59,6 +67,10 @@ class PublishVerificationError(RuntimeError):
     """An object in the bucket is missing or differs from what its manifest records."""
 
 
+class VersionConflictError(RuntimeError):
+    """The version belongs to another run, or was published with other bytes: versions are immutable."""
+
+
 class LatestMovedError(RuntimeError):
     """`latest.json` is not what the caller last saw: someone else moved it in between."""
 
@@ -67,8 +79,6 @@ class GateNotPassedError(ValueError):
     """A version whose manifest does not record a passed gate may become `latest` only by force."""
 
 
-# What S3, MinIO and moto answer when a conditional write's condition does not hold.
-CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 def parse_version(text: str) -> int:
@@ -124,16 +134,12 @@ def gate_passed(metrics: dict[str, Any]) -> bool | None:
     return gate.get("passed") if isinstance(gate, dict) else None
 
 
-def _is_missing(err: ClientError) -> bool:
-    return err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404")
-
-
 def _get_bytes(s3_client: Any, bucket: str, key: str) -> bytes | None:
     """Whole object, or None when the key does not exist (other errors propagate)."""
     try:
         return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as err:
-        if _is_missing(err):
+        if is_missing(err):
             return None
         raise
 
@@ -166,6 +172,41 @@ def _load_manifest(
     return manifest, sha
 
 
+def claim_version(*, s3_client: Any, models_uri: str, version: int, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Make `version` this run's, before anything of it is written; return the standing claim.
+
+    The claim is the manifest to come, without its files: a retry of the same run
+    renders its report from it, so it publishes the same bytes. A version
+    another run claimed first raises VersionConflictError.
+    """
+    from botocore.exceptions import ClientError
+
+    bucket, _ = models_location(models_uri)
+    key = version_prefix(models_uri, version) + CLAIM_FILE
+    body = (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    try:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
+        return json.loads(body)
+    except ClientError as err:
+        if not is_condition_failed(err):
+            raise
+    claim = read_claim(s3_client=s3_client, models_uri=models_uri, version=version)
+    if claim is None or claim["run_id"] != manifest["run_id"]:
+        owner = "an unreadable claim" if claim is None else f"run {claim['run_id']!r}"
+        raise VersionConflictError(
+            f"version {version} in {models_uri} belongs to {owner}; run {manifest['run_id']!r} "
+            "may not publish it (versions are immutable)"
+        )
+    return claim
+
+
+def read_claim(*, s3_client: Any, models_uri: str, version: int) -> dict[str, Any] | None:
+    """The claim of a version (the manifest it was claimed with, without files), or None."""
+    bucket, _ = models_location(models_uri)
+    raw = _get_bytes(s3_client, bucket, version_prefix(models_uri, version) + CLAIM_FILE)
+    return None if raw is None else json.loads(raw)
+
+
 def read_latest(*, s3_client: Any, models_uri: str) -> dict[str, Any] | None:
     """The `latest.json` pointer, or None when nothing has been published yet."""
     return read_latest_state(s3_client=s3_client, models_uri=models_uri)[0]
@@ -180,7 +221,7 @@ def read_latest_state(*, s3_client: Any, models_uri: str) -> tuple[dict[str, Any
     try:
         stored = s3_client.get_object(Bucket=bucket, Key=prefix + LATEST_FILE)
     except ClientError as err:
-        if _is_missing(err):
+        if is_missing(err):
             return None, None
         raise
     return json.loads(stored["Body"].read()), stored["ETag"]
@@ -240,7 +281,7 @@ def _verify(
         try:
             body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
         except ClientError as err:
-            if _is_missing(err):
+            if is_missing(err):
                 raise PublishVerificationError(
                     f"s3://{bucket}/{key}: expected sha256 {expected['sha256']}, got a missing object"
                 ) from err
@@ -332,7 +373,7 @@ def move_latest(
             **condition,
         )
     except ClientError as err:
-        if err.response.get("Error", {}).get("Code") not in CONDITION_FAILED:
+        if not is_condition_failed(err):
             raise
         current, _ = read_latest_state(s3_client=s3_client, models_uri=models_uri)
         now = "nothing" if current is None else f"version {current['version']}"
@@ -385,7 +426,7 @@ def download_files(
             try:
                 s3_client.download_file(bucket, key, str(tmp))
             except ClientError as err:
-                if _is_missing(err):
+                if is_missing(err):
                     raise PublishVerificationError(
                         f"s3://{bucket}/{key}: expected sha256 {expected}, got a missing object"
                     ) from err

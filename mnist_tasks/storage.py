@@ -114,6 +114,22 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def s3_error_code(err: Exception) -> str:
+    """The error code of a botocore ClientError ("NoSuchKey", "412", …); "" for anything else."""
+    response = getattr(err, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def is_missing(err: Exception) -> bool:
+    """An S3 error that means the key (or, for HEAD, the object) does not exist."""
+    return s3_error_code(err) in ("NoSuchKey", "404", "NotFound")
+
+
+def is_condition_failed(err: Exception) -> bool:
+    """What S3, MinIO and moto answer when a conditional write's If-Match / If-None-Match does not hold."""
+    return s3_error_code(err) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
 def safe_name(text: str) -> str:
     """`text` (a run id such as manual__2026-11-23T22:41:07+00:00) usable as one key or path segment.
 

@@ -119,12 +119,14 @@ def _per_epoch(history: dict[str, list[float]], params: dict[str, Any]) -> list[
     import math
 
     rows = [{"epoch": i + 1, **{name: float(history[name][i]) for name in METRICS}} for i in range(len(history["loss"]))]
-    for row in rows:
-        bad = [f"{name} {value}" for name, value in row.items() if not math.isfinite(value)]
-        if bad or len(rows) < params["epochs"]:
-            raise TrainingDivergedError(
-                f"training diverged in epoch {row['epoch']} of {params['epochs']} "
-                f"({', '.join(bad) or 'a non-finite batch loss stopped it'}) with learning_rate "
-                f"{params['learning_rate']} and batch_size {params['batch_size']}; no model was written"
-            )
+    diverged = next((row for row in rows if not all(math.isfinite(v) for v in row.values())), None)
+    if diverged is None and len(rows) < params["epochs"]:
+        diverged = rows[-1]  # TerminateOnNaN stopped it on a batch; the epoch's mean may still look finite
+    if diverged is not None:
+        bad = [f"{name} {value}" for name, value in diverged.items() if not math.isfinite(value)]
+        raise TrainingDivergedError(
+            f"training diverged in epoch {diverged['epoch']} of {params['epochs']} "
+            f"({', '.join(bad) or 'a non-finite batch loss stopped it'}) with learning_rate "
+            f"{params['learning_rate']} and batch_size {params['batch_size']}; no model was written"
+        )
     return rows

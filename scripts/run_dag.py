@@ -7,8 +7,9 @@ The exit code is 0 only when the run succeeded.
 
 The run happens in a child process: Airflow's task runner replaces the SIGTERM
 handler of the process it runs tasks in (and keeps it while `dag.test()` waits
-for a retry), so this process stays the one that answers SIGTERM and Ctrl-C,
-by stopping the child and exiting with 128 + the signal number.
+for a retry), so this process stays the one that answers SIGTERM and Ctrl-C:
+it interrupts the child, kills it if it has not stopped within GRACE_SECONDS,
+and exits with 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 
 # Set in the child that runs the DAG.
 CHILD = "MNIST_RUN_DAG_CHILD"
-# How long the child gets to stop after SIGTERM before it is killed.
+# How long the child gets to stop after SIGTERM or SIGINT before it is killed.
 GRACE_SECONDS = 10
 
 
@@ -84,31 +85,42 @@ def main() -> None:
 
 
 def _run_in_child() -> int:
-    child = subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, CHILD: "1"}, start_new_session=True)
+    child: subprocess.Popen | None = None
     stopped_by: list[int] = []
+    killers: list[threading.Timer] = []
 
     def stop(signum: int, _frame) -> None:
-        # Only signals here: the main thread is inside child.wait(), whose lock a
-        # second wait() in this handler would wait for forever.
+        # Only signals here: the main thread may be inside child.wait(), whose lock
+        # a second wait() in this handler would wait for forever.
         stopped_by.append(signum)
-        os.killpg(child.pid, signal.SIGTERM)
-        threading.Timer(GRACE_SECONDS, _kill_group, args=(child.pid,)).start()
+        if child is not None and not killers:
+            # SIGINT, as Ctrl-C would: Airflow's task runner answers SIGTERM only by
+            # killing the task, while KeyboardInterrupt ends dag.test() at once.
+            _signal_group(child.pid, signal.SIGINT)
+            killers.append(threading.Timer(GRACE_SECONDS, _signal_group, args=(child.pid, signal.SIGKILL)))
+            killers[0].daemon = True
+            killers[0].start()
 
+    # Installed first: a signal that arrives while the child starts is not lost.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    child = subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, CHILD: "1"}, start_new_session=True)
+    if stopped_by:
+        stop(stopped_by[0], None)
     code = child.wait()
+    for killer in killers:
+        killer.cancel()
     if stopped_by:
         print(f"stopped by {signal.Signals(stopped_by[0]).name}", file=sys.stderr, flush=True)
         return 128 + stopped_by[0]
     return code
 
 
-def _kill_group(pgid: int) -> None:
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
-        pass  # it stopped within the grace period
-
+        pass  # already gone
 
 if __name__ == "__main__":
     main()

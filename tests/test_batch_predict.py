@@ -10,7 +10,7 @@ import pytest
 
 import mnist_tasks.batch_predict
 from mnist_tasks.batch_predict import predict_prefix
-from mnist_tasks.predict import PredictError
+from mnist_tasks.params import ParamError
 from mnist_tasks.registry import NothingPublishedError
 from tests.test_cli import dark_digit, model_file, publish_test_model  # noqa: F401  (model_file: fixture)
 from tests.test_predict import model  # noqa: F401  (fixture)
@@ -33,7 +33,7 @@ def _written(s3_client, prefix: str) -> tuple[list[dict], dict]:
 
 
 def test_max_images_must_be_positive(buckets, tmp_path):
-    with pytest.raises(PredictError, match="max_images must be at least 1, got 0"):
+    with pytest.raises(ParamError, match="max_images must be at least 1, got 0"):
         predict_prefix(
             s3_client=buckets, input_uri="s3://inbox/", output_uri="s3://out/run/", models_uri=MODELS_URI,
             work_dir=tmp_path, max_images=0,

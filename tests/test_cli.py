@@ -290,3 +290,10 @@ def test_predict_with_published_models_checks_them_against_their_manifest(
         code, out, err = run(["predict", "--model", model_arg, "--models-uri", MODELS_URI, str(images)], capsys)
         assert (code, out) == (2, "")
         assert err.startswith(f"error: s3://{MODELS_BUCKET}/mnist/{VERSION}/model.keras: expected sha256 ")
+
+
+def test_a_bad_setting_is_a_one_line_error_too(monkeypatch, capsys):
+    monkeypatch.setenv("MNIST_RETRY_DELAY_SECONDS", "soon")
+    code, _, err = run(["models", "list"], capsys)
+    assert code == 2
+    assert err == "error: MNIST_RETRY_DELAY_SECONDS must be a whole number greater than 0, got 'soon'\n"

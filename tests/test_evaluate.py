@@ -16,6 +16,7 @@ from mnist_tasks.evaluate import (
     gate_verdict,
     per_class_metrics,
 )
+from mnist_tasks.params import ParamError
 from mnist_tasks.storage import sha256_file
 from tests.test_train import write_prepared
 
@@ -233,7 +234,8 @@ def test_without_a_champion_max_regression_does_not_matter() -> None:
 
 @pytest.mark.parametrize("max_regression", [-0.001, 1.5])
 def test_gate_refuses_a_max_regression_outside_0_to_1(max_regression: float) -> None:
-    with pytest.raises(ValueError, match=f"max_regression must be between 0 and 1, got {max_regression}"):
+    bound = "at least 0" if max_regression < 0 else "at most 1"
+    with pytest.raises(ParamError, match=f"max_regression must be {bound}, got {max_regression}"):
         gate_verdict(accuracy=0.95, threshold=0.93, champion_accuracy=0.95, max_regression=max_regression)
 
 

@@ -116,9 +116,9 @@ def test_a_damaged_prepared_array_in_the_store_fails_training_by_name(
 def test_a_retried_publish_completes_the_same_version(workers, s3_client, tiny_mirror, tmp_path):  # noqa: F811
     run_id = "scheduled__2026-11-24T02:00:00+00:00"
     first = _run(workers, s3_client, tiny_mirror, tmp_path, run_id=run_id, version=1)
-    # The first attempt's upload was cut short after the manifest: a file and the pointer are missing.
-    s3_client.delete_object(Bucket="pipeline-models", Key="mnist/1/report.html")
-    s3_client.delete_object(Bucket="pipeline-models", Key="mnist/latest.json")
+    # The first attempt died mid-upload, after its claim: no manifest, a file and the pointer missing.
+    for key in ("mnist/1/manifest.json", "mnist/1/report.html", "mnist/latest.json"):
+        s3_client.delete_object(Bucket="pipeline-models", Key=key)
 
     retried = pipeline.publish(
         store=workers("worker-e"),

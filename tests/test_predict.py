@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageDraw, ImageFont
 
+from mnist_tasks.params import ParamError
 from mnist_tasks.predict import (
     ImageError,
     ModelOutputError,
@@ -505,7 +506,7 @@ def test_exif_rotated_photo_is_predicted_upright(model, tmp_path):
 
 
 def test_min_confidence_must_be_a_probability(tmp_path):
-    with pytest.raises(PredictError, match="min_confidence must be in"):
+    with pytest.raises(ParamError, match="min_confidence must be at most 1, got 1.5"):
         predict_files(model=None, paths=[], min_confidence=1.5)
 
 

@@ -24,6 +24,7 @@ from mnist_tasks.publish import (
 )
 from mnist_tasks.registry import (
     LatestMovedError,
+    list_versions,
     PublishVerificationError,
     read_latest,
     read_latest_state,
@@ -153,7 +154,14 @@ def test_publish_uploads_the_version_then_points_latest_at_it(
 
     base = f"{prefix}{VERSION}/"
     stored = _bucket_state(s3_client)
-    assert set(stored) == {base + "model.keras", base + "metrics.json", base + "manifest.json", prefix + "latest.json"}
+    assert set(stored) == {
+        base + "claim.json",
+        base + "model.keras",
+        base + "metrics.json",
+        base + "manifest.json",
+        prefix + "latest.json",
+    }
+    assert json.loads(stored[base + "claim.json"])["run_id"] == "scheduled__a"
 
     manifest = json.loads(stored[base + "manifest.json"])
     assert set(manifest["files"]) == {"model.keras", "metrics.json"}
@@ -188,18 +196,23 @@ def test_a_retry_of_the_same_run_completes_the_same_version(s3_client, bucket: s
     first = publish_model(
         s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
     )
-    # The first attempt died after its manifest: one file never arrived.
-    s3_client.delete_object(Bucket=BUCKET, Key=f"mnist/{VERSION}/model.keras")
-    s3_client.delete_object(Bucket=BUCKET, Key="mnist/latest.json")
-    # The retry builds its manifest anew (another created_at); the version's own stands.
+    # The first attempt died after its claim, mid-upload: no manifest, one file missing, latest not moved.
+    for key in (f"mnist/{VERSION}/manifest.json", f"mnist/{VERSION}/model.keras", "mnist/latest.json"):
+        s3_client.delete_object(Bucket=BUCKET, Key=key)
+    assert list_versions(s3_client=s3_client, models_uri=MODELS_URI) == []  # unfinished: not a version
+
     result = publish_model(
         s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "2"), manifest=_manifest()
+    )
+    # And a retry after it completed changes nothing.
+    again = publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "3"), manifest=_manifest()
     )
 
     stored = _bucket_state(s3_client)
     assert {k.split("/")[1] for k in stored} == {str(VERSION), "latest.json"}
-    assert result["manifest_sha256"] == first["manifest_sha256"]
-    assert json.loads(stored["mnist/latest.json"])["manifest_sha256"] == first["manifest_sha256"]
+    assert again["manifest_sha256"] == result["manifest_sha256"]
+    assert json.loads(stored["mnist/latest.json"])["manifest_sha256"] == result["manifest_sha256"]
     assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=VERSION)["run_id"] == "scheduled__a"
 
 
@@ -276,12 +289,13 @@ def test_latest_moves_only_from_the_state_evaluate_compared_with(s3_client, buck
     )
     latest_before = _bucket_state(s3_client)["mnist/latest.json"]
 
-    with pytest.raises(LatestMovedError, match=rf"now points at version {newest}.*latest was not moved"):
+    with pytest.raises(LatestMovedError, match=rf"now points at version {newest}\. Nothing was published"):
         publish_model(
             s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "c"),
             manifest=_manifest(), compared_latest_etag=compared,
         )
     assert _bucket_state(s3_client)["mnist/latest.json"] == latest_before
+    assert not [key for key in _bucket_state(s3_client) if key.startswith(f"mnist/{VERSION}/")]
     # Before the first publish, the state compared with is "nothing published".
     with pytest.raises(LatestMovedError, match=rf"now points at version {newest}"):
         publish_model(

@@ -52,14 +52,29 @@ def test_the_next_writer_removes_what_a_killed_writer_left(tmp_path: Path, kind:
 
 def test_a_live_writers_temp_is_left_alone(tmp_path: Path) -> None:
     final = tmp_path / "history.json"
-    with atomic_path(final) as first:
-        first.write_text("one")
-        # A second writer of the same file meanwhile: the first is alive, its temp stays.
-        with atomic_path(final) as second:
-            second.write_text("two")
-        assert first.exists()
-    assert final.read_text() == "one"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]
+    # Another process, alive, in the middle of writing the same file.
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from mnist_tasks.storage import atomic_path\n"
+            "with atomic_path(Path(sys.argv[1])) as tmp:\n"
+            "    tmp.write_text('theirs'); print('writing', flush=True); time.sleep(60)\n",
+            str(final),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        with atomic_path(final) as tmp:
+            tmp.write_text("ours")
+        theirs = [p for p in tmp_path.iterdir() if p.name.startswith(f".history.json.{writer.pid}.")]
+        assert len(theirs) == 1 and theirs[0].read_text() == "theirs"
+    finally:
+        writer.kill()
+        writer.wait()
+    assert final.read_text() == "ours"
 
 
 def test_a_failed_block_leaves_nothing(tmp_path: Path) -> None:

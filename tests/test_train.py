@@ -149,3 +149,16 @@ def test_an_integer_learning_rate_trains(prepared: Path, tmp_path: Path) -> None
     # The trigger form's maximum, 1, arrives as an int; Keras' Adam refuses ints.
     result = train_model(cache_dir=prepared, out_dir=tmp_path / "out", learning_rate=1, epochs=1, hidden_units=8)
     assert Path(result["model_path"]).is_file()
+
+
+def test_divergence_in_a_later_epoch_is_reported_for_that_epoch() -> None:
+    from mnist_tasks.train import TrainingDivergedError, _per_epoch
+
+    history = {"loss": [0.5, float("nan")], "accuracy": [0.8, 0.1], "val_loss": [0.4, float("nan")], "val_accuracy": [0.9, 0.1]}
+    params = {"epochs": 5, "learning_rate": 0.9, "batch_size": 32}
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 2 of 5 \(loss nan, val_loss nan\)"):
+        _per_epoch(history, params)
+    # Stopped on a batch while the epoch's figures stayed finite: the last epoch run is named.
+    finite = {name: values[:1] for name, values in history.items()}
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 1 of 5 \(a non-finite batch loss"):
+        _per_epoch(finite, params)

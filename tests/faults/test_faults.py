@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import numpy as np
@@ -103,23 +103,49 @@ def test_a_damaged_cached_array_is_fetched_again_and_the_result_is_unchanged(
     ledger.audit(s3_client, MODELS_URI)
 
 
-def test_a_damaged_array_in_the_store_fails_training_at_once_by_name(pipeline_env, monkeypatch, s3_client, ledger):
+def _stored_array(s3_client, name: str) -> str:
+    (key,) = [
+        o["Key"] for o in s3_client.list_objects_v2(Bucket=ARTIFACTS_BUCKET)["Contents"] if o["Key"].endswith(name)
+    ]
+    return key
+
+
+def test_an_array_replaced_in_the_store_is_rebuilt_by_prepare(pipeline_env, monkeypatch, s3_client, ledger):
     dag = _retrying_dag(monkeypatch)
     assert str(dag.test(logical_date=datetime(2026, 11, 20, 2, tzinfo=UTC), run_conf=PASSING_CONF).state) == "success"
     ledger.audit(s3_client, MODELS_URI)
-    (key,) = [
-        o["Key"]
-        for o in s3_client.list_objects_v2(Bucket=ARTIFACTS_BUCKET)["Contents"]
-        if o["Key"].endswith("/x_train.npy")
-    ]
-    s3_client.put_object(Bucket=ARTIFACTS_BUCKET, Key=key, Body=b"\x93NUMPY tampered")
+    key = _stored_array(s3_client, "/x_train.npy")
+    good = s3_client.get_object(Bucket=ARTIFACTS_BUCKET, Key=key)["Body"].read()
+    s3_client.put_object(Bucket=ARTIFACTS_BUCKET, Key=key, Body=b"\x93NUMPY replaced by something else")
+    monkeypatch.setenv("MNIST_DATA_DIR", str(pipeline_env.parent / "another-worker"))
+
+    dag_run = dag.test(logical_date=datetime(2026, 11, 21, 2, tzinfo=UTC), run_conf=PASSING_CONF)
+
+    assert str(dag_run.state) == "success", _tries(dag_run)
+    assert s3_client.get_object(Bucket=ARTIFACTS_BUCKET, Key=key)["Body"].read() == good
+    ledger.scenario("an array in the artifact store replaced", bad_inputs=1)
+    ledger.audit(s3_client, MODELS_URI)
+
+
+def test_an_array_corrupted_in_the_store_fails_training_at_once_by_name(
+    pipeline_env, monkeypatch, s3_client, ledger
+):
+    dag = _retrying_dag(monkeypatch)
+    assert str(dag.test(logical_date=datetime(2026, 11, 20, 2, tzinfo=UTC), run_conf=PASSING_CONF).state) == "success"
+    ledger.audit(s3_client, MODELS_URI)
+    key = _stored_array(s3_client, "/x_train.npy")
+    head = s3_client.head_object(Bucket=ARTIFACTS_BUCKET, Key=key)
+    corrupted = bytearray(s3_client.get_object(Bucket=ARTIFACTS_BUCKET, Key=key)["Body"].read())
+    corrupted[-100:] = b"\xff" * 100
+    # Bit rot: the bytes change, the metadata the uploader recorded does not; only reading tells.
+    s3_client.put_object(Bucket=ARTIFACTS_BUCKET, Key=key, Body=bytes(corrupted), Metadata=head["Metadata"])
     monkeypatch.setenv("MNIST_DATA_DIR", str(pipeline_env.parent / "another-worker"))
 
     dag_run = dag.test(logical_date=datetime(2026, 11, 21, 2, tzinfo=UTC), run_conf=PASSING_CONF)
 
     assert str(dag_run.state) == "failed"
     assert _tries(dag_run)["train"] == ("failed", 1)
-    ledger.scenario("an array in the artifact store overwritten", bad_inputs=1)
+    ledger.scenario("an array in the artifact store corrupted", bad_inputs=1)
     ledger.audit(s3_client, MODELS_URI)
 
 
@@ -164,9 +190,7 @@ def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_
 def test_concurrent_runs_publishing_one_version_leave_one_complete_version(pipeline_env, s3_client, tmp_path, ledger):
     from mnist_tasks.publish import VersionConflictError, build_manifest, publish_model
 
-    outcomes: list[str] = []
-
-    def publisher(run_id: str) -> None:
+    def publisher(run_id: str) -> str:
         model = tmp_path / run_id / "model.keras"
         model.parent.mkdir()
         model.write_bytes(np.random.default_rng(len(run_id)).bytes(2 << 20))
@@ -177,15 +201,12 @@ def test_concurrent_runs_publishing_one_version_leave_one_complete_version(pipel
         try:
             publish_model(s3_client=s3_client, models_uri=MODELS_URI, version=7, files={"model.keras": model},
                           manifest=manifest)
-            outcomes.append("published")
+            return "published"
         except VersionConflictError:
-            outcomes.append("refused")
+            return "refused"  # anything else fails the test: map() re-raises it
 
-    threads = [threading.Thread(target=publisher, args=(f"run-{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(publisher, [f"run-{i}" for i in range(4)]))
 
     assert sorted(outcomes) == ["published", "refused", "refused", "refused"]
     ledger.scenario("four runs publish the same version at once")
@@ -225,7 +246,6 @@ def test_bad_command_lines_are_one_line_errors_and_change_nothing(
     assert "error:" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
     ledger.scenario(f"bad command line: {' '.join(argv)}", bad_inputs=1)
-    ledger.audit(s3_client, MODELS_URI)
 
 
 def read_latest_metrics(s3_client) -> dict:
