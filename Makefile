@@ -32,7 +32,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # The local stack: data under .data/, the mirror and the models in the local
 # S3 endpoint. moto's server accepts any credentials and listens on 127.0.0.1
 # only, so these fixed values are not secrets; real deployments set their own.
-LOCAL_TARGETS := run mirror s3-up airflow
+LOCAL_TARGETS := run bench mirror s3-up airflow
 $(LOCAL_TARGETS): export MNIST_DATA_DIR := $(DATA_DIR)
 $(LOCAL_TARGETS): export MNIST_MIRRORS := $(MIRROR_URI)
 $(LOCAL_TARGETS): export MNIST_MODELS_URI := $(MODELS_URI)
@@ -43,12 +43,13 @@ $(LOCAL_TARGETS): export AWS_DEFAULT_REGION := us-east-1
 $(LOCAL_TARGETS): export AWS_ENDPOINT_URL := $(S3_ENDPOINT)
 $(LOCAL_TARGETS): export AIRFLOW_CONN_AWS_DEFAULT := {"conn_type": "aws", "login": "local", "password": "local", "extra": {"endpoint_url": "$(S3_ENDPOINT)", "region_name": "us-east-1"}}
 
-.PHONY: help run airflow cluster test stop mirror s3-up clean
+.PHONY: help run bench airflow cluster test stop mirror s3-up clean
 
 help:
 	@echo "make run    set up and run the retraining DAG once (CONF='{\"epochs\": 1}' to change Params)"
 	@echo "make airflow  start Airflow (UI on http://127.0.0.1:$(AIRFLOW_PORT)) and the local S3 endpoint; prints the login"
 	@echo "make cluster  the production topology natively: PostgreSQL, Redis, Airflow on Celery with two workers (UI on http://127.0.0.1:$(CLUSTER_PORT))"
+	@echo "make bench  time training and the whole run against the original write-up's script"
 	@echo "make test   run the whole test suite"
 	@echo "make stop   stop everything make run, make airflow and make cluster started"
 	@echo "make clean  stop, then delete the virtualenv, data and local Airflow home"
@@ -86,6 +87,10 @@ run: mirror $(AIRFLOW_HOME)/airflow.db
 	if [ $$status -ne 0 ]; then tail -n 40 $(STATE)/last-run.log | head -n 39 >&2; fi; \
 	tail -n 1 $(STATE)/last-run.log; \
 	exit $$status
+
+# Training and the warm whole run against the original write-up's script, alternating (a few minutes).
+bench: mirror $(AIRFLOW_HOME)/airflow.db
+	$(BIN)/python scripts/benchmark.py
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -55,11 +55,7 @@ def _train(args: argparse.Namespace) -> dict:
     return train_model(
         cache_dir=args.cache_dir,
         out_dir=args.out,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        hidden_units=args.hidden_units,
-        seed=args.seed,
+        **{spec.name: getattr(args, spec.name) for spec in TRAINING_PARAMS},
     )
 
 

@@ -22,6 +22,7 @@ from mnist_tasks.registry import NothingPublishedError, download_model
 from mnist_tasks.storage import atomic_path, sha256_file
 
 METRICS_FILE = "metrics.json"
+PREDICT_BATCH = 2048
 DEFAULT_MAX_REGRESSION = 0.005
 # Accuracies are counts over the same test set, so a difference of exactly the
 # tolerance is common, yet 0.98 - 0.975 is 0.0050000000000000044 in floating
@@ -141,7 +142,9 @@ def _predict(model_path: Path, images: np.ndarray) -> np.ndarray:
     """(N, 10) softmax outputs of a .keras model whose checksum has been checked."""
     import keras
 
-    return keras.models.load_model(model_path, safe_mode=True).predict(images, verbose=0)
+    # Keras' default of 32 images a call spends ~1 s of Python overhead on the 10,000 test
+    # images; 2,048 a call costs under 0.1 s and the same outputs (inference is per image).
+    return keras.models.load_model(model_path, safe_mode=True).predict(images, batch_size=PREDICT_BATCH, verbose=0)
 
 
 def evaluate_model(

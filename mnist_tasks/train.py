@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,10 @@ def train_model(
     *,
     cache_dir: Path,
     out_dir: Path,
-    epochs: int = 5,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
+    epochs: int = 6,
+    batch_size: int = 384,
+    learning_rate: float = 8e-3,
+    lr_schedule: str = "cosine",
     hidden_units: int = 128,
     seed: int = 42,
     validation_split: float = 0.1,
@@ -49,12 +51,14 @@ def train_model(
 
     Returns {"model_path", "model_sha256", "history_path", "params", "final"
     (last epoch's loss, accuracy, val_loss, val_accuracy), "train_count"
-    (images in the training set, validation part included), "seconds"}.
+    (images in the training set, validation part included), "seconds" (all of it)
+    and "fit_seconds" (Keras' fit alone)}.
     """
     params = {
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "lr_schedule": lr_schedule,
         "hidden_units": hidden_units,
         "seed": seed,
         "validation_split": validation_split,
@@ -73,11 +77,18 @@ def train_model(
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    # learning_rate is a float now (_check_params casts): Keras refuses an int, and the form's 1 is one.
-    model = build_model(hidden_units=params["hidden_units"], learning_rate=learning_rate)
+    # Keras holds out the last validation_split of the arrays (below), so this many train.
+    steps_per_epoch = math.ceil(len(x_train) * (1 - validation_split) / batch_size)
+    model = build_model(
+        hidden_units=params["hidden_units"],
+        learning_rate=_learning_rate(params, total_steps=steps_per_epoch * epochs),
+        # One call per epoch: Keras' per-call overhead, not the arithmetic, is what a small step costs.
+        steps_per_execution=steps_per_epoch,
+    )
     # Keras holds out the *last* validation_split of the arrays, before shuffling;
     # MNIST's training file is not ordered by class, so that tail is a fair sample.
     # verbose=2: one line per epoch, readable in Airflow's task log.
+    fit_started = time.monotonic()
     history = model.fit(
         np.asarray(x_train),
         np.asarray(y_train),
@@ -89,6 +100,7 @@ def train_model(
         # Stops at the first non-finite batch loss rather than training on garbage for the other epochs.
         callbacks=[keras.callbacks.TerminateOnNaN()],
     ).history
+    fit_seconds = time.monotonic() - fit_started
     per_epoch = _per_epoch(history, params)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,13 +123,24 @@ def train_model(
         "final": {name: per_epoch[-1][name] for name in METRICS},
         "train_count": len(x_train),
         "seconds": round(time.monotonic() - started, 3),
+        "fit_seconds": round(fit_seconds, 3),
     }
+
+
+def _learning_rate(params: dict[str, Any], *, total_steps: int) -> Any:
+    """Adam's rate: constant, or cosine-decayed from `learning_rate` to 0 over all the steps.
+
+    learning_rate is a float here (_check_params casts): Keras refuses an int, and the form's 1 is one.
+    """
+    import keras
+
+    if params["lr_schedule"] == "constant":
+        return params["learning_rate"]
+    return keras.optimizers.schedules.CosineDecay(params["learning_rate"], decay_steps=total_steps)
 
 
 def _per_epoch(history: dict[str, list[float]], params: dict[str, Any]) -> list[dict[str, float]]:
     """Keras' history as one row per epoch; TrainingDivergedError (so no model) if a figure is not finite."""
-    import math
-
     rows = [{"epoch": i + 1, **{name: float(history[name][i]) for name in METRICS}} for i in range(len(history["loss"]))]
     diverged = next((row for row in rows if not all(math.isfinite(v) for v in row.values())), None)
     if diverged is None and len(rows) < params["epochs"]:

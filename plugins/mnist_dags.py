@@ -80,7 +80,7 @@ def airflow_param(spec: ParamSpec) -> Param:
     """
     return Param(
         spec.default,
-        type="integer" if spec.type is int else "number",
+        type={int: "integer", float: "number", str: "string"}[spec.type],
         description=f"{spec.description} Allowed: {spec.allowed}.",
         **spec.json_schema(),
     )

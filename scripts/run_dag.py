@@ -48,7 +48,9 @@ def run_and_summarize(dag_id: str, conf: dict) -> dict:
     seconds = round(time.monotonic() - started, 1)
 
     with create_session() as session:
-        task_states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances(session=session)}
+        task_instances = dag_run.get_task_instances(session=session)
+        task_states = {ti.task_id: str(ti.state) for ti in task_instances}
+        task_seconds = {ti.task_id: round(ti.duration or 0.0, 2) for ti in task_instances}
         xcoms = {
             (row.task_id, row.key): XComModel.deserialize_value(row)
             for row in session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_id))
@@ -69,6 +71,7 @@ def run_and_summarize(dag_id: str, conf: dict) -> dict:
         "model_version": published.get("version"),
         "model_uri": published.get("model_uri"),
         "seconds": seconds,
+        "task_seconds": task_seconds,
     }
 
 

@@ -82,7 +82,7 @@ def test_train_writes_a_loadable_model_and_its_history(trained: dict[str, Any]) 
     assert sorted(p.name for p in out_dir.iterdir()) == ["history.json", "model.keras"]  # no temp files left
     assert trained["model_sha256"] == sha256_file(Path(trained["model_path"]))
     assert trained["train_count"] == TRAIN_COUNT
-    assert trained["params"] == {**FAST, "learning_rate": 1e-3, "seed": 1, "validation_split": 0.1}
+    assert trained["params"] == {**FAST, "learning_rate": 0.008, "lr_schedule": "cosine", "seed": 1, "validation_split": 0.1}
     assert json.loads(json.dumps(trained)) == trained  # plain JSON types, fit for XCom
 
     history = json.loads(Path(trained["history_path"]).read_text())
@@ -162,3 +162,12 @@ def test_divergence_in_a_later_epoch_is_reported_for_that_epoch() -> None:
     finite = {name: values[:1] for name, values in history.items()}
     with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 1 of 5 \(a non-finite batch loss"):
         _per_epoch(finite, params)
+
+
+def test_the_write_up_recipe_trains_with_a_constant_rate(prepared: Path, tmp_path: Path) -> None:
+    from mnist_tasks.params import WRITE_UP_RECIPE
+
+    result = train_model(cache_dir=prepared, out_dir=tmp_path / "out", **{**WRITE_UP_RECIPE, "epochs": 1})
+    assert result["params"]["lr_schedule"] == "constant"
+    model = _load(result["model_path"])
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.001)  # a plain rate, not a schedule

@@ -65,9 +65,10 @@ def test_publish_declares_the_model_asset(dag):
 def test_params_have_descriptions_and_defaults(dag):
     defaults = {name: dag.params[name] for name in dag.params}
     assert defaults == {
-        "epochs": 5,
-        "batch_size": 32,
-        "learning_rate": 0.001,
+        "epochs": 6,
+        "batch_size": 384,
+        "learning_rate": 0.008,
+        "lr_schedule": "cosine",
         "hidden_units": 128,
         "seed": 42,
         "accuracy_threshold": 0.93,
@@ -75,7 +76,7 @@ def test_params_have_descriptions_and_defaults(dag):
     }
     for name, param in dag.params.items():
         assert param.description, name
-        assert param.schema.get("type") in {"integer", "number"}, name
+        assert param.schema.get("type") in {"integer", "number", "string"}, name
 
 
 @pytest.mark.parametrize(
@@ -94,6 +95,7 @@ def test_params_have_descriptions_and_defaults(dag):
         ("accuracy_threshold", "high"),
         ("max_regression", -0.001),
         ("max_regression", 1.5),
+        ("lr_schedule", "linear"),
     ],
 )
 def test_params_reject_out_of_range_values(dag, name, value):
@@ -176,3 +178,10 @@ def test_params_refuse_values_that_are_not_finite(dag, name, value):
 
 def test_the_documented_maximum_learning_rate_is_accepted(dag):
     assert dag.params.get_param("learning_rate").resolve(1) == 1
+
+
+def test_the_write_up_recipe_is_a_valid_trigger(dag):
+    from mnist_tasks.params import WRITE_UP_RECIPE
+
+    for name, value in WRITE_UP_RECIPE.items():
+        assert dag.params.get_param(name).resolve(value) == value

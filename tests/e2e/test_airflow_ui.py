@@ -46,7 +46,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-# The nightly run that unpausing starts (5 epochs of real MNIST) goes first, then ours.
+# The nightly run that unpausing starts (the default Params on real MNIST) goes first, then ours.
 RUN_TIMEOUT = 600
 
 
@@ -233,7 +233,7 @@ def test_a_run_triggered_from_the_form_publishes_a_model_shown_in_the_models_vie
 
     dialog = _open_trigger_form(page, stack)
     dialog.get_by_label("epochs").fill("1")
-    # The nightly run that unpausing started publishes a 5-epoch champion first; one
+    # The nightly run that unpausing started publishes a champion trained with the defaults first; one
     # epoch falls short of it, so this run is judged by accuracy_threshold alone.
     dialog.get_by_label("max_regression").fill("1")
     page.screenshot(path=SCREENSHOTS / "03-trigger-form.png")

@@ -46,5 +46,6 @@ def test_make_run_publishes_a_model_that_passes_the_gate(tmp_path):
         assert summary["gate"] == "passed"
         assert summary["test_accuracy"] >= 0.97
         assert summary["model_uri"] == f"s3://mnist-models/mnist/{summary['model_version']}/model.keras"
+        assert set(summary["task_seconds"]) == {"download", "prepare", "train", "evaluate", "publish"}
     finally:
         subprocess.run(["make", "--no-print-directory", "stop", *make_vars], cwd=REPO, check=True, timeout=60)

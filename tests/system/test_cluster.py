@@ -39,7 +39,7 @@ ARTIFACTS_BUCKET = "mnist-artifacts"
 DEFAULT_WORKER, TRAINING_WORKER = "worker-default", "worker-training"
 ON_TRAINING_WORKER = {"train", "evaluate"}
 ON_DEFAULT_WORKER = {"download", "prepare", "publish"}
-# One epoch keeps the runs short. Unpausing starts the nightly run (five epochs)
+# One epoch keeps the runs short. Unpausing starts the nightly run (the default Params)
 # first; one epoch falls short of its model, so the first run is judged by
 # accuracy_threshold alone. The second has the same Params and seed as the first,
 # so it trains the same model, and meets the champion (the first) with the default

