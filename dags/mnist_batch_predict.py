@@ -4,7 +4,7 @@
 Reads the digit in every image under an S3 prefix with the current `latest`
 model and writes the predictions as CSV and JSON.
 
-Runs whenever `mnist_retraining` publishes a model (the Asset `mnist_model`)
+Runs whenever `mnist_retraining` publishes a model (the Asset named by the registry's `latest.json` URI)
 **and** every day at 06:00 UTC, whichever comes first.
 
 | task | what it does | output |

@@ -17,10 +17,6 @@ PUBLIC_MIRRORS: tuple[str, ...] = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
 
-# The Airflow Asset that mnist_retraining updates when it publishes a model and
-# mnist_batch_predict is scheduled on; its URI is Settings.published_model_uri.
-PUBLISHED_MODEL_ASSET = "mnist_model"
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -58,7 +54,7 @@ class Settings:
 
     @property
     def published_model_uri(self) -> str:
-        """URI of the Airflow Asset `mnist_model`: the registry's `latest.json` pointer.
+        """URI (and name) of the Airflow Asset a publish updates: the registry's `latest.json` pointer.
 
         Spelled out here (registry.LATEST_FILE) so DAG files can declare the Asset
         without importing the registry and its S3 client library at parse time.

@@ -16,15 +16,20 @@ from airflow.sdk import Asset, Param
 
 from mnist_alerting import alert_task_failure
 from mnist_tasks.params import ParamSpec
-from mnist_tasks.settings import PUBLISHED_MODEL_ASSET, Settings
+from mnist_tasks.settings import Settings
 
 if TYPE_CHECKING:
     from mnist_tasks.artifacts import ArtifactStore
 
 
 def published_model_asset(settings: Settings) -> Asset:
-    """The Asset mnist_retraining updates when it publishes and mnist_batch_predict is scheduled on."""
-    return Asset(name=PUBLISHED_MODEL_ASSET, uri=settings.published_model_uri)
+    """The Asset mnist_retraining updates when it publishes and mnist_batch_predict is scheduled on.
+
+    Named by its URI: Airflow activates an asset only while no other active one has
+    its name, so a fixed name would leave the asset inactive, and every publish
+    failing, after MNIST_MODELS_URI changes, until the scheduler's clean-up runs.
+    """
+    return Asset(name=settings.published_model_uri, uri=settings.published_model_uri)
 
 
 def default_args(settings: Settings, *, execution_timeout: timedelta) -> dict[str, Any]:
