@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tempfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -27,7 +26,7 @@ from mnist_tasks.predict import (
     predict_files,
 )
 from mnist_tasks.params import PARAMS
-from mnist_tasks.storage import split_s3_uri
+from mnist_tasks.storage import scratch_dir, split_s3_uri
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
@@ -88,8 +87,7 @@ def predict_prefix(
 
     images, ignored = _list_images(s3_client, in_bucket, in_prefix)
     scored = images[:max_images]
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix=".batch-predict.") as scratch:
+    with scratch_dir(work_dir, "batch-predict") as scratch:
         local: dict[Path, str] = {}  # downloaded file -> its URI
         too_large: dict[str, str] = {}  # URI -> error
         for i, obj in enumerate(scored):
@@ -97,7 +95,7 @@ def predict_prefix(
             if obj["Size"] > MAX_FILE_BYTES:
                 too_large[uri] = f"{uri}: file too large: {obj['Size']} bytes, limit {MAX_FILE_BYTES}"
                 continue
-            path = Path(scratch) / f"{i:06d}{PurePosixPath(obj['Key']).suffix.lower()}"
+            path = scratch / f"{i:06d}{PurePosixPath(obj['Key']).suffix.lower()}"
             s3_client.download_file(in_bucket, obj["Key"], str(path))
             local[path] = uri
         predicted = predict_files(model=model, paths=list(local), min_confidence=min_confidence)

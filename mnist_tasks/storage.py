@@ -104,6 +104,23 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def scratch_dir(parent: Path, name: str) -> Iterator[Path]:
+    """A private working directory under `parent`, removed when the block ends.
+
+    Named like atomic_path's temps (`.<name>.<pid>.<random>.tmp`), so one that a
+    killed process left is removed by the next user of the same name.
+    """
+    anchor = parent / name
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(anchor)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=_temp_prefix(anchor), suffix=".tmp"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix/` -> ("bucket", "some/prefix/")."""
     if not uri.startswith("s3://"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.storage import atomic_dir, atomic_path
+from mnist_tasks.storage import atomic_dir, atomic_path, scratch_dir
 
 # A real process that starts writing `final` through the given context manager,
 # puts a few MB in its temp, and is killed with SIGKILL mid-write: no clean-up runs.
@@ -17,10 +17,15 @@ KILLED_WRITER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from mnist_tasks.storage import atomic_dir, atomic_path
+    from mnist_tasks.storage import atomic_dir, atomic_path, scratch_dir
 
     final, kind = Path(sys.argv[1]), sys.argv[2]
-    with (atomic_path(final, suffix=".keras") if kind == "file" else atomic_dir(final)) as tmp:
+    writers = {
+        "file": lambda: atomic_path(final, suffix=".keras"),
+        "dir": lambda: atomic_dir(final),
+        "scratch": lambda: scratch_dir(final.parent, final.name),
+    }
+    with writers[kind]() as tmp:
         target = tmp if kind == "file" else tmp / "x_train.npy"
         target.write_bytes(b"\\0" * (4 << 20))
         os.kill(os.getpid(), signal.SIGKILL)
@@ -82,4 +87,14 @@ def test_a_failed_block_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_path(final) as tmp:
         tmp.write_text("half")
         raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_scratch_user_removes_what_a_killed_one_left(tmp_path: Path) -> None:
+    _killed_writer(tmp_path / "batch-predict", "scratch")
+
+    with scratch_dir(tmp_path, "batch-predict") as scratch:
+        (scratch / "image.png").write_bytes(b"png")
+        assert [p.name for p in tmp_path.iterdir()] == [scratch.name]  # the killed one's is gone
+
     assert list(tmp_path.iterdir()) == []
