@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -17,6 +18,9 @@ from hypothesis import settings as hypothesis_settings
 hypothesis_settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
+
+if TYPE_CHECKING:
+    import requests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,20 +82,33 @@ def s3_client(s3_endpoint: str):
     )
 
 
+def aws_connection_json(endpoint: str, **extra: object) -> str:
+    """AIRFLOW_CONN_AWS_DEFAULT for an S3 endpoint on this machine, with test credentials."""
+    return json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1", **extra},
+        }
+    )
+
+
+def api_session(url: str, user: str, password: str) -> requests.Session:
+    """Airflow's REST API with a token from the admin login, as a user gets one."""
+    import requests
+
+    response = requests.post(f"{url}/auth/token", json={"username": user, "password": password}, timeout=60)
+    assert response.status_code == 201, response.text
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+    return session
+
+
 @pytest.fixture
 def aws_connection(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> None:
     """Airflow's `aws_default` connection, pointing at the moto server."""
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
-            }
-        ),
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection_json(s3_endpoint))
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO
+from tests.conftest import REPO, api_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -146,13 +146,7 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def api(stack) -> requests.Session:
     """Airflow's REST API with a token from the same login the browser uses."""
-    response = requests.post(
-        f"{stack.url}/auth/token", json={"username": stack.user, "password": stack.password}, timeout=30
-    )
-    assert response.status_code == 201, response.text
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
-    return session
+    return api_session(stack.url, stack.user, stack.password)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ The suite ends with one summary line.
 from __future__ import annotations
 
 import http.client
-import json
 import re
 import threading
 import time
@@ -21,6 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from mnist_tasks.registry import PublishVerificationError, gate_passed, list_versions, read_latest, verify_version
+
+from tests.conftest import aws_connection_json
 
 # The e2e fixtures: tiny data served by a local HTTP mirror, Airflow's database, dag.test() loading.
 from tests.e2e.conftest import airflow_db, http_mirror, pipeline_env, tiny_mirror  # noqa: F401
@@ -117,17 +118,9 @@ def aws_through_proxy(monkeypatch, fault_proxy) -> FaultProxy:
     each injected fault reaches the task, so Airflow's retries are what recovers."""
     monkeypatch.setenv(
         "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {
-                    "endpoint_url": fault_proxy.url,
-                    "region_name": "us-east-1",
-                    "config_kwargs": {"retries": {"total_max_attempts": 1}, "read_timeout": 3, "connect_timeout": 3},
-                },
-            }
+        aws_connection_json(
+            fault_proxy.url,
+            config_kwargs={"retries": {"total_max_attempts": 1}, "read_timeout": 3, "connect_timeout": 3},
         ),
     )
     return fault_proxy

@@ -28,7 +28,7 @@ from types import ModuleType
 import pytest
 import requests
 
-from tests.conftest import REPO
+from tests.conftest import REPO, api_session
 
 # The first test also pays for starting the cluster and for the nightly run.
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -181,13 +181,7 @@ def _listens(port: int) -> bool:
 @pytest.fixture(scope="module")
 def api(cluster) -> requests.Session:
     """The REST API with a token from the admin login, as a user gets one."""
-    response = requests.post(
-        f"{cluster.url}/auth/token", json={"username": cluster.user, "password": cluster.password}, timeout=60
-    )
-    assert response.status_code == 201, response.text
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
-    return session
+    return api_session(cluster.url, cluster.user, cluster.password)
 
 
 @pytest.fixture(scope="module")
