@@ -4,12 +4,17 @@
 Reads the digit in every image under an S3 prefix with the current `latest`
 model and writes the predictions as CSV and JSON.
 
-Runs whenever `mnist_retraining` publishes a model (the Asset named by the registry's `latest.json` URI)
-**and** every day at 06:00 UTC, whichever comes first.
+Runs whenever `mnist_retraining` publishes a model (the Asset named by the
+registry's `latest.json` URI) **and** every day at 06:00 UTC, whichever comes first.
 
-| task | what it does | output |
-|---|---|---|
-| predict | loads the model `latest.json` points at once its sha256 matches the manifest; downloads the images under `input_uri` (first `max_images` by key); preprocesses them like MNIST (upright, greyscale, dark ink inverted, cropped, scaled into 20×20, centred by mass in 28×28) and predicts them in one batch | `predictions.csv` and `predictions.json` under `$MNIST_PREDICTIONS_URI/<run id>/` |
+`predict`, the one task:
+- loads the model `latest.json` points at (either architecture) once its
+  sha256 matches the manifest;
+- downloads the images under `input_uri` (the first `max_images` by key);
+- preprocesses them like MNIST's own digits (mnist_tasks/predict.py's
+  docstring has the steps) and predicts them in one batch;
+- writes `predictions.csv` and `predictions.json` under
+  `$MNIST_PREDICTIONS_URI/<run id>/`.
 
 Each row has the file's `s3://` URI, the digit, its probability, a status
 (`ok`, `blank`: no ink, `low_confidence`: below `min_confidence`, `error`: not

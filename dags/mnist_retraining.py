@@ -1,18 +1,31 @@
 """
 ### Nightly MNIST retraining
 
-Retrains the dense MNIST classifier every night at 02:00 UTC, gates it on test
+Retrains the MNIST classifier every night at 02:00 UTC, gates it on test
 accuracy and publishes the passing model to S3-compatible storage.
 
 `download` → `prepare` → `train` → `evaluate` → `publish`
 
-| task | what it does | output (in the artifact store) |
-|---|---|---|
-| download | fetches the four MNIST files from the first mirror that has them and verifies the sha256 of their decompressed content; a verified copy on the worker is reused | `datasets/<data sha256>/raw/` |
-| prepare | decodes and validates the IDX files, scales pixels to float32 in [0, 1]; skipped when the store already holds this data's arrays | `datasets/<data sha256>/prepared/` |
-| train | Flatten → Dense(hidden_units, relu) → Dense(10, softmax), Adam, 10% validation split; the same seed gives the same model | `runs/<dag>/<run>/model.keras`, `history.json` |
-| evaluate | test accuracy and loss, per-class precision and recall, confusion matrix, report pictures; the champion (the current `latest` model) is evaluated on the same test set; **fails the run** when accuracy is below `accuracy_threshold` or more than `max_regression` below the champion's | `runs/<dag>/<run>/metrics.json`, `*.png` |
-| publish | renders `report.html` (metrics, gate, lineage, pictures), uploads an immutable, numbered version (model, metrics, history, pictures, report, manifest), reads it back, then moves `latest.json` | `s3://…/<version>/`, `s3://…/latest.json` |
+- **download** fetches the four MNIST files from the first mirror that has
+  them and verifies the sha256 of their decompressed content; a verified copy
+  on the worker is reused. Output: `datasets/<data sha256>/raw/`.
+- **prepare** decodes and validates the IDX files and scales pixels to float32
+  in [0, 1]; skipped when the store already holds this data's arrays.
+  Output: `datasets/<data sha256>/prepared/`.
+- **train** fits the `architecture` Param's network: `dense` (the original
+  write-up's Flatten → Dense(hidden_units, relu) → Dense(10, softmax)) or `cnn`
+  (two convolutions before that head), with Adam and a 10% validation split,
+  on augmented images if `augment` says so. The same seed gives the same model.
+  Output: `runs/<dag>/<run>/model.keras`, `history.json`.
+- **evaluate** measures test accuracy and loss, per-class precision and recall,
+  the confusion matrix and the report pictures, and evaluates the champion
+  (the current `latest` model, of either architecture) on the same test set.
+  It **fails the run** when accuracy is below `accuracy_threshold` or more than
+  `max_regression` below the champion's. Output: `runs/<dag>/<run>/metrics.json`, `*.png`.
+- **publish** renders `report.html` (metrics, gate, lineage, pictures), uploads
+  an immutable, numbered version (model, metrics, history, pictures, report,
+  manifest), reads it back, then moves `latest.json`.
+  Output: `s3://…/<version>/`, `s3://…/latest.json`.
 
 Tasks share nothing but the artifact store (`MNIST_ARTIFACTS_URI`): each hands
 the next the URIs and sha256s of what it stored, and the next checks them

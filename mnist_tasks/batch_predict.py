@@ -77,7 +77,7 @@ def predict_prefix(
     Writes `<output_uri>predictions.csv` (columns CSV_COLUMNS) and `predictions.json` (the same
     rows with top-3 guesses, plus the model's provenance and the counts), and returns
     {"input_uri", "predictions_csv", "predictions_json", "model_version", "model_sha256",
-    "images" (scored), "skipped", "ignored", "counts": {status: images}}.
+    "model_architecture", "model_augment" (as trained), "images" (scored), "skipped", "ignored", "counts": {status: images}}.
     """
     PARAMS["max_images"].check(max_images)
     in_bucket, in_prefix = _directory(input_uri)
@@ -154,4 +154,6 @@ def predict_prefix(
         "predictions_json": f"s3://{out_bucket}/{out_prefix}{PREDICTIONS_JSON}",
         "model_version": source["version"],
         "model_sha256": source["model_sha256"],
+        "model_architecture": source["architecture"],
+        "model_augment": source["augment"],
     }

@@ -156,7 +156,8 @@ def _predict(args: argparse.Namespace) -> None:
         sys.stdout.write("\n")
     else:
         version = "unpublished" if source["version"] is None else f"version {source['version']}"
-        print(f"model: {source['model_uri']} ({version})", file=sys.stderr)
+        trained = source["architecture"] + (", augmented" if source["augment"] == "on" else "")
+        print(f"model: {source['model_uri']} ({version}, {trained})", file=sys.stderr)
         for row in rows:
             print(_prediction_line(row, min_confidence=args.min_confidence))
     if any(row["status"] == "error" for row in rows):
@@ -251,7 +252,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     sub = command("prepare", _prepare, "Decode, validate, normalise and cache the downloaded files as .npy arrays.")
     sub.add_argument("--data-dir", **data_dir)
 
-    sub = command("train", _train, "Train the dense model on a prepared cache directory.")
+    sub = command("train", _train, "Train a model (dense or cnn) on a prepared cache directory.")
     sub.add_argument("--cache-dir", type=Path, required=True, help="a directory written by `prepare`")
     sub.add_argument("--out", type=Path, required=True, help="where model.keras and history.json go")
     for spec in TRAINING_PARAMS:

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from mnist_tasks.model import ARCHITECTURES
+
 
 class ParamError(ValueError):
     """A Param's value is of the wrong type, not finite, or out of its bounds."""
@@ -97,6 +99,22 @@ class ParamSpec:
 # *Training speed*; `make bench` measures both). The write-up's own recipe is
 # WRITE_UP_RECIPE below, one trigger away.
 TRAINING_PARAMS = (
+    ParamSpec(
+        "architecture",
+        str,
+        "dense",
+        "dense: the original write-up's Flatten -> Dense(hidden_units) -> Dense(10). cnn: two convolutions "
+        "before that hidden layer; slower to train, and reads real handwriting better (README, Architectures).",
+        choices=ARCHITECTURES,
+    ),
+    ParamSpec(
+        "augment",
+        str,
+        "auto",
+        "Randomly rotate, slant, scale, shift and thicken or thin the training images (never the test set). "
+        "auto: on for cnn, off for dense.",
+        choices=("auto", "on", "off"),
+    ),
     ParamSpec("epochs", int, 6, "Passes over the training set.", minimum=1, maximum=100),
     ParamSpec("batch_size", int, 384, "Examples per gradient step.", minimum=1, maximum=8192),
     ParamSpec(

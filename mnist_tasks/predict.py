@@ -241,11 +241,14 @@ def load_model_for_prediction(*, model: str, models_uri: str, s3_client: Any = N
     against `latest.json` when following the pointer; it needs `s3_client`.
 
     Returns (model, {"model": as given, "model_uri", "version" (None for an unpublished file),
-    "model_sha256", "verified_against": the manifest's location or None}).
+    "model_sha256", "verified_against": the manifest's location or None, "architecture" and
+    "augment" as the manifest records them (a file without one: architecture from the model
+    itself, augment None)}).
     """
     if is_local_model(model):
         source = _check_local_model(Path(model))
-        return _load_keras(Path(model), name=model), source
+        loaded = _load_keras(Path(model), name=model)
+        return loaded, {"architecture": loaded.name.removeprefix("mnist_"), "augment": None, **source}
 
     from mnist_tasks.registry import (
         MANIFEST_FILE,
@@ -253,6 +256,7 @@ def load_model_for_prediction(*, model: str, models_uri: str, s3_client: Any = N
         download_model,
         locate_model,
         models_location,
+        trained_with,
         version_prefix,
     )
 
@@ -281,12 +285,13 @@ def load_model_for_prediction(*, model: str, models_uri: str, s3_client: Any = N
         "version": fetched["version"],
         "model_sha256": fetched["model_sha256"],
         "verified_against": base + MANIFEST_FILE,
+        **trained_with(fetched["manifest"]),
     }
 
 
 def _check_local_model(path: Path) -> dict:
     """load_model_for_prediction's description of a local model file, checked against a manifest beside it."""
-    from mnist_tasks.registry import MANIFEST_FILE
+    from mnist_tasks.registry import MANIFEST_FILE, trained_with
 
     if not path.is_file():
         raise PredictError(f"{path}: no such model file")
@@ -306,7 +311,12 @@ def _check_local_model(path: Path) -> dict:
         ) from exc
     if got != expected:
         raise ModelChecksumError(f"checksum mismatch for {path}: expected {expected} (from {manifest_path}), got {got}")
-    return {**source, "version": manifest.get("version"), "verified_against": str(manifest_path)}
+    return {
+        **source,
+        "version": manifest.get("version"),
+        "verified_against": str(manifest_path),
+        **trained_with(manifest),
+    }
 
 
 def _load_keras(path: Path, *, name: str) -> keras.Model:

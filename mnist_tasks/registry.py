@@ -134,6 +134,15 @@ def gate_passed(metrics: dict[str, Any]) -> bool | None:
     return gate.get("passed") if isinstance(gate, dict) else None
 
 
+def trained_with(manifest: dict[str, Any]) -> dict[str, str]:
+    """{"architecture", "augment"} a version was trained with, from its manifest's params.
+
+    Versions published before these Params existed were the dense model, trained without augmentation.
+    """
+    params = manifest.get("params") or {}
+    return {"architecture": params.get("architecture", "dense"), "augment": params.get("augment", "off")}
+
+
 def _get_bytes(s3_client: Any, bucket: str, key: str) -> bytes | None:
     """Whole object, or None when the key does not exist (other errors propagate)."""
     try:
@@ -259,6 +268,7 @@ def list_versions(*, s3_client: Any, models_uri: str) -> list[dict[str, Any]]:
             {
                 "version": version,
                 "created_at": manifest["created_at"],
+                **trained_with(manifest),
                 "accuracy": manifest["metrics"].get("accuracy"),
                 "passed": gate_passed(manifest["metrics"]),
                 "data_sha256": manifest["data"].get("data_sha256"),

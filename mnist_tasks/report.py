@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnist_tasks.model import NUM_CLASSES
+from mnist_tasks.registry import trained_with
 from mnist_tasks.storage import atomic_path
 
 if TYPE_CHECKING:
@@ -326,6 +327,12 @@ def _pictures_section(pictures: Mapping[str, Path | str]) -> str:
     return "<section><h2>Pictures</h2>" + "".join(figures) + "</section>"
 
 
+def _trained_with(manifest: Mapping[str, Any]) -> str:
+    trained = trained_with(dict(manifest))
+    augmented = "with augmented training images" if trained["augment"] == "on" else "without augmentation"
+    return f"the <code>{html.escape(trained['architecture'])}</code> model, trained {augmented}"
+
+
 def _lineage_section(manifest: Mapping[str, Any]) -> str:
     data, code = manifest["data"], manifest["code"]
     run = _rows(
@@ -390,7 +397,8 @@ def write_report(
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>MNIST model {_text(manifest['version'])}</h1>"
         f"<p class=sub>run <code>{html.escape(str(manifest['run_id']))}</code> of "
-        f"<code>{html.escape(str(manifest['dag_id']))}</code>, {_text(manifest['created_at'])}</p>"
+        f"<code>{html.escape(str(manifest['dag_id']))}</code>, {_text(manifest['created_at'])}; "
+        f"{_trained_with(manifest)}</p>"
         f'<p class="verdict {verdict}">{html.escape(gate["message"])}</p>'
         + _metrics_section(metrics)
         + _pictures_section(pictures)

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -29,13 +29,33 @@ def _check_params(params: dict[str, Any]) -> dict[str, Any]:
     # The result reports validation metrics, so some data must be held out and some trained on.
     if not 0 < params["validation_split"] < 1:
         raise ParamError(f"validation_split must be between 0 and 1 (exclusive), got {params['validation_split']}")
+    if checked["augment"] == "auto":
+        checked["augment"] = "on" if checked["architecture"] == "cnn" else "off"
     return {**checked, "validation_split": params["validation_split"]}
+
+
+class TrainResult(TypedDict):
+    model_path: str
+    model_sha256: str
+    history_path: str
+    params: dict[str, Any]
+    """The Params as trained with, `augment` resolved to on or off."""
+    final: dict[str, float]
+    """The last epoch's loss, accuracy, val_loss and val_accuracy."""
+    train_count: int
+    """Images in the training set, validation part included."""
+    seconds: float
+    """All of it: loading the arrays, building, fitting and saving the model."""
+    fit_seconds: float
+    """Keras' fit alone."""
 
 
 def train_model(
     *,
     cache_dir: Path,
     out_dir: Path,
+    architecture: str = "dense",
+    augment: str = "auto",
     epochs: int = 6,
     batch_size: int = 384,
     learning_rate: float = 8e-3,
@@ -43,78 +63,41 @@ def train_model(
     hidden_units: int = 128,
     seed: int = 42,
     validation_split: float = 0.1,
-) -> dict[str, Any]:
+) -> TrainResult:
     """Train on cache_dir's x_train.npy and y_train.npy; write out_dir/model.keras and out_dir/history.json.
 
     The same seed and data give the same weights: all seeds are set from `seed`
     and TensorFlow runs deterministic kernels (a process-wide switch, slightly slower).
-
-    Returns {"model_path", "model_sha256", "history_path", "params", "final"
-    (last epoch's loss, accuracy, val_loss, val_accuracy), "train_count"
-    (images in the training set, validation part included), "seconds" (all of it)
-    and "fit_seconds" (Keras' fit alone)}.
+    `augment` auto means on for cnn and off for dense (README, *Architectures*).
     """
-    params = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "lr_schedule": lr_schedule,
-        "hidden_units": hidden_units,
-        "seed": seed,
-        "validation_split": validation_split,
-    }
-    params = _check_params(params)
-    epochs, batch_size, learning_rate = params["epochs"], params["batch_size"], params["learning_rate"]
+    params = _check_params(
+        {
+            "architecture": architecture,
+            "augment": augment,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "lr_schedule": lr_schedule,
+            "hidden_units": hidden_units,
+            "seed": seed,
+            "validation_split": validation_split,
+        }
+    )
 
     import keras
     import tensorflow as tf
 
     from mnist_tasks.dataset import load_split
-    from mnist_tasks.model import build_model
 
     started = time.monotonic()
     x_train, y_train = load_split(cache_dir, "train")
-
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    # Keras holds out the last validation_split of the arrays (below), so this many train.
-    steps_per_epoch = math.ceil(len(x_train) * (1 - validation_split) / batch_size)
-    model = build_model(
-        hidden_units=params["hidden_units"],
-        learning_rate=_learning_rate(params, total_steps=steps_per_epoch * epochs),
-        # One call per epoch: Keras' per-call overhead, not the arithmetic, is what a small step costs.
-        steps_per_execution=steps_per_epoch,
-    )
-    # Keras holds out the *last* validation_split of the arrays, before shuffling;
-    # MNIST's training file is not ordered by class, so that tail is a fair sample.
-    # verbose=2: one line per epoch, readable in Airflow's task log.
     fit_started = time.monotonic()
-    history = model.fit(
-        np.asarray(x_train),
-        np.asarray(y_train),
-        epochs=epochs,
-        batch_size=batch_size,
-        validation_split=validation_split,
-        shuffle=True,
-        verbose=2,
-        # Stops at the first non-finite batch loss rather than training on garbage for the other epochs.
-        callbacks=[keras.callbacks.TerminateOnNaN()],
-    ).history
+    model, history = _fit(params, np.asarray(x_train), np.asarray(y_train))
     fit_seconds = time.monotonic() - fit_started
     per_epoch = _per_epoch(history, params)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / MODEL_FILE
-    with atomic_path(model_path, suffix=".keras") as tmp:  # Keras writes only files named *.keras
-        model.save(tmp)
-
-    history_path = out_dir / HISTORY_FILE
-    with atomic_path(history_path) as tmp:
-        tmp.write_text(
-            json.dumps({"params": params, "train_count": len(x_train), "history": per_epoch}, indent=2, allow_nan=False)
-            + "\n"
-        )
-
+    model_path, history_path = _save(model, per_epoch, params, out_dir=out_dir, train_count=len(x_train))
     return {
         "model_path": str(model_path),
         "model_sha256": sha256_file(model_path),
@@ -125,6 +108,86 @@ def train_model(
         "seconds": round(time.monotonic() - started, 3),
         "fit_seconds": round(fit_seconds, 3),
     }
+
+
+def _fit(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> tuple[Any, dict[str, list[float]]]:
+    """The model built and fitted with `params`: (model, Keras' history)."""
+    import keras
+
+    from mnist_tasks.model import build_model
+
+    # Like Keras' validation_split: the *last* part of the arrays is held out, before
+    # shuffling; MNIST's training file is not ordered by class, so that tail is a fair sample.
+    train_count = math.floor(len(images) * (1 - params["validation_split"]))
+    steps_per_epoch = math.ceil(train_count / params["batch_size"])
+    model = build_model(
+        architecture=params["architecture"],
+        hidden_units=params["hidden_units"],
+        learning_rate=_learning_rate(params, total_steps=steps_per_epoch * params["epochs"]),
+        # One call per epoch: Keras' per-call overhead, not the arithmetic, is what a small step costs.
+        steps_per_execution=steps_per_epoch,
+    )
+    if params["augment"] == "on":
+        training = {
+            "x": _augmented(params, images[:train_count], labels[:train_count]),
+            "steps_per_epoch": steps_per_epoch,
+            "shuffle": False,  # the stream shuffles itself, seeded
+        }
+    else:
+        training = {"x": images[:train_count], "y": labels[:train_count], "batch_size": params["batch_size"], "shuffle": True}
+    history = model.fit(
+        **training,
+        epochs=params["epochs"],
+        validation_data=(images[train_count:], labels[train_count:]),
+        # verbose=2: one line per epoch, readable in Airflow's task log.
+        verbose=2,
+        # Stops at the first non-finite batch loss rather than training on garbage for the other epochs.
+        callbacks=[keras.callbacks.TerminateOnNaN()],
+    ).history
+    return model, history
+
+
+def _augmented(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> Any:
+    """An endless tf.data stream of shuffled, augmented training batches (augment.py), seeded by params["seed"].
+
+    Endless, with fit's steps_per_epoch, so that each epoch continues the stream:
+    every epoch gets a new shuffle and new random transforms, yet the run is reproducible.
+    """
+    import tensorflow as tf
+
+    from mnist_tasks.augment import augment_batch
+
+    seed = params["seed"]
+    batches = (
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(params["batch_size"])
+    )
+    # One stateless seed per batch, drawn from the run's seed.
+    batch_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    return (
+        tf.data.Dataset.zip(batches, batch_seeds)
+        .map(lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), batch[1]), deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _save(
+    model: Any, per_epoch: list[dict[str, float]], params: dict[str, Any], *, out_dir: Path, train_count: int
+) -> tuple[Path, Path]:
+    """out_dir/model.keras and out_dir/history.json, each written whole or not at all."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / MODEL_FILE
+    with atomic_path(model_path, suffix=".keras") as tmp:  # Keras writes only files named *.keras
+        model.save(tmp)
+    history_path = out_dir / HISTORY_FILE
+    with atomic_path(history_path) as tmp:
+        tmp.write_text(
+            json.dumps({"params": params, "train_count": train_count, "history": per_epoch}, indent=2, allow_nan=False)
+            + "\n"
+        )
+    return model_path, history_path
 
 
 def _learning_rate(params: dict[str, Any], *, total_steps: int) -> Any:

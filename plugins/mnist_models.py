@@ -52,6 +52,11 @@ def _gate(passed: bool | None) -> str:
     return "passed" if passed else '<span class="failed">failed</span>'
 
 
+def _trained_with(row: dict[str, Any]) -> str:
+    """"cnn, augmented" or "dense": the architecture, and whether the training images were augmented."""
+    return f"{row['architecture']}, augmented" if row["augment"] == "on" else row["architecture"]
+
+
 def render_page(*, rows: list[dict[str, Any]], models_uri: str) -> str:
     """The page for list_versions' rows (oldest first), newest version on top."""
     body = []
@@ -63,6 +68,7 @@ def render_page(*, rows: list[dict[str, Any]], models_uri: str) -> str:
             f'<tr class="{"latest" if row["is_latest"] else ""}" data-version="{version}">'
             f"<td><code>{version}</code>{' <span class=badge>latest</span>' if row['is_latest'] else ''}</td>"
             f"<td>{_text(row['created_at'])}</td>"
+            f"<td>{_text(_trained_with(row))}</td>"
             f'<td class="num">{_text(accuracy)}</td>'
             f"<td>{_gate(row['passed'])}</td>"
             # The first 12 hex digits tell data sets apart; the whole checksum is in the tooltip.
@@ -73,7 +79,7 @@ def render_page(*, rows: list[dict[str, Any]], models_uri: str) -> str:
         )
     if body:
         table = (
-            "<table><thead><tr><th>version</th><th>created (UTC)</th><th>test accuracy</th><th>gate</th>"
+            "<table><thead><tr><th>version</th><th>created (UTC)</th><th>model</th><th>test accuracy</th><th>gate</th>"
             "<th>data checksum</th><th>run id</th><th></th></tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>"
         )

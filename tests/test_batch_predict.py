@@ -81,6 +81,8 @@ def test_oversized_objects_are_reported_without_downloading_and_odd_keys_are_ign
         "predictions_json": "s3://out/runs/r1/predictions.json",
         "model_version": VERSION,
         "model_sha256": result["model_sha256"],
+        "model_architecture": "dense",
+        "model_augment": "off",
     }
     table, document = _written(buckets, "runs/r1/")
     assert [(r["file"], r["digit"], r["status"]) for r in table] == [

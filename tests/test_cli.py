@@ -201,6 +201,8 @@ def test_predict_json_reports_every_file_and_exits_1_when_one_could_not_be_read(
         "version": None,
         "model_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
         "verified_against": None,
+        "architecture": "dense",  # from the model itself: no manifest says
+        "augment": None,
     }
     rows = {Path(r["file"]).name: r for r in result["predictions"]}
     assert [(name, r["status"], r["digit"]) for name, r in rows.items()] == [
@@ -245,6 +247,8 @@ def test_a_manifest_beside_a_local_model_must_vouch_for_it(model_file, images, t
     assert json.loads(out)["model"] == {
         "model": str(local), "model_uri": str(local), "version": VERSION, "model_sha256": sha,
         "verified_against": str(manifest),
+        "architecture": "dense",
+        "augment": "off",
     }  # fmt: skip
 
     manifest.write_text(json.dumps({"version": VERSION, "files": {"model.keras": {"sha256": "0" * 64}}}))
@@ -281,6 +285,8 @@ def test_predict_with_published_models_checks_them_against_their_manifest(
             "version": VERSION,
             "model_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
             "verified_against": version_dir + "manifest.json",
+            "architecture": "dense",
+            "augment": "off",
         }
         assert [r["digit"] for r in result["predictions"]] == [7, 3]
 

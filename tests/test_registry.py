@@ -104,7 +104,11 @@ def test_list_versions_has_one_row_per_published_version_oldest_first(
     assert all(r["passed"] is True for r in rows)
     assert [r["run_id"] for r in rows] == [f"scheduled__{v}" for v in (V1, V2, V3)]
     assert [r["data_sha256"] for r in rows] == [f"{v:064d}" for v in (V1, V2, V3)]
-    assert set(rows[0]) == {"version", "created_at", "accuracy", "passed", "data_sha256", "run_id", "is_latest"}
+    assert set(rows[0]) == {
+        "version", "created_at", "architecture", "augment", "accuracy", "passed", "data_sha256", "run_id", "is_latest"
+    }
+    # These manifests predate the architecture Params: such versions were the dense model, unaugmented.
+    assert {(r["architecture"], r["augment"]) for r in rows} == {("dense", "off")}
 
 
 def test_read_manifest_of_an_unknown_version_names_it(s3_client, bucket: str, tmp_path: Path) -> None:

@@ -32,8 +32,10 @@ def write_prepared(
 
 def synthetic_digits(count: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(count, 28, 28) float32 images in [0, 1] and uint8 labels: one fixed random
-    stroke pattern per digit, dimmed and covered in noise, so a dense net learns it in a few epochs."""
-    templates = np.random.default_rng(0).random((10, 28, 28)) < 0.2
+    pattern of 4x4-pixel blocks per digit, dimmed and covered in noise, so a net learns
+    it in a few epochs, through augmentation's small shifts and rotations too."""
+    coarse = np.random.default_rng(0).random((10, 7, 7)) < 0.35
+    templates = np.kron(coarse, np.ones((4, 4)))
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, size=count).astype(np.uint8)
     images = 0.7 * templates[labels] + 0.3 * rng.random((count, 28, 28))
@@ -82,7 +84,15 @@ def test_train_writes_a_loadable_model_and_its_history(trained: dict[str, Any]) 
     assert sorted(p.name for p in out_dir.iterdir()) == ["history.json", "model.keras"]  # no temp files left
     assert trained["model_sha256"] == sha256_file(Path(trained["model_path"]))
     assert trained["train_count"] == TRAIN_COUNT
-    assert trained["params"] == {**FAST, "learning_rate": 0.008, "lr_schedule": "cosine", "seed": 1, "validation_split": 0.1}
+    assert trained["params"] == {
+        **FAST,
+        "architecture": "dense",
+        "augment": "off",  # auto, resolved: off for dense
+        "learning_rate": 0.008,
+        "lr_schedule": "cosine",
+        "seed": 1,
+        "validation_split": 0.1,
+    }
     assert json.loads(json.dumps(trained)) == trained  # plain JSON types, fit for XCom
 
     history = json.loads(Path(trained["history_path"]).read_text())
@@ -171,3 +181,57 @@ def test_the_write_up_recipe_trains_with_a_constant_rate(prepared: Path, tmp_pat
     assert result["params"]["lr_schedule"] == "constant"
     model = _load(result["model_path"])
     assert float(model.optimizer.learning_rate) == pytest.approx(0.001)  # a plain rate, not a schedule
+
+
+def test_build_model_cnn_is_two_convolutions_then_the_dense_head() -> None:
+    import keras
+
+    from mnist_tasks.model import build_model
+
+    model = build_model(architecture="cnn", hidden_units=128)
+
+    assert model.name == "mnist_cnn"
+    assert model.input_shape == (None, 28, 28)
+    convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [(c.filters, c.kernel_size) for c in convolutions] == [(32, (3, 3)), (64, (3, 3))]
+    assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [128, 10]
+    assert model.count_params() == 225_034  # 320 + 18,496 + 1600*128 + 128 + 1,290
+
+
+def test_an_unknown_architecture_is_refused(prepared: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=re.escape("architecture must be one of dense, cnn, got 'resnet'")):
+        train_model(cache_dir=prepared, out_dir=tmp_path / "out", architecture="resnet", **FAST)
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return train_model(
+        cache_dir=prepared, out_dir=tmp_path_factory.mktemp("cnn") / "out", architecture="cnn", seed=1, **FAST
+    )
+
+
+def test_cnn_trains_with_augmentation_by_default_and_loads_in_safe_mode(trained_cnn: dict[str, Any]) -> None:
+    assert trained_cnn["params"]["architecture"] == "cnn"
+    assert trained_cnn["params"]["augment"] == "on"  # auto, resolved: on for cnn
+    assert json.loads(Path(trained_cnn["history_path"]).read_text())["params"]["augment"] == "on"
+    assert trained_cnn["final"]["val_accuracy"] >= 0.9  # learned through the augmentation
+    assert _load(trained_cnn["model_path"]).name == "mnist_cnn"
+
+
+def test_augmented_training_is_reproducible(trained_cnn: dict[str, Any], prepared: Path, tmp_path: Path) -> None:
+    again = train_model(cache_dir=prepared, out_dir=tmp_path / "again", architecture="cnn", seed=1, **FAST)
+
+    x_test = np.load(prepared / "x_test.npy")
+    first, second = _load(trained_cnn["model_path"]), _load(again["model_path"])
+    assert np.array_equal(first.predict(x_test, verbose=0), second.predict(x_test, verbose=0))
+
+
+def test_augment_off_trains_cnn_on_the_images_as_they_are(
+    trained_cnn: dict[str, Any], prepared: Path, tmp_path: Path
+) -> None:
+    plain = train_model(
+        cache_dir=prepared, out_dir=tmp_path / "plain", architecture="cnn", augment="off", seed=1, **FAST
+    )
+    assert plain["params"]["augment"] == "off"
+    first, second = _load(trained_cnn["model_path"]), _load(plain["model_path"])
+    assert not np.array_equal(first.layers[-1].get_weights()[0], second.layers[-1].get_weights()[0])

@@ -65,6 +65,8 @@ def test_publish_declares_the_model_asset(dag):
 def test_params_have_descriptions_and_defaults(dag):
     defaults = {name: dag.params[name] for name in dag.params}
     assert defaults == {
+        "architecture": "dense",
+        "augment": "auto",
         "epochs": 6,
         "batch_size": 384,
         "learning_rate": 0.008,
