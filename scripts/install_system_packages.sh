@@ -4,12 +4,37 @@
 #   chromium        the browser tests/e2e/test_airflow_ui.py drives with Playwright
 #   postgresql, redis-server  the metadata database and the Celery broker of `make cluster`
 #                   and tests/system/test_cluster.py, which run their own private instances
+#   fonts-*         handwriting fonts whose digits scripts/benchmark_handwriting.py renders and
+#                   scores (`make bench-handwriting`); test material only, never training data.
+#                   The files are the ones its FONTS names.
 set -euo pipefail
 missing=()
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
+fonts=(
+  fonts-dkg-handwriting:/usr/share/fonts/truetype/fifthhorseman/dkg.ttf
+  fonts-breip:/usr/share/fonts/truetype/breip/Breip.ttf
+  fonts-bwht:/usr/share/fonts/opentype/bwht/BecauseWeBuild-Regular.otf
+  fonts-bwht:/usr/share/fonts/opentype/bwht/BecauseWeConnect-Regular.otf
+  fonts-bwht:/usr/share/fonts/opentype/bwht/BecauseWeCreate-Regular.otf
+  fonts-bwht:/usr/share/fonts/opentype/bwht/BecauseWeLearn-Regular.otf
+  fonts-bwht:/usr/share/fonts/opentype/bwht/BecauseWeMentor-Regular.otf
+  fonts-bwht:/usr/share/fonts/opentype/bwht/BecauseWeOrganize-Regular.otf
+  fonts-comic-neue:/usr/share/fonts/opentype/comic-neue/ComicNeue-Regular.otf
+  fonts-humor-sans:/usr/share/fonts/truetype/humor-sans/Humor-Sans.ttf
+  fonts-sjfonts:/usr/share/fonts/truetype/sjfonts/Delphine.ttf
+  fonts-sjfonts:/usr/share/fonts/truetype/sjfonts/SteveHand.ttf
+  fonts-rufscript:/usr/share/fonts/truetype/rufscript/Rufscript010.ttf
+  fonts-kristi:/usr/share/fonts/truetype/kristi/Kristi.ttf
+  fonts-kiloji:/usr/share/fonts/truetype/kiloji/kiloji.ttf
+  fonts-seto:/usr/share/fonts/truetype/seto/setofont.ttf
+)
+for font in "${fonts[@]}"; do
+  package=${font%%:*}
+  if [ ! -e "${font#*:}" ] && [[ " ${missing[*]} " != *" $package "* ]]; then missing+=("$package"); fi
+done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo -n"; else
   echo "need root (or sudo) to install: ${missing[*]}" >&2; exit 1
