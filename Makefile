@@ -32,7 +32,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # The local stack: data under .data/, the mirror and the models in the local
 # S3 endpoint. moto's server accepts any credentials and listens on 127.0.0.1
 # only, so these fixed values are not secrets; real deployments set their own.
-LOCAL_TARGETS := run bench mirror s3-up airflow
+LOCAL_TARGETS := run bench bench-handwriting mirror s3-up airflow
 $(LOCAL_TARGETS): export MNIST_DATA_DIR := $(DATA_DIR)
 $(LOCAL_TARGETS): export MNIST_MIRRORS := $(MIRROR_URI)
 $(LOCAL_TARGETS): export MNIST_MODELS_URI := $(MODELS_URI)
@@ -43,13 +43,14 @@ $(LOCAL_TARGETS): export AWS_DEFAULT_REGION := us-east-1
 $(LOCAL_TARGETS): export AWS_ENDPOINT_URL := $(S3_ENDPOINT)
 $(LOCAL_TARGETS): export AIRFLOW_CONN_AWS_DEFAULT := {"conn_type": "aws", "login": "local", "password": "local", "extra": {"endpoint_url": "$(S3_ENDPOINT)", "region_name": "us-east-1"}}
 
-.PHONY: help run bench airflow cluster test stop mirror s3-up clean
+.PHONY: help run bench bench-handwriting airflow cluster test stop mirror s3-up clean
 
 help:
 	@echo "make run    set up and run the retraining DAG once (CONF='{\"epochs\": 1}' to change Params)"
 	@echo "make airflow  start Airflow (UI on http://127.0.0.1:$(AIRFLOW_PORT)) and the local S3 endpoint; prints the login"
 	@echo "make cluster  the production topology natively: PostgreSQL, Redis, Airflow on Celery with two workers (UI on http://127.0.0.1:$(CLUSTER_PORT))"
 	@echo "make bench  time training and the whole run against the original write-up's script"
+	@echo "make bench-handwriting  train dense and cnn, then score predict on digits rendered from handwriting fonts"
 	@echo "make test   run the whole test suite"
 	@echo "make stop   stop everything make run, make airflow and make cluster started"
 	@echo "make clean  stop, then delete the virtualenv, data and local Airflow home"
@@ -91,6 +92,30 @@ run: mirror $(AIRFLOW_HOME)/airflow.db
 # Training and the warm whole run against the original write-up's script, alternating (a few minutes).
 bench: mirror $(AIRFLOW_HOME)/airflow.db
 	$(BIN)/python scripts/benchmark.py
+
+# Trains the dense and the cnn model on the local stack's MNIST (as `make run` downloads it), then
+# scores `predict` with both on digits rendered from handwriting fonts (a few minutes). The
+# models are kept in .data/bench-handwriting/models/<data checksum>-<code checksum>/, so a rerun
+# trains again only when the data, the code or the pinned libraries changed.
+HANDWRITING_DIR := $(DATA_DIR)/bench-handwriting
+HANDWRITING_ARCHITECTURES := dense cnn
+bench-handwriting: mirror
+	scripts/install_system_packages.sh
+	@set -euo pipefail; \
+	$(BIN)/python -m mnist_tasks download --data-dir $(DATA_DIR) > /dev/null; \
+	prepared=$$($(BIN)/python -m mnist_tasks prepare --data-dir $(DATA_DIR) \
+		| $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["cache_dir"])'); \
+	code=$$(cat mnist_tasks/*.py requirements.txt constraints.txt | sha256sum | cut -c1-16); \
+	models=(); \
+	for architecture in $(HANDWRITING_ARCHITECTURES); do \
+		out=$(HANDWRITING_DIR)/models/$$(basename $$prepared)-$$code/$$architecture; \
+		if [ ! -f $$out/model.keras ]; then \
+			echo "training $$architecture into $$out"; \
+			$(BIN)/python -m mnist_tasks train --architecture $$architecture --cache-dir $$prepared --out $$out; \
+		fi; \
+		models+=(--model $$architecture=$$out/model.keras); \
+	done; \
+	$(BIN)/python scripts/benchmark_handwriting.py --work-dir $(HANDWRITING_DIR) "$${models[@]}"
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
