@@ -6,7 +6,7 @@ intensity-weighted centre of mass sits at (14, 14). Photos, scans and drawings l
 like that, so every image goes through the same steps before the model sees it:
 
 1. open it upright (EXIF orientation), refusing oversized files before decoding pixels;
-2. greyscale, with any transparency flattened onto white;
+2. greyscale, with any transparency flattened onto white (black under light ink);
 3. polarity: the border tells the background; dark ink on light paper is inverted;
 4. crop to the ink, ignoring specks much smaller than the digit (blank -> no digit);
 5. scale into a 20x20 box, thickening pen strokes that would shrink to a faint hairline;
@@ -336,25 +336,33 @@ class _Parts(NamedTuple):
     right: np.ndarray  # last column per part
 
 
-def _gray_on_white(image: Image.Image) -> np.ndarray:
-    """float32 (H, W) in [0, 1] with 1 = white; transparent pixels become white paper."""
+def _gray(image: Image.Image) -> np.ndarray:
+    """float32 (H, W) in [0, 1] with 1 = white; transparent pixels become a backdrop that contrasts with the ink."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         # 16-bit greyscale (PNG, TIFF): Pillow's convert("L") would clip, not scale.
         return np.clip(np.asarray(image, dtype=np.float32) / 65535, 0, 1)
     try:
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
             # Transparent pixels often hold black RGB; without flattening they would read as ink.
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+            image = _flattened(image.convert("RGBA"))
         gray = image.convert("L")
     except ValueError as exc:
         raise ImageError(f"cannot convert image mode {image.mode} to greyscale: {exc}") from exc
     return np.asarray(gray, dtype=np.float32) / 255
 
 
+def _flattened(rgba: Image.Image) -> Image.Image:
+    """rgba composited onto white paper, or onto black when what is drawn is light (white chalk on a transparent layer)."""
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
+    drawn = float(alpha.sum())
+    lightness = 0.0 if drawn == 0 else float((np.asarray(rgba.convert("L"), dtype=np.float32) * alpha).sum() / drawn)
+    backdrop = "black" if lightness > 127.5 else "white"
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, backdrop), rgba)
+
+
 def _ink(image: Image.Image) -> np.ndarray | None:
     """float32 (H, W): 0 where the background is, 1 at the strongest ink; None if no ink."""
-    gray = _gray_on_white(image)
+    gray = _gray(image)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))
     # Ink is what differs from the background; if that is mostly darker, the ink is dark.

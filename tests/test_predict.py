@@ -241,6 +241,17 @@ def test_transparency_is_paper_even_when_its_colour_is_black(tmp_path):
     assert difference < 1e-3
 
 
+def test_light_ink_on_a_transparent_layer_is_read_as_ink_not_blank():
+    # White chalk on a transparent layer: flattened onto white paper, it would vanish.
+    ink = glyph(3, size=70)
+    rgba = Image.new("RGBA", ink.size, (255, 255, 255, 0))
+    rgba.putalpha(ink)
+    field = preprocess_image(rgba)
+    assert field is not None
+    difference, _ = aligned(preprocess_image(Image.eval(ink, lambda v: 255 - v)), field)
+    assert difference < 0.02
+
+
 def test_16_bit_greyscale_is_scaled_not_clipped():
     ink = np.asarray(glyph(6, size=60), dtype=np.uint16) * 257  # 0..65535
     difference, _ = aligned(preprocess_image(glyph(6, size=60)), preprocess_image(Image.fromarray(ink)))
