@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from mnist_tasks.artifacts import ArtifactRef, ArtifactStore, dataset_key, run_key
+from mnist_tasks.serving import SAVED_MODEL_DIR, ServingSignature
 from mnist_tasks.storage import sha256_file
 
 DATASET_INFO = "dataset.json"
@@ -45,9 +46,17 @@ class Prepared(TypedDict):
     arrays: dict[str, ArtifactRef]
 
 
+class StoredSavedModel(TypedDict):
+    files: dict[str, ArtifactRef]
+    """Path inside the export ('variables/variables.index') -> the file in the store."""
+    signature: ServingSignature
+
+
 class Trained(TypedDict):
     model: ArtifactRef
     history: ArtifactRef
+    saved_model: StoredSavedModel
+    """The model's SavedModel export, for TensorFlow Serving."""
     params: dict[str, Any]
     final: dict[str, float]
     train_count: int
@@ -117,14 +126,26 @@ def _split_dir(store: ArtifactStore, prepared: Prepared, split: str) -> Path:
 def train(
     *, store: ArtifactStore, prepared: Prepared, dag_id: str, run_id: str, params: Mapping[str, Any]
 ) -> Trained:
-    """Train on the prepared training split; the model and its history go to the run's place in the store."""
+    """Train on the prepared training split; the model, its export and its history go to the run's place in the store.
+
+    The SavedModel export is a directory; the store holds files, so each of its
+    files is stored (and later checked) on its own, under `saved_model/<path>`.
+    """
     from mnist_tasks.train import HISTORY_FILE, MODEL_FILE, train_model
 
     out_dir = store.local_path(run_key(dag_id, run_id, ""))
     result = train_model(cache_dir=_split_dir(store, prepared, "train"), out_dir=out_dir, **params)
+    export = result["saved_model"]
     return {
         "model": store.put(Path(result["model_path"]), run_key(dag_id, run_id, MODEL_FILE)),
         "history": store.put(Path(result["history_path"]), run_key(dag_id, run_id, HISTORY_FILE)),
+        "saved_model": {
+            "files": {
+                name: store.put(Path(export["path"]) / name, run_key(dag_id, run_id, f"{SAVED_MODEL_DIR}/{name}"))
+                for name in export["files"]
+            },
+            "signature": export["signature"],
+        },
         "params": result["params"],
         "final": result["final"],
         "train_count": result["train_count"],
@@ -189,7 +210,7 @@ def publish(
     trained: Trained,
     evaluated: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Render report.html and publish the run's model, history, metrics, pictures and report as `version`.
+    """Render report.html and publish the run's model, SavedModel, history, metrics, pictures and report as `version`.
 
     The manifest records the data's and the run's artifacts by URI and sha256, and
     the sha256 of every published file. A retry after an earlier attempt of this
@@ -199,12 +220,14 @@ def publish(
     from mnist_tasks.evaluate import METRICS_FILE
     from mnist_tasks.publish import build_manifest, publish_model
     from mnist_tasks.report import REPORT_FILE, write_report
+    from mnist_tasks.serving import manifest_entry
     from mnist_tasks.train import HISTORY_FILE, MODEL_FILE
 
     files = {
         MODEL_FILE: store.get(trained["model"]),
         HISTORY_FILE: store.get(trained["history"]),
         **{name: store.get(ref) for name, ref in evaluated["artifacts"].items()},
+        **{f"{SAVED_MODEL_DIR}/{name}": store.get(ref) for name, ref in trained["saved_model"]["files"].items()},
     }
     manifest = _manifest_for(
         s3_client=s3_client,
@@ -220,6 +243,7 @@ def publish(
             metrics=evaluated,
             started_at=started_at,
             training={name: trained[name] for name in ("model", "history", "final", "train_count", "seconds")},
+            serving=manifest_entry(version=version, signature=trained["saved_model"]["signature"]),
         ),
     )
     # Rendered here, not in evaluate: the report shows the manifest's lineage.

@@ -2,8 +2,9 @@
 
 The bucket layout and the `latest` pointer belong to registry.py; this module
 adds a new version to it. Order matters: files, then the manifest, then a full
-read-back, then `latest.json`, so a reader following the pointer never meets a
-half-uploaded or damaged version.
+read-back, then `latest.json` (its SavedModel copied for TensorFlow Serving just
+before), so a reader following the pointer never meets a half-uploaded or
+damaged version.
 """
 
 from __future__ import annotations
@@ -111,12 +112,14 @@ def build_manifest(
     metrics: dict[str, Any],
     started_at: str | None,
     training: dict[str, Any] | None = None,
+    serving: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything a stranger needs to tell where a model came from; publish_model adds `files`.
 
     `data` carries the data checksums (data_sha256 and per-file sha256s),
     `metrics` the evaluation result including the gate decision, `training`
-    the training run's artifacts (URIs and sha256s) and final figures.
+    the training run's artifacts (URIs and sha256s) and final figures, `serving`
+    where the SavedModel export is and its signature (serving.manifest_entry).
     """
     return {
         "schema": MANIFEST_SCHEMA,
@@ -129,6 +132,7 @@ def build_manifest(
         "data": data,
         "metrics": metrics,
         "training": training,
+        "serving": serving,
         "code": {"package": PACKAGE, "version": _distribution_version((PACKAGE,)), **git_state(SOURCE_ROOT)},
         "libraries": {key: _distribution_version(names) for key, names in LIBRARIES.items()},
         "python": platform.python_version(),
@@ -163,7 +167,9 @@ def publish_model(
     what an earlier attempt started, one with other bytes (a re-trained model)
     gets VersionConflictError once the manifest exists (versions are immutable).
     If the read-back does not match (PublishVerificationError), `latest.json`
-    is not touched.
+    is not touched. Files named `saved_model/…` are the SavedModel export;
+    when `latest` moves to this version they are also copied, and checked, to
+    TensorFlow Serving's `serving/<version>/` (registry.move_latest).
 
     `latest` moves forward only: never to an older version than it points at,
     and, with `compared_latest_etag` (the ETag latest.json had when evaluate
@@ -191,10 +197,10 @@ def publish_model(
             content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
             s3_client.upload_file(str(path), bucket, base + name, ExtraArgs={"ContentType": content_type})
         manifest_sha256 = _write_manifest(s3_client, models_uri, version, manifest)
-    verify_version(s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256)
-    latest = _advance_latest(
-        s3_client, models_uri, version, manifest_sha256, compared_latest_etag, run_id=manifest["run_id"]
+    verified = verify_version(
+        s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256
     )
+    latest = _advance_latest(s3_client, models_uri, verified, manifest_sha256, compared_latest_etag)
     return {
         "version": version,
         "version_uri": f"s3://{bucket}/{base}",
@@ -204,6 +210,8 @@ def publish_model(
         "manifest_sha256": manifest_sha256,
         "latest_version": latest["version"],
         "latest_moved": latest["version"] == version,
+        # Where TensorFlow Serving finds this version: only a version that became latest is copied there.
+        "serving_uri": latest.get("serving_uri") if latest["version"] == version else None,
     }
 
 
@@ -279,18 +287,13 @@ def _write_manifest(s3_client: Any, models_uri: str, version: int, manifest: dic
 
 
 def _advance_latest(
-    s3_client: Any,
-    models_uri: str,
-    version: int,
-    manifest_sha256: str,
-    compared_latest_etag: str | None,
-    *,
-    run_id: str,
+    s3_client: Any, models_uri: str, manifest: dict[str, Any], manifest_sha256: str, compared_latest_etag: str | None
 ) -> dict[str, Any]:
     """Move `latest` to the verified version if that moves it forward from the state evaluate compared with.
 
     Returns the pointer as it stands afterwards.
     """
+    version = manifest["version"]
     current, etag = read_latest_state(s3_client=s3_client, models_uri=models_uri)
     if current is not None and (current["version"], current["manifest_sha256"]) == (version, manifest_sha256):
         return current  # an earlier attempt of this run got this far
@@ -306,9 +309,9 @@ def _advance_latest(
     return move_latest(
         s3_client=s3_client,
         models_uri=models_uri,
-        version=version,
+        manifest=manifest,
         manifest_sha256=manifest_sha256,
         expected_etag=etag,
-        moved_by=f"run {run_id}",
+        moved_by=f"run {manifest['run_id']}",
         reason="passed the accuracy gate",
     )

@@ -4,13 +4,20 @@ Layout under `models_uri` (s3://bucket/prefix/):
 
     prefix/<version>/claim.json                        written first and once (If-None-Match: *): whose it is
     prefix/<version>/model.keras, metrics.json, ...   uploaded by that run only
+    prefix/<version>/saved_model/saved_model.pb, ...  the SavedModel export (versions published before it had none)
     prefix/<version>/manifest.json                     written last and once: the version is complete
+    prefix/serving/<version>/saved_model.pb, ...       TensorFlow Serving's copy of the export, for versions made latest
     prefix/latest.json                                 the pointer, moved only to a verified version
 
-`<version>` is a plain integer so TensorFlow Serving style loaders, which scan
-numbered directories, can read the tree as is. A directory without a manifest
-is an unfinished publish and is not a version; `latest` only ever points at a
-version whose every file matches its manifest (`verify_version`).
+`<version>` is a plain integer. A directory without a manifest is an unfinished
+publish and is not a version; `latest` only ever points at a version whose
+every file matches its manifest (`verify_version`).
+
+`serving/` is TensorFlow Serving's base path: it serves the highest numbered
+directory there. So a version's export is copied there only as `latest` moves
+to it, and since publishing only moves `latest` forward, the highest one is
+the latest, until someone promotes an older version by hand (the README says
+how to make TensorFlow Serving follow such a rollback).
 
 `latest.json` moves with conditional writes (If-Match on the ETag it had when it
 was read, If-None-Match: * when there was none), so two writers never overwrite
@@ -28,10 +35,11 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from botocore.exceptions import ClientError
 
+from mnist_tasks.serving import GRAPH_FILE, SAVED_MODEL_DIR, SERVING_DIR
 from mnist_tasks.storage import (
     atomic_path,
     is_condition_failed,
@@ -93,6 +101,12 @@ def models_location(models_uri: str) -> tuple[str, str]:
     bucket, prefix = split_s3_uri(models_uri)
     prefix = prefix.strip("/")
     return bucket, f"{prefix}/" if prefix else ""
+
+
+def serving_prefix(models_uri: str, version: int) -> str:
+    """Key prefix of a version's directory under TensorFlow Serving's base path, ending in '/'."""
+    root = models_location(models_uri)[1]
+    return f"{root}{SERVING_DIR}/" + version_prefix(models_uri, version)[len(root) :]
 
 
 def version_prefix(models_uri: str, version: int) -> str:
@@ -287,22 +301,33 @@ def _verify(
     base = version_prefix(models_uri, version)
     manifest, sha = _load_manifest(s3_client, models_uri, version, manifest_sha256)
     for name, expected in manifest["files"].items():
-        key = base + name
-        try:
-            body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
-        except ClientError as err:
-            if is_missing(err):
-                raise PublishVerificationError(
-                    f"s3://{bucket}/{key}: expected sha256 {expected['sha256']}, got a missing object"
-                ) from err
-            raise
-        got_sha, got_bytes = sha256_stream(body)
-        if (got_sha, got_bytes) != (expected["sha256"], expected["bytes"]):
-            raise PublishVerificationError(
-                f"s3://{bucket}/{key}: expected sha256 {expected['sha256']} ({expected['bytes']} bytes), "
-                f"got {got_sha} ({got_bytes} bytes)"
-            )
+        _check_object(s3_client, bucket, base + name, expected)
     return manifest, sha
+
+
+def _check_object(s3_client: Any, bucket: str, key: str, expected: dict[str, Any]) -> None:
+    """PublishVerificationError unless the object holds what a manifest's `files` entry records."""
+    got = _object_checksum(s3_client, bucket, key)
+    if got is None:
+        raise PublishVerificationError(
+            f"s3://{bucket}/{key}: expected sha256 {expected['sha256']}, got a missing object"
+        )
+    if got != (expected["sha256"], expected["bytes"]):
+        raise PublishVerificationError(
+            f"s3://{bucket}/{key}: expected sha256 {expected['sha256']} ({expected['bytes']} bytes), "
+            f"got {got[0]} ({got[1]} bytes)"
+        )
+
+
+def _object_checksum(s3_client: Any, bucket: str, key: str) -> tuple[str, int] | None:
+    """(sha256, byte count) of an object's content, read whole; None when it does not exist."""
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as err:
+        if is_missing(err):
+            return None
+        raise
+    return sha256_stream(body)
 
 
 def verify_version(
@@ -323,7 +348,9 @@ def promote(
 
     An unknown or damaged version is refused (raises) and the pointer stays.
     So is a version whose gate failed, unless `force` with a `reason`. The
-    pointer records who moved it, when and why.
+    pointer records who moved it, when and why, and its `serving_uri`: the
+    version's export in TensorFlow Serving's layout, copied now if missing, or
+    None for a version published before exports existed (it still becomes latest).
     """
     if force and not (reason or "").strip():
         raise GateNotPassedError("--force needs a --reason: it is recorded in latest.json")
@@ -337,7 +364,7 @@ def promote(
     return move_latest(
         s3_client=s3_client,
         models_uri=models_uri,
-        version=version,
+        manifest=manifest,
         manifest_sha256=manifest_sha256,
         expected_etag=etag,
         moved_by=f"{getpass.getuser()}@{socket.gethostname()}",
@@ -349,19 +376,23 @@ def move_latest(
     *,
     s3_client: Any,
     models_uri: str,
-    version: int,
+    manifest: dict[str, Any],
     manifest_sha256: str,
     expected_etag: str | None,
     moved_by: str,
     reason: str,
 ) -> dict[str, Any]:
-    """Write `latest.json` for a verified version, only if it still has `expected_etag` (None: absent).
+    """Write `latest.json` for a verified version (its manifest) if it still has `expected_etag` (None: absent).
 
-    Raises LatestMovedError when someone else wrote it since it was read; the
-    pointer then stays what they made it.
+    Just before, the version's export is copied to TensorFlow Serving's
+    `serving/<version>/` (write_serving_copy). Raises LatestMovedError when
+    someone else wrote `latest.json` since it was read; the pointer then stays
+    what they made it, and the serving files this call wrote are removed.
     """
+    version = manifest["version"]
     bucket, prefix = models_location(models_uri)
     base = version_prefix(models_uri, version)
+    serving = write_serving_copy(s3_client=s3_client, models_uri=models_uri, manifest=manifest)
     pointer = {
         "version": version,
         "manifest_key": base + MANIFEST_FILE,
@@ -372,6 +403,7 @@ def move_latest(
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "moved_by": moved_by,
         "reason": reason,
+        "serving_uri": None if serving is None else serving["uri"],
     }
     condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
     try:
@@ -384,14 +416,60 @@ def move_latest(
         )
     except ClientError as err:
         if not is_condition_failed(err):
-            raise
+            raise  # latest may have moved after all: the serving copy stays
         current, _ = read_latest_state(s3_client=s3_client, models_uri=models_uri)
+        if serving is not None and (current is None or current["version"] != version):
+            _remove_objects(s3_client, bucket, serving["written"])  # not latest: TF Serving must not pick it up
         now = "nothing" if current is None else f"version {current['version']}"
         raise LatestMovedError(
             f"s3://{bucket}/{prefix}{LATEST_FILE} changed while version {version} was being made latest: "
             f"it now points at {now}; latest was left as it is"
         ) from err
     return pointer
+
+
+class ServingCopy(TypedDict):
+    uri: str
+    """s3://…/serving/<version>/: what TensorFlow Serving loads as this version."""
+    written: list[str]
+    """The keys this call wrote, in order (files already right are left as they are)."""
+
+
+def write_serving_copy(*, s3_client: Any, models_uri: str, manifest: dict[str, Any]) -> ServingCopy | None:
+    """Copy a verified version's export to `serving/<version>/` (server-side), each copy checked against the manifest.
+
+    None, and nothing written, for a version published before exports existed.
+    Files that already hold the manifest's bytes (a retry, a version made
+    latest again) stay. saved_model.pb goes last: a server that lists the
+    directory meanwhile finds no graph yet, never a graph without its variables.
+    A copy that differs raises PublishVerificationError, and what this call
+    wrote is removed again, the graph first.
+    """
+    export = f"{SAVED_MODEL_DIR}/"
+    files = {name[len(export) :]: entry for name, entry in manifest["files"].items() if name.startswith(export)}
+    if not files:
+        return None
+    version = manifest["version"]
+    bucket, _ = models_location(models_uri)
+    source, dest = version_prefix(models_uri, version) + export, serving_prefix(models_uri, version)
+    written: list[str] = []
+    try:
+        for name in sorted(files, key=lambda name: (name == GRAPH_FILE, name)):
+            if _object_checksum(s3_client, bucket, dest + name) == (files[name]["sha256"], files[name]["bytes"]):
+                continue
+            s3_client.copy_object(Bucket=bucket, Key=dest + name, CopySource={"Bucket": bucket, "Key": source + name})
+            written.append(dest + name)
+            _check_object(s3_client, bucket, dest + name, files[name])
+    except Exception:
+        _remove_objects(s3_client, bucket, written)
+        raise
+    return {"uri": f"s3://{bucket}/{dest}", "written": written}
+
+
+def _remove_objects(s3_client: Any, bucket: str, keys: list[str]) -> None:
+    """Delete keys in the reverse of the order they were written (so saved_model.pb first)."""
+    for key in reversed(keys):
+        s3_client.delete_object(Bucket=bucket, Key=key)
 
 
 def download_files(

@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from mnist_tasks.serving import SavedModelExport
 from mnist_tasks.storage import atomic_path, sha256_file
 
 MODEL_FILE = "model.keras"
@@ -38,6 +39,8 @@ class TrainResult(TypedDict):
     model_path: str
     model_sha256: str
     history_path: str
+    saved_model: SavedModelExport
+    """The SavedModel export beside model.keras, for TensorFlow Serving."""
     params: dict[str, Any]
     """The Params as trained with, `augment` resolved to on or off."""
     final: dict[str, float]
@@ -97,11 +100,12 @@ def train_model(
     model, history = _fit(params, np.asarray(x_train), np.asarray(y_train))
     fit_seconds = time.monotonic() - fit_started
     per_epoch = _per_epoch(history, params)
-    model_path, history_path = _save(model, per_epoch, params, out_dir=out_dir, train_count=len(x_train))
+    model_path, saved_model, history_path = _save(model, per_epoch, params, out_dir=out_dir, train_count=len(x_train))
     return {
         "model_path": str(model_path),
         "model_sha256": sha256_file(model_path),
         "history_path": str(history_path),
+        "saved_model": saved_model,
         "params": params,
         "final": {name: per_epoch[-1][name] for name in METRICS},
         "train_count": len(x_train),
@@ -175,19 +179,23 @@ def _augmented(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -
 
 def _save(
     model: Any, per_epoch: list[dict[str, float]], params: dict[str, Any], *, out_dir: Path, train_count: int
-) -> tuple[Path, Path]:
-    """out_dir/model.keras and out_dir/history.json, each written whole or not at all."""
+) -> tuple[Path, SavedModelExport, Path]:
+    """out_dir/model.keras, its SavedModel export in out_dir/saved_model/ and out_dir/history.json."""
+    from mnist_tasks.serving import SAVED_MODEL_DIR, export_saved_model
+
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
     with atomic_path(model_path, suffix=".keras") as tmp:  # Keras writes only files named *.keras
         model.save(tmp)
+    # Here, while the model is in memory: TensorFlow Serving loads a SavedModel, not model.keras.
+    saved_model = export_saved_model(model, out_dir / SAVED_MODEL_DIR)
     history_path = out_dir / HISTORY_FILE
     with atomic_path(history_path) as tmp:
         tmp.write_text(
             json.dumps({"params": params, "train_count": train_count, "history": per_epoch}, indent=2, allow_nan=False)
             + "\n"
         )
-    return model_path, history_path
+    return model_path, saved_model, history_path
 
 
 def _learning_rate(params: dict[str, Any], *, total_steps: int) -> Any:

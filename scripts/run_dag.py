@@ -70,6 +70,7 @@ def run_and_summarize(dag_id: str, conf: dict) -> dict:
         "gate": None if "passed" not in evaluation else ("passed" if evaluation["passed"] else "failed"),
         "model_version": published.get("version"),
         "model_uri": published.get("model_uri"),
+        "serving_uri": published.get("serving_uri"),
         "seconds": seconds,
         "task_seconds": task_seconds,
     }

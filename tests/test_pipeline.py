@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mnist_tasks import pipeline
 from mnist_tasks.artifacts import ArtifactIntegrityError, ArtifactStore
-from mnist_tasks.registry import read_latest, verify_version
+from mnist_tasks.registry import download_model, read_latest, verify_version
 from tests.e2e.conftest import tiny_mirror  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,8 @@ def test_steps_on_four_workers_publish_a_verified_version(workers, s3_client, ti
     assert results["prepare"]["cache_hit"] is False
     # Each worker holds only what its own step fetched or wrote.
     trainer = {p.name for p in (tmp_path / "worker-c").rglob("*") if p.is_file()}
-    assert trainer == {"x_train.npy", "y_train.npy", "model.keras", "history.json"}
+    export = {name.rsplit("/", 1)[-1] for name in results["train"]["saved_model"]["files"]}
+    assert trainer == {"x_train.npy", "y_train.npy", "model.keras", "history.json", *export}
     evaluator = {p.name for p in (tmp_path / "worker-d").rglob("*") if p.is_file()}
     assert {"x_test.npy", "y_test.npy", "model.keras", "metrics.json"} <= evaluator
     assert "x_train.npy" not in evaluator
@@ -136,3 +138,40 @@ def test_a_retried_publish_completes_the_same_version(workers, s3_client, tiny_m
     assert retried["manifest_sha256"] == first["publish"]["manifest_sha256"]
     assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=1)["run_id"] == run_id
     assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == 1
+
+
+def test_tf_serving_finds_the_latest_version_under_serving_and_it_predicts_as_the_keras_model(
+    workers, s3_client, tiny_mirror, tmp_path  # noqa: F811
+):
+    import keras
+    import tensorflow as tf
+
+    results = _run(workers, s3_client, tiny_mirror, tmp_path, run_id="scheduled__2026-11-24T02:00:00+00:00", version=1)
+
+    manifest = verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=1)
+    assert manifest["serving"] == {
+        "export": "1/saved_model/",
+        "path": "serving/1/",
+        "signature": "serving_default",
+        "input": {"name": "images", "shape": [None, 28, 28], "dtype": "float32"},
+        "output": {"name": "output_0", "shape": [None, 10], "dtype": "float32"},
+    }
+    export = results["train"]["saved_model"]["files"]
+    assert {f"saved_model/{name}" for name in export} <= set(manifest["files"])
+    assert results["publish"]["serving_uri"] == "s3://pipeline-models/mnist/serving/1/"
+
+    # What a server with base path s3://…/mnist/serving/ reads, copied to disk as it is.
+    base = tmp_path / "tf-serving"
+    listing = s3_client.list_objects_v2(Bucket="pipeline-models", Prefix="mnist/serving/")["Contents"]
+    for key in (o["Key"] for o in listing):
+        (base / key.removeprefix("mnist/serving/")).parent.mkdir(parents=True, exist_ok=True)
+        s3_client.download_file("pipeline-models", key, str(base / key.removeprefix("mnist/serving/")))
+    assert sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()) == sorted(
+        f"1/{name}" for name in export
+    )
+
+    served = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+    images = np.load(workers("worker-e").get(results["prepare"]["arrays"]["x_test"]))[:32]
+    published = download_model(s3_client=s3_client, models_uri=MODELS_URI, version=1, dest_dir=tmp_path / "keras")
+    expected = keras.models.load_model(published["model_path"], safe_mode=True).predict(images, verbose=0)
+    assert np.allclose(served(images=tf.constant(images))["output_0"].numpy(), expected, atol=1e-5)

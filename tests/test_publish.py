@@ -49,6 +49,24 @@ def _files(directory: Path, model_bytes: bytes = b"weights" * 50) -> dict[str, P
     return {"model.keras": directory / "model.keras", "metrics.json": directory / "metrics.json"}
 
 
+# A SavedModel export's files as Keras writes them; publish treats them as bytes.
+EXPORT = {
+    "saved_model/fingerprint.pb": b"fingerprint",
+    "saved_model/saved_model.pb": b"graph" * 100,
+    "saved_model/variables/variables.data-00000-of-00001": b"weights" * 300,
+    "saved_model/variables/variables.index": b"index",
+}
+
+
+def _files_with_export(directory: Path, model_bytes: bytes = b"weights" * 50) -> dict[str, Path]:
+    files = _files(directory, model_bytes)
+    for name, body in EXPORT.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(body + model_bytes)  # another model, another export
+        files[name] = directory / name
+    return files
+
+
 def _manifest(version: int = VERSION, run_id: str = "scheduled__a", metrics: dict | None = None) -> dict:
     return build_manifest(
         version=version,
@@ -187,6 +205,7 @@ def test_publish_uploads_the_version_then_points_latest_at_it(
         "manifest_sha256": manifest_sha,
         "latest_version": VERSION,
         "latest_moved": True,
+        "serving_uri": None,  # no SavedModel among its files
     }
     head = s3_client.head_object(Bucket=BUCKET, Key=base + "metrics.json")
     assert head["ContentType"] == "application/json"
@@ -401,3 +420,113 @@ def test_a_failed_read_back_leaves_latest_untouched(s3_client, bucket: str, tmp_
 
     assert s3_client.get_object(Bucket=BUCKET, Key="mnist/latest.json")["Body"].read() == latest_before
     assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == first
+
+
+class _RecordsCopies:
+    """The real client on moto, recording the keys of server-side copies in order; `corrupt`
+    overwrites the copy of keys ending so, as if the copy had gone wrong."""
+
+    def __init__(self, client: Any, corrupt: str | None = None) -> None:
+        self._client, self._corrupt = client, corrupt
+        self.copied: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def copy_object(self, **kwargs: Any) -> Any:
+        self.copied.append(kwargs["Key"])
+        result = self._client.copy_object(**kwargs)
+        if self._corrupt and kwargs["Key"].endswith(self._corrupt):
+            self._client.put_object(Bucket=kwargs["Bucket"], Key=kwargs["Key"], Body=b"corrupted")
+        return result
+
+
+def test_the_export_is_published_and_copied_for_tf_serving_as_latest_moves(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    files = _files_with_export(tmp_path / "run")
+    client = _RecordsCopies(s3_client)
+    result = publish_model(
+        s3_client=client, models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest()
+    )
+
+    stored = _bucket_state(s3_client)
+    manifest = json.loads(stored[f"mnist/{VERSION}/manifest.json"])
+    for name in EXPORT:
+        body = files[name].read_bytes()
+        assert stored[f"mnist/{VERSION}/{name}"] == body
+        assert manifest["files"][name] == {"sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)}
+        # TensorFlow Serving's layout: serving/<version>/saved_model.pb, serving/<version>/variables/…
+        assert stored[f"mnist/serving/{VERSION}/{name.removeprefix('saved_model/')}"] == body
+    assert client.copied[-1] == f"mnist/serving/{VERSION}/saved_model.pb"  # the graph last
+    assert len(client.copied) == len(EXPORT)
+    assert result["serving_uri"] == f"s3://{BUCKET}/mnist/serving/{VERSION}/"
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["serving_uri"] == result["serving_uri"]
+    # serving/ is not a version.
+    assert [row["version"] for row in list_versions(s3_client=s3_client, models_uri=MODELS_URI)] == [VERSION]
+
+    # A retry finds the copies right and writes nothing.
+    again = _RecordsCopies(s3_client)
+    publish_model(s3_client=again, models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest())
+    assert again.copied == [] and _bucket_state(s3_client) == stored
+
+
+def test_a_version_that_does_not_become_latest_gets_no_serving_directory(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    newer, older = VERSION, VERSION - 1_000_000
+    publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=newer, files=_files_with_export(tmp_path / "n"),
+        manifest=_manifest(),
+    )
+    # TensorFlow Serving serves the highest directory, so only the latest may be there.
+    result = publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=older,
+        files=_files_with_export(tmp_path / "o", model_bytes=b"older" * 50),
+        manifest=_manifest(version=older, run_id="scheduled__old"),
+    )
+
+    assert (result["latest_moved"], result["serving_uri"]) == (False, None)
+    serving = {key for key in _bucket_state(s3_client) if key.startswith("mnist/serving/")}
+    assert serving == {f"mnist/serving/{newer}/{name.removeprefix('saved_model/')}" for name in EXPORT}
+    assert f"mnist/{older}/saved_model/saved_model.pb" in _bucket_state(s3_client)
+
+
+class _TampersWithExport(_OverwritesModelAfterUpload):
+    def upload_file(self, path: str, bucket: str, key: str, **kwargs: Any) -> Any:
+        self._client.upload_file(path, bucket, key, **kwargs)
+        if key.endswith("/saved_model/variables/variables.index"):
+            self._client.put_object(Bucket=bucket, Key=key, Body=b"tampered")
+
+
+@pytest.mark.parametrize(
+    ("client", "damaged"),
+    [
+        (_TampersWithExport, f"mnist/{VERSION}/saved_model/variables/variables.index"),
+        (
+            lambda client: _RecordsCopies(client, corrupt="/variables/variables.index"),
+            f"mnist/serving/{VERSION}/variables/variables.index",
+        ),
+    ],
+    ids=["the published export", "its copy for TF Serving"],
+)
+def test_a_damaged_export_file_fails_and_latest_does_not_move(
+    s3_client, bucket: str, tmp_path: Path, client: Any, damaged: str
+) -> None:
+    first = VERSION - 1_000_000
+    publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=first, files=_files_with_export(tmp_path / "1"),
+        manifest=_manifest(version=first, run_id="scheduled__first"),
+    )
+    latest_before = _bucket_state(s3_client)["mnist/latest.json"]
+
+    files = _files_with_export(tmp_path / "2", model_bytes=b"good" * 50)
+    expected = hashlib.sha256(files["saved_model/variables/variables.index"].read_bytes()).hexdigest()
+    with pytest.raises(PublishVerificationError, match=rf"{damaged}: expected sha256 {expected}"):
+        publish_model(
+            s3_client=client(s3_client), models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest()
+        )
+
+    stored = _bucket_state(s3_client)
+    assert stored["mnist/latest.json"] == latest_before
+    assert not [key for key in stored if key.startswith(f"mnist/serving/{VERSION}/")]  # what was copied is gone

@@ -11,13 +11,16 @@ import pytest
 from mnist_tasks.publish import build_manifest, publish_model
 from mnist_tasks.registry import (
     GateNotPassedError,
+    LatestMovedError,
     PublishVerificationError,
     VersionNotFoundError,
     download_model,
     list_versions,
+    move_latest,
     promote,
     read_latest,
     read_manifest,
+    read_manifest_and_sha256,
     verify_version,
 )
 
@@ -36,11 +39,23 @@ def _model_bytes(version: int) -> bytes:
     return f"model {version}".encode() * 40
 
 
-def _publish(s3_client, tmp_path: Path, version: int, accuracy: float = 0.97, passed: bool = True) -> dict | None:
+# A SavedModel export's files; the registry treats them as bytes.
+EXPORT_FILES = ("saved_model/saved_model.pb", "saved_model/fingerprint.pb", "saved_model/variables/variables.index")
+
+
+def _publish(
+    s3_client, tmp_path: Path, version: int, accuracy: float = 0.97, passed: bool = True, export: bool = False
+) -> dict | None:
+    """Publish a version; without `export` it is one published before SavedModel exports existed."""
     run_dir = tmp_path / str(version)
     run_dir.mkdir()
     (run_dir / "model.keras").write_bytes(_model_bytes(version))
     (run_dir / "history.json").write_text(json.dumps({"loss": [0.3, 0.2]}))
+    files = {"model.keras": run_dir / "model.keras", "history.json": run_dir / "history.json"}
+    for name in EXPORT_FILES if export else ():
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_bytes(f"{name} of {version}".encode())
+        files[name] = run_dir / name
     manifest = build_manifest(
         version=version,
         run_id=f"scheduled__{version}",
@@ -57,7 +72,7 @@ def _publish(s3_client, tmp_path: Path, version: int, accuracy: float = 0.97, pa
         s3_client=s3_client,
         models_uri=MODELS_URI,
         version=version,
-        files={"model.keras": run_dir / "model.keras", "history.json": run_dir / "history.json"},
+        files=files,
         manifest=manifest,
     )
 
@@ -95,6 +110,7 @@ def test_list_versions_has_one_row_per_published_version_oldest_first(
     s3_client.put_object(Bucket=BUCKET, Key="mnist/20261126020000/model.keras", Body=b"partial")
     s3_client.put_object(Bucket=BUCKET, Key="mnist/notes/readme.txt", Body=b"hello")
     s3_client.put_object(Bucket=BUCKET, Key="mnist/0042/manifest.json", Body=b"{}")
+    s3_client.put_object(Bucket=BUCKET, Key="mnist/serving/20261127020000/saved_model.pb", Body=b"graph")
 
     rows = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
 
@@ -229,3 +245,58 @@ def test_promote_refuses_a_version_whose_gate_failed_unless_forced_with_a_reason
 
     pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V2, force=True, reason="incident 42")
     assert (pointer["version"], pointer["reason"]) == (V2, "incident 42")
+
+
+def _serving_keys(s3_client, version: int) -> dict[str, bytes]:
+    listing = s3_client.list_objects_v2(Bucket=BUCKET, Prefix=f"mnist/serving/{version}/").get("Contents", [])
+    return {o["Key"]: s3_client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listing}
+
+
+def test_promote_copies_the_export_for_tf_serving_when_it_is_missing(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V2, export=True)
+    _publish(s3_client, tmp_path, V1, export=True)  # older: not latest, so not in serving/
+    assert _serving_keys(s3_client, V1) == {}
+
+    pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1, reason="V2 misreads 7s")
+
+    assert pointer["serving_uri"] == f"s3://{BUCKET}/mnist/serving/{V1}/"
+    assert _serving_keys(s3_client, V1) == {
+        f"mnist/serving/{V1}/{name.removeprefix('saved_model/')}": f"{name} of {V1}".encode() for name in EXPORT_FILES
+    }
+    assert _serving_keys(s3_client, V2)  # TF Serving still serves the highest unless pinned (README)
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) == pointer
+
+
+def test_a_version_published_before_exports_is_still_read_and_promoted(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V1)  # no saved_model/
+    _publish(s3_client, tmp_path, V2, export=True)
+
+    pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1, reason="back to the dense model")
+
+    assert (pointer["version"], pointer["serving_uri"]) == (V1, None)  # latest moved; nothing for TF Serving
+    assert _serving_keys(s3_client, V1) == {}
+    assert [r["is_latest"] for r in list_versions(s3_client=s3_client, models_uri=MODELS_URI)] == [True, False]
+    assert "saved_model/saved_model.pb" not in read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=V1)[
+        "files"
+    ]
+    got = download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "dl")
+    assert Path(got["model_path"]).read_bytes() == _model_bytes(V1)
+
+
+def test_latest_moved_meanwhile_takes_back_the_serving_copy(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V2, export=True)
+    _publish(s3_client, tmp_path, V1, export=True)
+    manifest, manifest_sha256 = read_manifest_and_sha256(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+    before = _latest_bytes(s3_client)
+
+    # As if someone moved latest.json after this writer read it.
+    with pytest.raises(LatestMovedError, match=f"now points at version {V2}"):
+        move_latest(
+            s3_client=s3_client, models_uri=MODELS_URI, manifest=manifest, manifest_sha256=manifest_sha256,
+            expected_etag='"0123456789abcdef0123456789abcdef"', moved_by="test", reason="race",
+        )
+
+    assert _latest_bytes(s3_client) == before
+    assert _serving_keys(s3_client, V1) == {}  # TF Serving must not find a version that is not latest
+    assert _serving_keys(s3_client, V2)
+

@@ -81,7 +81,8 @@ def test_build_model_is_the_dense_network() -> None:
 
 def test_train_writes_a_loadable_model_and_its_history(trained: dict[str, Any]) -> None:
     out_dir = Path(trained["model_path"]).parent
-    assert sorted(p.name for p in out_dir.iterdir()) == ["history.json", "model.keras"]  # no temp files left
+    # No temp files left.
+    assert sorted(p.name for p in out_dir.iterdir()) == ["history.json", "model.keras", "saved_model"]
     assert trained["model_sha256"] == sha256_file(Path(trained["model_path"]))
     assert trained["train_count"] == TRAIN_COUNT
     assert trained["params"] == {

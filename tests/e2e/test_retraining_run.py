@@ -53,9 +53,17 @@ def test_a_run_publishes_a_verified_version_and_a_worse_challenger_does_not_repl
     manifest_bytes = objects[f"mnist/{version}/manifest.json"]
     assert latest["manifest_sha256"] == hashlib.sha256(manifest_bytes).hexdigest()
     manifest = json.loads(manifest_bytes)
-    assert set(manifest["files"]) == {"model.keras", "history.json", "metrics.json", *REPORT_FILES}
+    export = {name for name in manifest["files"] if name.startswith("saved_model/")}
+    assert {"saved_model/saved_model.pb", "saved_model/variables/variables.index"} <= export
+    assert set(manifest["files"]) == {"model.keras", "history.json", "metrics.json", *REPORT_FILES, *export}
     for name, recorded in manifest["files"].items():
         assert hashlib.sha256(objects[f"mnist/{version}/{name}"]).hexdigest() == recorded["sha256"], name
+    # TensorFlow Serving's base path holds the latest version, and nothing else.
+    serving = {key.removeprefix("mnist/serving/") for key in objects if key.startswith("mnist/serving/")}
+    assert serving == {f"{version}/{name.removeprefix('saved_model/')}" for name in export}
+    assert objects[f"mnist/serving/{version}/saved_model.pb"] == objects[f"mnist/{version}/saved_model/saved_model.pb"]
+    assert latest["serving_uri"] == f"s3://{MODELS_BUCKET}/mnist/serving/{version}/"
+    assert manifest["serving"]["path"] == f"serving/{version}/"
     report = objects[f"mnist/{version}/report.html"].decode()
     assert dag_run.run_id in report and report.count('src="data:image/png;base64,') == 4
     assert manifest["run_id"] == dag_run.run_id

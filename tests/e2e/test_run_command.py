@@ -26,8 +26,11 @@ def _free_port() -> int:
 
 
 def test_make_run_publishes_a_model_that_passes_the_gate(tmp_path):
+    import boto3
+
+    s3_port = _free_port()
     make_vars = [
-        f"S3_PORT={_free_port()}",
+        f"S3_PORT={s3_port}",
         f"STATE={tmp_path / 'local'}",
         f"DATA_DIR={tmp_path / 'data'}",
         f"AIRFLOW_HOME={tmp_path / 'airflow'}",
@@ -46,6 +49,13 @@ def test_make_run_publishes_a_model_that_passes_the_gate(tmp_path):
         assert summary["gate"] == "passed"
         assert summary["test_accuracy"] >= 0.97
         assert summary["model_uri"] == f"s3://mnist-models/mnist/{summary['model_version']}/model.keras"
+        # TensorFlow Serving's layout, in the endpoint make run left up: serving/<version>/saved_model.pb.
+        assert summary["serving_uri"] == f"s3://mnist-models/mnist/serving/{summary['model_version']}/"
+        s3 = boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name="us-east-1",
+            aws_access_key_id="local", aws_secret_access_key="local",
+        )
+        s3.head_object(Bucket="mnist-models", Key=f"mnist/serving/{summary['model_version']}/saved_model.pb")
         assert set(summary["task_seconds"]) == {"download", "prepare", "train", "evaluate", "publish"}
     finally:
         subprocess.run(["make", "--no-print-directory", "stop", *make_vars], cwd=REPO, check=True, timeout=60)
