@@ -98,6 +98,14 @@ def _models_promote(args: argparse.Namespace) -> dict:
     )
 
 
+def _models_download(args: argparse.Namespace) -> dict:
+    from mnist_tasks.registry import download_version
+
+    return download_version(
+        s3_client=_s3_client_if(True), models_uri=args.models_uri, version=args.version, dest_dir=args.out
+    )
+
+
 def _version(text: str) -> int:
     from mnist_tasks.registry import parse_version
 
@@ -292,7 +300,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     sub.add_argument("--multi", action="store_true", help="images hold several digits: read them left to right")
     sub.add_argument("--save-preprocessed", type=Path, metavar="DIR", help="write the 28x28 images the model saw")
 
-    sub = command("models", None, "The published models: list, show, promote.")
+    sub = command("models", None, "The published models: list, show, promote, download.")
     models = sub.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     for name, run, help_text in [
         ("list", _models_list, "List published versions and which one is latest."),
@@ -303,11 +311,20 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
             "Point latest at an existing, verified version that passed its gate (rollback); "
             "records who moved it, when and why.",
         ),
+        (
+            "download",
+            _models_download,
+            "Fetch every file of a version (or latest) and its manifest.json, sha256-verified: model.keras, "
+            "the SavedModel export for TensorFlow Serving (saved_model/), the report.",
+        ),
     ]:
         action = models.add_parser(name, help=help_text, description=help_text)
         action.set_defaults(run=run)
         action.add_argument("--models-uri", **models_uri)
-        if name != "list":
+        if name == "download":
+            action.add_argument("version", type=_version_or_latest, help="a version number, or latest")
+            action.add_argument("--out", type=Path, required=True, help="directory to write the files into")
+        elif name != "list":
             action.add_argument("version", type=_version)
         if name == "promote":
             action.add_argument("--reason", help="why latest moves; recorded in latest.json")

@@ -28,6 +28,7 @@ from mnist_tasks.registry import (
     PublishVerificationError,  # noqa: F401  re-exported: publish_model raises it (through verify_version)
     VersionConflictError,
     VersionNotFoundError,
+    check_file_name,
     claim_version,
     gate_passed,
     models_location,
@@ -139,12 +140,6 @@ def build_manifest(
     }
 
 
-def _check_file_name(name: str) -> None:
-    parts = name.split("/")
-    if name == MANIFEST_FILE or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"bad file name for a model version: {name!r}")
-
-
 # publish_model's default: move `latest` from whatever state it is in when publish reads it.
 FROM_CURRENT_LATEST = "current"
 
@@ -226,7 +221,7 @@ def _check_publishable(*, version: int, files: Mapping[str, Path | str], manifes
     if MODEL_FILE not in files:
         raise ValueError(f"no {MODEL_FILE} among the files to publish: {sorted(files)}")
     for name in files:
-        _check_file_name(name)
+        check_file_name(name)
 
 
 def _check_latest_unmoved(s3_client: Any, models_uri: str, version: int, compared_latest_etag: str | None) -> None:

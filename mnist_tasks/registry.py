@@ -103,6 +103,13 @@ def models_location(models_uri: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
+def check_file_name(name: str) -> None:
+    """ValueError unless `name` is a path inside a version directory: relative, no '.', '..' or empty parts."""
+    parts = name.split("/")
+    if name == MANIFEST_FILE or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"bad file name for a model version: {name!r}")
+
+
 def serving_prefix(models_uri: str, version: int) -> str:
     """Key prefix of a version's directory under TensorFlow Serving's base path, ending in '/'."""
     root = models_location(models_uri)[1]
@@ -473,9 +480,9 @@ def _remove_objects(s3_client: Any, bucket: str, keys: list[str]) -> None:
 
 
 def download_files(
-    *, s3_client: Any, models_uri: str, version: int | None, names: Sequence[str], dest_dir: Path
+    *, s3_client: Any, models_uri: str, version: int | None, names: Sequence[str] | None, dest_dir: Path
 ) -> dict[str, Any]:
-    """Fetch the named files of a version (the latest when version is None) into dest_dir.
+    """Fetch the named files of a version (the latest when version is None; all its files when names is None).
 
     Every file is checked against the sha256 its manifest records, and the
     files appear under their final names only once all of them match: a
@@ -494,6 +501,10 @@ def download_files(
             raise NothingPublishedError(f"nothing published yet in {models_uri}: no {LATEST_FILE}")
         version, pinned_sha = latest["version"], latest["manifest_sha256"]
     manifest, _ = _load_manifest(s3_client, models_uri, version, pinned_sha)
+    if names is None:
+        names = sorted(manifest["files"])
+    for name in names:
+        check_file_name(name)  # names become paths under dest_dir
     missing = [name for name in names if name not in manifest["files"]]
     if missing:
         raise FileNotPublishedError(
@@ -524,6 +535,25 @@ def download_files(
                 raise PublishVerificationError(f"s3://{bucket}/{key}: expected sha256 {expected}, got {got}")
             files[name] = {"path": str(final), "sha256": got}
     return {"version": version, "manifest": manifest, "files": files, "latest_etag": latest_etag}
+
+
+def download_version(*, s3_client: Any, models_uri: str, version: int | None, dest_dir: Path) -> dict[str, Any]:
+    """Fetch every file of a version (the latest when version is None) into dest_dir, then its manifest.json.
+
+    download_files for all the files the manifest lists: model.keras, the
+    SavedModel export (saved_model/…), the report and its pictures. The manifest
+    comes last, so a directory that has one is complete, and
+    `predict --model DIR/model.keras` checks the model against it.
+
+    Returns {"version", "dir", "files": {name: local path}}, the manifest included.
+    """
+    got = download_files(s3_client=s3_client, models_uri=models_uri, version=version, names=None, dest_dir=dest_dir)
+    manifest_path = Path(dest_dir) / MANIFEST_FILE
+    with atomic_path(manifest_path) as tmp:
+        # The content, in the format publish writes it in.
+        tmp.write_text(json.dumps(got["manifest"], indent=2, sort_keys=True, allow_nan=False) + "\n")
+    files = {name: f["path"] for name, f in got["files"].items()}
+    return {"version": got["version"], "dir": str(dest_dir), "files": {**files, MANIFEST_FILE: str(manifest_path)}}
 
 
 def download_model(

@@ -37,8 +37,10 @@ def dark_digit(path: Path, digit: int | str) -> Path:
     return path
 
 
-def publish_test_model(s3_client, model_path: Path, *, models_uri: str, version: int) -> dict:
-    """Publish a model file as `version` the way the DAG does (manifest, read-back, latest.json)."""
+def publish_test_model(
+    s3_client, model_path: Path, *, models_uri: str, version: int, more_files: dict[str, Path] | None = None
+) -> dict:
+    """Publish a model file (and more_files) as `version` the way the DAG does (manifest, read-back, latest.json)."""
     from mnist_tasks.publish import build_manifest, publish_model
 
     manifest = build_manifest(
@@ -54,7 +56,7 @@ def publish_test_model(s3_client, model_path: Path, *, models_uri: str, version:
         s3_client=s3_client,
         models_uri=models_uri,
         version=version,
-        files={"model.keras": model_path},
+        files={"model.keras": model_path, **(more_files or {})},
         manifest=manifest,
     )
 
@@ -116,6 +118,7 @@ def test_other_exceptions_are_one_line_too_and_debug_shows_their_traceback(monke
         (["models", "show", "0"], "a version is a positive whole number without leading zeros"),
         (["models", "show", "0042"], "got '0042'"),
         (["report", "007", "--out", "x"], "got '007'"),
+        (["models", "download", "007", "--out", "x"], "expected a version number or latest, got '007'"),
         (["models", "list", "--models-uri", "s3://no-such-bucket/m/"], "NoSuchBucket"),
     ],
 )
@@ -296,6 +299,33 @@ def test_predict_with_published_models_checks_them_against_their_manifest(
         code, out, err = run(["predict", "--model", model_arg, "--models-uri", MODELS_URI, str(images)], capsys)
         assert (code, out) == (2, "")
         assert err.startswith(f"error: s3://{MODELS_BUCKET}/mnist/{VERSION}/model.keras: expected sha256 ")
+
+
+@pytest.mark.slow
+def test_models_download_fetches_a_version_with_its_export_and_predict_checks_the_copy(
+    model, model_file, images, s3_endpoint, s3_client, monkeypatch, capsys, tmp_path  # noqa: F811
+):
+    import tensorflow as tf
+
+    from mnist_tasks.serving import export_saved_model
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    s3_client.create_bucket(Bucket=MODELS_BUCKET)
+    export = export_saved_model(model, tmp_path / "run" / "saved_model")
+    more = {f"saved_model/{name}": Path(export["path"]) / name for name in export["files"]}
+    publish_test_model(s3_client, model_file, models_uri=MODELS_URI, version=VERSION, more_files=more)
+    dest = tmp_path / "downloaded"
+
+    code, out, err = run(["models", "download", "latest", "--out", str(dest), "--models-uri", MODELS_URI], capsys)
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["version"], result["dir"]) == (VERSION, str(dest))
+    assert set(result["files"]) == {"model.keras", "manifest.json", *more}
+    assert tf.saved_model.load(str(dest / "saved_model")).signatures["serving_default"] is not None
+    code, out, err = run(["predict", "--json", "--model", str(dest / "model.keras"), str(images)], capsys)
+    assert code == 0, err
+    assert json.loads(out)["model"]["verified_against"] == str(dest / "manifest.json")
 
 
 def test_a_bad_setting_is_a_one_line_error_too(monkeypatch, capsys):

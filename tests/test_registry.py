@@ -15,6 +15,7 @@ from mnist_tasks.registry import (
     PublishVerificationError,
     VersionNotFoundError,
     download_model,
+    download_version,
     list_versions,
     move_latest,
     promote,
@@ -300,3 +301,21 @@ def test_latest_moved_meanwhile_takes_back_the_serving_copy(s3_client, bucket: s
     assert _serving_keys(s3_client, V1) == {}  # TF Serving must not find a version that is not latest
     assert _serving_keys(s3_client, V2)
 
+
+def test_download_version_fetches_every_file_with_the_export_and_the_manifest(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    _publish(s3_client, tmp_path, V1, export=True)
+
+    got = download_version(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "dl")
+
+    dest = tmp_path / "dl"
+    assert got["version"] == V1 and got["dir"] == str(dest)
+    assert set(got["files"]) == {"model.keras", "history.json", "manifest.json", *EXPORT_FILES}
+    assert (dest / "saved_model" / "variables" / "variables.index").read_bytes() == (
+        f"saved_model/variables/variables.index of {V1}".encode()
+    )
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest == read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+    for name, entry in manifest["files"].items():
+        assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == entry["sha256"]
