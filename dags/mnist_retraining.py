@@ -16,16 +16,19 @@ accuracy and publishes the passing model to S3-compatible storage.
   write-up's Flatten → Dense(hidden_units, relu) → Dense(10, softmax)) or `cnn`
   (two convolutions before that head), with Adam and a 10% validation split,
   on augmented images if `augment` says so. The same seed gives the same model.
-  Output: `runs/<dag>/<run>/model.keras`, `history.json`.
+  Output: `runs/<dag>/<run>/model.keras`, its SavedModel export `saved_model/`,
+  `history.json`.
 - **evaluate** measures test accuracy and loss, per-class precision and recall,
   the confusion matrix and the report pictures, and evaluates the champion
   (the current `latest` model, of either architecture) on the same test set.
   It **fails the run** when accuracy is below `accuracy_threshold` or more than
   `max_regression` below the champion's. Output: `runs/<dag>/<run>/metrics.json`, `*.png`.
 - **publish** renders `report.html` (metrics, gate, lineage, pictures), uploads
-  an immutable, numbered version (model, metrics, history, pictures, report,
-  manifest), reads it back, then moves `latest.json`.
-  Output: `s3://…/<version>/`, `s3://…/latest.json`.
+  an immutable, numbered version (model, its SavedModel export, metrics,
+  history, pictures, report, manifest) and reads it back. Then, when it is
+  newer than `latest`, it copies the SavedModel to TensorFlow Serving's
+  `serving/<version>/` and moves `latest.json`.
+  Output: `s3://…/<version>/`, `s3://…/serving/<version>/`, `s3://…/latest.json`.
 
 Tasks share nothing but the artifact store (`MNIST_ARTIFACTS_URI`): each hands
 the next the URIs and sha256s of what it stored, and the next checks them
