@@ -6,17 +6,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from mnist_tasks.serving import export_saved_model
 from mnist_tasks.storage import sha256_file
-from tests.test_train import prepared, trained  # noqa: F401  (fixtures: synthetic digits, a model trained on them)
+from tests.test_train import prepared, trained, trained_cnn  # noqa: F401  (fixtures: synthetic digits, models trained on them)
 
 
+@pytest.mark.parametrize("architecture", ["dense", "cnn"])
 def test_the_export_loads_without_keras_and_predicts_what_the_keras_model_does(
-    trained: dict[str, Any], prepared: Path  # noqa: F811
+    architecture: str, request: pytest.FixtureRequest, prepared: Path  # noqa: F811
 ) -> None:
     import keras
     import tensorflow as tf
+
+    trained = request.getfixturevalue("trained" if architecture == "dense" else "trained_cnn")
 
     loaded = tf.saved_model.load(trained["saved_model"]["path"])
     images = np.load(prepared / "x_test.npy")[:16]
