@@ -8,8 +8,9 @@ as a user would run them, on the same prepared MNIST arrays:
 1. Training. The write-up's script (WRITE_UP_SCRIPT below, a faithful copy:
    Flatten -> Dense(128, relu) -> Dense(10, softmax), Adam, 5 epochs, batch 32,
    10% validation split) timed around its `model.fit`, against the product's
-   `train_model` with its default Params, timed by its own `seconds` (which also
-   counts loading the arrays and saving the model). Each side's test accuracy.
+   `train_model` with its default Params, timed by its `fit_seconds` (around its
+   `model.fit`, like for like), and by its `seconds` (the whole step: loading the
+   arrays, fitting, saving the model and its SavedModel export). Each side's test accuracy.
 2. The whole run. The DAG run `make run` performs (scripts/run_dag.py: Airflow,
    download with verification, prepare, train, evaluate with the champion and
    the pictures, report, publish), warm, wall time from the command's start,
@@ -69,7 +70,9 @@ result = train_model(cache_dir=data, out_dir=Path(tempfile.mkdtemp(prefix="mnist
 x_test, y_test = load_split(data, "test")
 model = keras.models.load_model(result["model_path"], safe_mode=True)
 accuracy = float((model.predict(np.asarray(x_test), verbose=0, batch_size=2048).argmax(axis=1) == y_test).mean())
-print("RESULT " + json.dumps({"seconds": result["seconds"], "accuracy": accuracy, "params": result["params"]}))
+print("RESULT " + json.dumps(
+    {"seconds": result["fit_seconds"], "step_seconds": result["seconds"], "accuracy": accuracy, "params": result["params"]}
+))
 """
 
 
@@ -114,15 +117,20 @@ def bench_training(data: Path, repeats: int) -> dict:
         write_up.append(_result([sys.executable, "-c", WRITE_UP_SCRIPT, str(data)]))
         product.append(_result([sys.executable, "-c", PRODUCT_TRAINING, str(data)]))
     w, p = [r["seconds"] for r in write_up], [r["seconds"] for r in product]
+    step = [r["step_seconds"] for r in product]
     result = {
         "write_up": {**_summary(w), "accuracy": [round(r["accuracy"], 4) for r in write_up]},
         "product": {**_summary(p), "accuracy": [round(r["accuracy"], 4) for r in product], "params": product[0]["params"]},
+        "product_step": _summary(step),
         "ratio": round(statistics.median(p) / statistics.median(w), 3),
+        "step_ratio": round(statistics.median(step) / statistics.median(w), 3),
     }
-    print(f"Training, {repeats} alternating repetitions (fit time; the product's includes loading and saving):")
+    print(f"Training, {repeats} alternating repetitions (Keras' fit on both sides, like for like):")
     print(_line("write-up script (5 epochs, batch 32)", w) + f"   test accuracy {result['write_up']['accuracy']}")
     print(_line("product train_model, defaults", p) + f"   test accuracy {result['product']['accuracy']}")
+    print(_line("  its whole step (+load, save, export)", step))
     print(f"  ratio product / write-up: {result['ratio']:.3f}   (goal: at most 0.20, at 97.8% or more)")
+    print(f"  ratio of the whole train step / write-up's fit: {result['step_ratio']:.3f}")
     return result
 
 
