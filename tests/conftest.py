@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,32 @@ if TYPE_CHECKING:
     import requests
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports on 127.0.0.1 that nothing listens on, for servers a test starts in other processes.
+
+    Picked below the kernel's ephemeral range (ip_local_port_range), from which it
+    hands out the ports of outgoing connections and of bind(port 0): a port from
+    there could be taken by any process on the machine between this check and the
+    server binding it. Below the range only a server choosing that very port can.
+    Each is held until all are found, so they are distinct.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", random.randrange(low // 2, low)))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        return [sock.getsockname()[1] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
 
 # Nothing of the developer's shell reaches the tests: an exported
 # AIRFLOW_CONN_MNIST_ALERTS_WEBHOOK would otherwise send real alerts, and an

@@ -101,12 +101,14 @@ def web(tmp_path: Path) -> Iterator[Callable[[dict[str, bytes]], str]]:
 
 
 @pytest.fixture
-def dead_mirror() -> str:
-    """An http:// base URL on a loopback port that nothing listens on."""
+def dead_mirror() -> Iterator[str]:
+    """An http:// base URL on a loopback port that nothing listens on.
+
+    The port stays bound (not listening) by this fixture, so no other process can start listening on it meanwhile.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/mnist/"
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/mnist/"
 
 
 def _names_in(directory: Path) -> set[str]:

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_ports
 
 SCRIPT = REPO / "scripts" / "local_s3.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(*args: str, state_dir, env) -> subprocess.CompletedProcess:
@@ -27,7 +20,7 @@ def _run(*args: str, state_dir, env) -> subprocess.CompletedProcess:
 def test_start_needs_no_aws_variables_and_a_failed_start_leaves_no_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["HOME"] = str(tmp_path)  # no ~/.aws either
-    port = str(_free_port())
+    port = str(free_ports(1)[0])
 
     refused = _run("start", "--port", port, "--bucket", "x", state_dir=tmp_path, env=env)
     assert refused.returncode == 2

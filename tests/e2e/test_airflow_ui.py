@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, api_session
+from tests.conftest import REPO, api_session, free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -48,12 +47,6 @@ CHROMIUM_ARGS = [
 ]
 # The nightly run that unpausing starts (the default Params on real MNIST) goes first, then ours.
 RUN_TIMEOUT = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -85,7 +78,7 @@ def stack() -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="mnist-airflow-stack-"))
     state = root / "state"
     sessions: list[str] = []
-    s3_port, ui_port = _free_port(), _free_port()
+    s3_port, ui_port, worker_log_port, triggerer_log_port = free_ports(4)
     s3_endpoint = f"http://127.0.0.1:{s3_port}"
     # What `make airflow` exports, pointed at this test's own ports and directories.
     env = {
@@ -111,6 +104,9 @@ def stack() -> Iterator[Stack]:
             }
         ),
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        # Not Airflow's defaults, 8793 and 8794: `make airflow` on this machine may hold those.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker_log_port),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(triggerer_log_port),
     }
     python = sys.executable
     try:

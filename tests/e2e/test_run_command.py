@@ -9,26 +9,19 @@ promise: a published model with test accuracy of at least 0.97.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_make_run_publishes_a_model_that_passes_the_gate(tmp_path):
     import boto3
 
-    s3_port = _free_port()
+    (s3_port,) = free_ports(1)
     make_vars = [
         f"S3_PORT={s3_port}",
         f"STATE={tmp_path / 'local'}",

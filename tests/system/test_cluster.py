@@ -28,7 +28,7 @@ from types import ModuleType
 import pytest
 import requests
 
-from tests.conftest import REPO, api_session
+from tests.conftest import REPO, api_session, free_ports
 
 # The first test also pays for starting the cluster and for the nightly run.
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -96,18 +96,6 @@ class Cluster:
         )
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports, all held until every one is found, then released at once."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _run(args: list, env: dict[str, str]) -> str:
     done = subprocess.run([str(a) for a in args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
@@ -129,7 +117,7 @@ def cluster(scripts) -> Iterator[Cluster]:
     # must never delete the pid files of a cluster that is still running.
     root = Path(tempfile.mkdtemp(prefix="mnist-cluster-test-"))
     state = root / "state"
-    api, s3, postgres, redis, *log_ports = _free_ports(7)
+    api, s3, postgres, redis, *log_ports = free_ports(7)
     start = [sys.executable, "scripts/local_cluster.py", "start", "--state-dir", state, "--port", api]
     start += ["--s3-port", s3, "--postgres-port", postgres, "--redis-port", redis, "--log-ports", *log_ports]
     # No AWS settings of the caller's: the components reach S3 through aws_default alone.
