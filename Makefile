@@ -118,6 +118,7 @@ bench-handwriting: mirror
 	$(BIN)/python scripts/benchmark_handwriting.py --work-dir $(HANDWRITING_DIR) "$${models[@]}"
 
 test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # api-server, scheduler, dag-processor and triggerer in the background (logs in .local/),

@@ -62,6 +62,7 @@ from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, dag, ta
 # plugins/: Airflow puts the plugins folder on sys.path in all its processes.
 from mnist_alerting import alert_run_failure, alert_run_overdue, alert_run_success
 from mnist_dags import airflow_param, artifact_store, default_args, not_retried, published_model_asset, s3_client
+
 from mnist_tasks.params import GATE_PARAMS, TRAINING_PARAMS
 from mnist_tasks.settings import Settings
 
@@ -95,7 +96,9 @@ PUBLISHED_MODEL = published_model_asset(_SETTINGS)
     params={spec.name: airflow_param(spec) for spec in (*TRAINING_PARAMS, *GATE_PARAMS)},
 )
 def mnist_retraining() -> None:
-    @task(execution_timeout=timedelta(minutes=20))
+    # Each task's result travels as one XCom (multiple_outputs=False): a `-> dict` would
+    # otherwise also push every key as an XCom of its own, which nothing reads.
+    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=20))
     def download() -> dict:
         from mnist_tasks import pipeline
         from mnist_tasks.dataset import DataIntegrityError
@@ -111,7 +114,7 @@ def mnist_retraining() -> None:
                 s3_client=client,
             )
 
-    @task(execution_timeout=timedelta(minutes=10))
+    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=10))
     def prepare(downloaded: dict) -> dict:
         from mnist_tasks import pipeline
         from mnist_tasks.artifacts import ArtifactIntegrityError
@@ -123,7 +126,7 @@ def mnist_retraining() -> None:
                 store=artifact_store(settings), downloaded=downloaded, cache_root=settings.data_dir / "prepared"
             )
 
-    @task(execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
+    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
     def train(prepared: dict, **context) -> dict:
         from mnist_tasks import pipeline
         from mnist_tasks.artifacts import ArtifactIntegrityError
@@ -139,7 +142,7 @@ def mnist_retraining() -> None:
                 params={spec.name: p[spec.name] for spec in TRAINING_PARAMS},
             )
 
-    @task(execution_timeout=timedelta(minutes=15), queue=_SETTINGS.training_queue)
+    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), queue=_SETTINGS.training_queue)
     def evaluate(prepared: dict, trained: dict, **context) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -170,7 +173,7 @@ def mnist_retraining() -> None:
             raise AirflowFailException(result["message"])
         return result
 
-    @task(execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
+    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
     def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict:
         from mnist_tasks import pipeline
         from mnist_tasks.artifacts import ArtifactIntegrityError

@@ -26,7 +26,8 @@ MAX_ROTATION = math.radians(12)
 MAX_SHEAR = math.radians(15)  # slant: handwriting leans more, and both ways, than MNIST does
 SCALE_RANGE = (0.85, 1.1)  # MNIST digits fill their 20x20 box; smaller is the commoner mistake
 MAX_SHIFT = 2.0  # pixels of the 28x28 field
-# A fraction t of a 3x3 dilation (t > 0) or erosion (t < 0) blended in: about a pixel thicker or thinner at the extremes.
+# A fraction t of a 3x3 dilation (t > 0) or erosion (t < 0) blended in:
+# about a pixel thicker or thinner at the extremes.
 MAX_THICKNESS = 0.6
 
 

@@ -54,7 +54,8 @@ class ParamSpec:
         try:
             value = int(text) if self.type is int else float(text)
         except ValueError:
-            raise ParamError(f"{self.name} must be a {'whole ' if self.type is int else ''}number, got {text!r}") from None
+            kind = "whole number" if self.type is int else "number"
+            raise ParamError(f"{self.name} must be a {kind}, got {text!r}") from None
         return self.check(value)
 
     @property

@@ -138,7 +138,12 @@ def _fit(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> tupl
             "shuffle": False,  # the stream shuffles itself, seeded
         }
     else:
-        training = {"x": images[:train_count], "y": labels[:train_count], "batch_size": params["batch_size"], "shuffle": True}
+        training = {
+            "x": images[:train_count],
+            "y": labels[:train_count],
+            "batch_size": params["batch_size"],
+            "shuffle": True,
+        }
     history = model.fit(
         **training,
         epochs=params["epochs"],
@@ -212,7 +217,9 @@ def _learning_rate(params: dict[str, Any], *, total_steps: int) -> Any:
 
 def _per_epoch(history: dict[str, list[float]], params: dict[str, Any]) -> list[dict[str, float]]:
     """Keras' history as one row per epoch; TrainingDivergedError (so no model) if a figure is not finite."""
-    rows = [{"epoch": i + 1, **{name: float(history[name][i]) for name in METRICS}} for i in range(len(history["loss"]))]
+    rows = [
+        {"epoch": i + 1, **{name: float(history[name][i]) for name in METRICS}} for i in range(len(history["loss"]))
+    ]
     diverged = next((row for row in rows if not all(math.isfinite(v) for v in row.values())), None)
     if diverged is None and len(rows) < params["epochs"]:
         diverged = rows[-1]  # TerminateOnNaN stopped it on a batch; the epoch's mean may still look finite

@@ -70,9 +70,12 @@ result = train_model(cache_dir=data, out_dir=Path(tempfile.mkdtemp(prefix="mnist
 x_test, y_test = load_split(data, "test")
 model = keras.models.load_model(result["model_path"], safe_mode=True)
 accuracy = float((model.predict(np.asarray(x_test), verbose=0, batch_size=2048).argmax(axis=1) == y_test).mean())
-print("RESULT " + json.dumps(
-    {"seconds": result["fit_seconds"], "step_seconds": result["seconds"], "accuracy": accuracy, "params": result["params"]}
-))
+print("RESULT " + json.dumps({
+    "seconds": result["fit_seconds"],
+    "step_seconds": result["seconds"],
+    "accuracy": accuracy,
+    "params": result["params"],
+}))
 """
 
 
@@ -80,7 +83,8 @@ def _result(command: list[str], env: dict[str, str] | None = None) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        raise SystemExit(f"error: {command[:3]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        output = done.stdout[-2000:] + done.stderr[-2000:]
+        raise SystemExit(f"error: {command[:3]} failed ({done.returncode}):\n{output}")
     return json.loads(lines[-1][len("RESULT ") :])
 
 
@@ -89,7 +93,8 @@ def _timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        raise SystemExit(f"error: {command[:3]} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+        output = done.stdout[-3000:] + done.stderr[-2000:]
+        raise SystemExit(f"error: {command[:3]} failed ({done.returncode}):\n{output}")
     return seconds, done.stdout
 
 
@@ -120,7 +125,11 @@ def bench_training(data: Path, repeats: int) -> dict:
     step = [r["step_seconds"] for r in product]
     result = {
         "write_up": {**_summary(w), "accuracy": [round(r["accuracy"], 4) for r in write_up]},
-        "product": {**_summary(p), "accuracy": [round(r["accuracy"], 4) for r in product], "params": product[0]["params"]},
+        "product": {
+            **_summary(p),
+            "accuracy": [round(r["accuracy"], 4) for r in product],
+            "params": product[0]["params"],
+        },
         "product_step": _summary(step),
         "ratio": round(statistics.median(p) / statistics.median(w), 3),
         "step_ratio": round(statistics.median(step) / statistics.median(w), 3),

@@ -15,6 +15,7 @@ Build a mirror first with `python -m mnist_tasks mirror --to DIR`.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -56,9 +57,9 @@ def main() -> None:
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             data_dir = Path(tmp)
-            cold.append(_timed(lambda: _ours(args.mirror, data_dir)))
-            warm.append(_timed(lambda: _ours(args.mirror, data_dir)))
-            seed.append(_timed(lambda: _seed_style(data_dir / "raw")))
+            cold.append(_timed(functools.partial(_ours, args.mirror, data_dir)))
+            warm.append(_timed(functools.partial(_ours, args.mirror, data_dir)))
+            seed.append(_timed(functools.partial(_seed_style, data_dir / "raw")))
 
     print(f"{'variant':<34}{'median s':>10}{'min s':>8}   (n={args.repeat})")
     for name, times in [

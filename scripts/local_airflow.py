@@ -34,7 +34,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from local_processes import answers, running, spawn, stop as stop_session, wait_until
+from local_processes import answers, running, spawn, wait_until
+from local_processes import stop as stop_session
 
 HOST = "127.0.0.1"
 DAG_ID = "mnist_retraining"

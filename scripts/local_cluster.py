@@ -44,7 +44,8 @@ from pathlib import Path
 
 import local_airflow
 import local_s3
-from local_processes import as_user, running, spawn, stop as stop_session, wait_until
+from local_processes import as_user, running, spawn, wait_until
+from local_processes import stop as stop_session
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent

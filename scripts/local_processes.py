@@ -8,6 +8,7 @@ Linux only (it reads /proc).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -113,10 +114,8 @@ def stop(pid_file: Path, *, grace_seconds: float = 20.0, first_signal: signal.Si
             sig = signal.SIGKILL
             signalled.clear()
         for pid in set(members) - signalled:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it has just exited
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
             signalled.add(pid)
         time.sleep(0.2)
     pid_file.unlink(missing_ok=True)

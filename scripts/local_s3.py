@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from local_processes import answers, running, spawn, stop as stop_session, wait_until
+from local_processes import answers, running, spawn, wait_until
+from local_processes import stop as stop_session
 
 HOST = "127.0.0.1"
 

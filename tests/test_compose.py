@@ -149,7 +149,7 @@ def test_workers_serve_their_queues_and_scale(compose):
     def worker_options(service: str) -> dict[str, str]:
         argv = shlex.split(compose["services"][service]["command"])
         assert argv[:2] == ["celery", "worker"]
-        return dict(zip(argv[2::2], argv[3::2]))
+        return dict(zip(argv[2::2], argv[3::2], strict=True))
 
     assert worker_options("airflow-worker") == {"--queues": "default"}
     assert worker_options("airflow-worker-training") == {"--queues": "training", "--concurrency": "1"}
@@ -262,7 +262,7 @@ def _referenced_variables() -> set[str]:
 
 def test_env_example_lists_every_variable_without_a_value():
     assignments = [line for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#")]
-    names, values = zip(*(line.split("=", 1) for line in assignments))
+    names, values = zip(*(line.split("=", 1) for line in assignments), strict=True)
     assert set(values) == {""}, "a value in .env.example"
     assert set(names) == _referenced_variables()
 

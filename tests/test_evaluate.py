@@ -167,7 +167,8 @@ def test_a_model_with_the_wrong_checksum_is_not_loaded(model_file: Path, prepare
             model_path=model_file, model_sha256=expected, cache_dir=prepared, out_dir=tmp_path / "out", threshold=0.5
         )
 
-    assert str(caught.value) == f"checksum mismatch for {model_file}: expected {expected}, got {sha256_file(model_file)}"
+    got = sha256_file(model_file)
+    assert str(caught.value) == f"checksum mismatch for {model_file}: expected {expected}, got {got}"
     assert not (tmp_path / "out").exists()
 
 
@@ -375,7 +376,9 @@ def test_a_published_champion_keeps_a_worse_challenger_from_being_published(
 def test_the_gate_fails_a_model_whose_test_loss_is_not_finite(loss: float) -> None:
     passed, message = gate_verdict(accuracy=0.98, threshold=0.0, loss=loss)
     assert passed is False
-    assert message == f"accuracy gate failed: the test loss is {loss}, not a finite number: the model's outputs are broken"
+    assert message == (
+        f"accuracy gate failed: the test loss is {loss}, not a finite number: the model's outputs are broken"
+    )
 
 
 def test_a_model_with_nan_weights_fails_the_gate_and_its_metrics_stay_standard_json(

@@ -124,7 +124,11 @@ def test_stop_can_ask_with_another_signal_first(processes, tmp_path):
     # PostgreSQL's fast shutdown is SIGINT; SIGTERM would only start a smart one.
     pid_file, ready, got = tmp_path / "server.pid", tmp_path / "ready", tmp_path / "got"
     proc = processes.spawn(
-        ["sh", "-c", f"trap 'echo INT > {got}; exit 0' INT; trap '' TERM; echo 1 > {ready}; while :; do sleep 0.1; done"],
+        [
+            "sh",
+            "-c",
+            f"trap 'echo INT > {got}; exit 0' INT; trap '' TERM; echo 1 > {ready}; while :; do sleep 0.1; done",
+        ],
         pid_file=pid_file,
         log_file=tmp_path / "server.log",
     )
@@ -149,7 +153,9 @@ def test_spawn_as_another_user_keeps_none_of_our_groups(processes, tmp_path):
     # How the cluster runs PostgreSQL when started as root, which PostgreSQL refuses to run as.
     import pwd
 
-    proc = processes.spawn(["id"], pid_file=tmp_path / "id.pid", log_file=tmp_path / "id.log", cwd=Path("/"), user="nobody")
+    proc = processes.spawn(
+        ["id"], pid_file=tmp_path / "id.pid", log_file=tmp_path / "id.log", cwd=Path("/"), user="nobody"
+    )
     proc.wait(timeout=10)
     ids = dict(field.split("=") for field in (tmp_path / "id.log").read_text().split())
 

@@ -13,7 +13,11 @@ SCRIPT = REPO / "scripts" / "local_s3.py"
 
 def _run(*args: str, state_dir, env) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--state-dir", str(state_dir)], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, str(SCRIPT), *args, "--state-dir", str(state_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -24,7 +28,8 @@ def test_start_needs_no_aws_variables_and_a_failed_start_leaves_no_server(tmp_pa
 
     refused = _run("start", "--port", port, "--bucket", "x", state_dir=tmp_path, env=env)
     assert refused.returncode == 2
-    assert refused.stderr.startswith("error: the local S3 endpoint could not be set up:") and "InvalidBucketName" in refused.stderr
+    assert refused.stderr.startswith("error: the local S3 endpoint could not be set up:")
+    assert "InvalidBucketName" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert not (tmp_path / "moto.pid").exists()
 

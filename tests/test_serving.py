@@ -10,7 +10,9 @@ import pytest
 
 from mnist_tasks.serving import export_saved_model
 from mnist_tasks.storage import sha256_file
-from tests.test_train import prepared, trained, trained_cnn  # noqa: F401  (fixtures: synthetic digits, models trained on them)
+
+# Fixtures: synthetic digits, and models trained on them.
+from tests.test_train import prepared, trained, trained_cnn  # noqa: F401
 
 
 @pytest.mark.parametrize("architecture", ["dense", "cnn"])
@@ -20,12 +22,12 @@ def test_the_export_loads_without_keras_and_predicts_what_the_keras_model_does(
     import keras
     import tensorflow as tf
 
-    trained = request.getfixturevalue("trained" if architecture == "dense" else "trained_cnn")
+    model = request.getfixturevalue("trained" if architecture == "dense" else "trained_cnn")
 
-    loaded = tf.saved_model.load(trained["saved_model"]["path"])
+    loaded = tf.saved_model.load(model["saved_model"]["path"])
     images = np.load(prepared / "x_test.npy")[:16]
 
-    expected = keras.models.load_model(trained["model_path"], safe_mode=True).predict(images, verbose=0)
+    expected = keras.models.load_model(model["model_path"], safe_mode=True).predict(images, verbose=0)
     served = loaded.signatures["serve"](images=tf.constant(images))["output_0"].numpy()
     assert served.shape == (16, 10)
     assert np.allclose(served, expected, atol=1e-5)

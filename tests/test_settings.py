@@ -64,6 +64,10 @@ def test_cluster_settings_defaults_and_environment():
     custom = Settings.from_env(
         {"MNIST_ARTIFACTS_URI": "file:///srv/mnist/", "MNIST_TRAINING_QUEUE": "gpu", "MNIST_RETRY_DELAY_SECONDS": "15"}
     )
-    assert (custom.artifacts_uri, custom.training_queue, custom.retry_delay_seconds) == ("file:///srv/mnist/", "gpu", 15)
+    assert (custom.artifacts_uri, custom.training_queue, custom.retry_delay_seconds) == (
+        "file:///srv/mnist/",
+        "gpu",
+        15,
+    )
     with pytest.raises(SettingsError, match="MNIST_RETRY_DELAY_SECONDS must be a whole number greater than 0"):
         Settings.from_env({"MNIST_RETRY_DELAY_SECONDS": "0"})

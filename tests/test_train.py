@@ -150,7 +150,8 @@ def test_a_diverging_run_stops_with_a_clear_error_and_writes_no_model(tmp_path: 
     x[7, 3, 3] = np.inf
     data = write_prepared(tmp_path / "data", x_train=x, y_train=y, x_test=x, y_test=y)
 
-    with pytest.raises(TrainingDivergedError, match=r"training diverged in epoch 1 of 3 \(loss nan.*learning_rate 0.001"):
+    diverged = r"training diverged in epoch 1 of 3 \(loss nan.*learning_rate 0.001"
+    with pytest.raises(TrainingDivergedError, match=diverged):
         train_model(cache_dir=data, out_dir=tmp_path / "out", learning_rate=0.001, **FAST)
     assert not (tmp_path / "out" / "model.keras").exists()
     assert not (tmp_path / "out" / "history.json").exists()
@@ -165,7 +166,8 @@ def test_an_integer_learning_rate_trains(prepared: Path, tmp_path: Path) -> None
 def test_divergence_in_a_later_epoch_is_reported_for_that_epoch() -> None:
     from mnist_tasks.train import TrainingDivergedError, _per_epoch
 
-    history = {"loss": [0.5, float("nan")], "accuracy": [0.8, 0.1], "val_loss": [0.4, float("nan")], "val_accuracy": [0.9, 0.1]}
+    nan = float("nan")
+    history = {"loss": [0.5, nan], "accuracy": [0.8, 0.1], "val_loss": [0.4, nan], "val_accuracy": [0.9, 0.1]}
     params = {"epochs": 5, "learning_rate": 0.9, "batch_size": 32}
     with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 2 of 5 \(loss nan, val_loss nan\)"):
         _per_epoch(history, params)

@@ -6,7 +6,6 @@ from datetime import timedelta
 
 import pytest
 
-
 DAG_ID = "mnist_batch_predict"
 
 

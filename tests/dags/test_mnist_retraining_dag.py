@@ -108,7 +108,9 @@ def test_params_reject_out_of_range_values(dag, name, value):
         param.resolve(value)
 
 
-@pytest.mark.parametrize(("name", "value"), [("epochs", 1), ("epochs", 100), ("accuracy_threshold", 0.0), ("max_regression", 0.0)])
+@pytest.mark.parametrize(
+    ("name", "value"), [("epochs", 1), ("epochs", 100), ("accuracy_threshold", 0.0), ("max_regression", 0.0)]
+)
 def test_params_accept_in_range_values(dag, name, value):
     assert dag.params.get_param(name).resolve(value) == value
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from PIL import Image
@@ -28,7 +28,7 @@ INBOX = "bp-inbox"
 INPUT_URI = f"s3://{INBOX}/scans/"
 PREDICTIONS = "bp-predictions"
 VERSION = 20261120020000
-LOGICAL_DATE = datetime(2026, 11, 21, 6, 0, tzinfo=timezone.utc)
+LOGICAL_DATE = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -42,7 +42,7 @@ def _objects(s3_client) -> dict[str, bytes]:
 def test_a_run_publishes_a_verified_version_and_a_worse_challenger_does_not_replace_it(
     pipeline_env, dag, s3_client, tmp_path
 ):
-    logical_date = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
+    logical_date = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
     dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=PASSING_CONF)
 
     assert str(dag_run.state) == "success", _states(dag_run)
@@ -95,7 +95,7 @@ def test_a_run_publishes_a_verified_version_and_a_worse_challenger_does_not_repl
 
     # A later, much worse model meets the absolute threshold but not the champion.
     before = _objects(s3_client)
-    worse = dag.test(logical_date=datetime(2026, 11, 21, 2, 0, tzinfo=timezone.utc), run_conf=WORSE_CONF)
+    worse = dag.test(logical_date=datetime(2026, 11, 21, 2, 0, tzinfo=UTC), run_conf=WORSE_CONF)
     assert str(worse.state) == "failed"
     states = _states(worse)
     assert (states["evaluate"], states["publish"]) == ("failed", "upstream_failed")
@@ -107,7 +107,7 @@ def test_a_run_publishes_a_verified_version_and_a_worse_challenger_does_not_repl
 
 
 def test_a_gate_that_cannot_be_met_fails_the_run_and_publishes_nothing(pipeline_env, dag, s3_client):
-    dag_run = dag.test(logical_date=datetime(2026, 11, 21, 2, 0, tzinfo=timezone.utc), run_conf=UNREACHABLE_CONF)
+    dag_run = dag.test(logical_date=datetime(2026, 11, 21, 2, 0, tzinfo=UTC), run_conf=UNREACHABLE_CONF)
 
     assert str(dag_run.state) == "failed"
     states = _states(dag_run)
@@ -122,7 +122,7 @@ def test_a_corrupted_mirror_file_fails_at_download_and_publishes_nothing(pipelin
     raw[-1] = (raw[-1] + 1) % 10  # one label changed: still a valid IDX file
     labels.write_bytes(gzip.compress(bytes(raw), mtime=0))
 
-    dag_run = dag.test(logical_date=datetime(2026, 11, 22, 2, 0, tzinfo=timezone.utc), run_conf=PASSING_CONF)
+    dag_run = dag.test(logical_date=datetime(2026, 11, 22, 2, 0, tzinfo=UTC), run_conf=PASSING_CONF)
 
     assert str(dag_run.state) == "failed"
     states = _states(dag_run)
@@ -136,13 +136,13 @@ def test_a_new_models_uri_on_the_same_airflow_home_still_publishes(pipeline_env,
     from tests.e2e.conftest import load_dag_for_test
 
     first = load_dag_for_test("mnist_retraining").test(
-        logical_date=datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc), run_conf=PASSING_CONF
+        logical_date=datetime(2026, 11, 23, 2, 0, tzinfo=UTC), run_conf=PASSING_CONF
     )
     assert str(first.state) == "success", _states(first)
     # The operator moves the registry; the DAG is parsed anew, as the dag-processor would.
     monkeypatch.setenv("MNIST_MODELS_URI", f"s3://{MODELS_BUCKET}/moved/")
     moved = load_dag_for_test("mnist_retraining").test(
-        logical_date=datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc), run_conf=PASSING_CONF
+        logical_date=datetime(2026, 11, 24, 2, 0, tzinfo=UTC), run_conf=PASSING_CONF
     )
 
     assert str(moved.state) == "success", _states(moved)
@@ -152,11 +152,11 @@ def test_a_new_models_uri_on_the_same_airflow_home_still_publishes(pipeline_env,
 def test_a_cnn_challenger_is_compared_with_the_dense_champion_and_published_as_cnn(pipeline_env, dag, s3_client):
     from mnist_tasks.registry import list_versions
 
-    champion = dag.test(logical_date=datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc), run_conf=PASSING_CONF)
+    champion = dag.test(logical_date=datetime(2026, 11, 25, 2, 0, tzinfo=UTC), run_conf=PASSING_CONF)
     assert str(champion.state) == "success", _states(champion)
     # Whatever the tiny data (noise patterns, which augmentation scrambles) makes of the cnn, it gets published.
     cnn_conf = {**PASSING_CONF, "architecture": "cnn", "accuracy_threshold": 0.0, "max_regression": 1.0}
-    challenger = dag.test(logical_date=datetime(2026, 11, 26, 2, 0, tzinfo=timezone.utc), run_conf=cnn_conf)
+    challenger = dag.test(logical_date=datetime(2026, 11, 26, 2, 0, tzinfo=UTC), run_conf=cnn_conf)
 
     assert str(challenger.state) == "success", _states(challenger)
     objects = _objects(s3_client)

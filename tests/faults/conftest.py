@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from mnist_tasks.registry import PublishVerificationError, gate_passed, list_versions, read_latest, verify_version
-
 from tests.conftest import aws_connection_json
 
 # The e2e fixtures: tiny data served by a local HTTP mirror, Airflow's database, dag.test() loading.

@@ -42,7 +42,12 @@ def _tries(dag_run) -> dict[str, tuple[str, int]]:
         (dict(method="GET", path=r"/\d+/history\.json$", action="stall", times=1, stall_s=6), "publish"),
         (dict(method="PUT", path=r"/runs/.*/model\.keras$", action="503", times=1), "train"),
     ],
-    ids=["S3 answers 503 as latest moves", "S3 drops the model upload", "S3 stalls a read-back", "S3 refuses the model"],
+    ids=[
+        "S3 answers 503 as latest moves",
+        "S3 drops the model upload",
+        "S3 stalls a read-back",
+        "S3 refuses the model",
+    ],
 )
 def test_a_transient_s3_fault_is_retried_and_the_run_publishes_once(
     pipeline_env, aws_through_proxy, monkeypatch, s3_client, ledger, fault, task
@@ -162,7 +167,9 @@ def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_
             store=store, mirrors=[pipeline_env.as_uri() + "/"], raw_dir=tmp_path / "worker" / "raw"
         )
         prepared = pipeline.prepare(store=store, downloaded=downloaded, cache_root=tmp_path / "worker" / "prepared")
-        trained = pipeline.train(store=store, prepared=prepared, dag_id="mnist_retraining", run_id=run_id, params=params)
+        trained = pipeline.train(
+            store=store, prepared=prepared, dag_id="mnist_retraining", run_id=run_id, params=params
+        )
         evaluated = pipeline.evaluate(
             store=store, s3_client=s3_client, models_uri=MODELS_URI, prepared=prepared, trained=trained,
             dag_id="mnist_retraining", run_id=run_id, threshold=0.0, max_regression=1.0,
@@ -264,7 +271,9 @@ def test_the_audit_itself_catches_a_damaged_or_lost_version(s3_client, tmp_path)
     manifest = build_manifest(
         version=5, run_id="r", dag_id="d", params={}, data={}, metrics={"passed": True}, started_at=None
     )
-    publish_model(s3_client=s3_client, models_uri=MODELS_URI, version=5, files={"model.keras": model}, manifest=manifest)
+    publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=5, files={"model.keras": model}, manifest=manifest
+    )
     audit = Ledger()  # not the suite's: its counts stay clean
     audit.audit(s3_client, MODELS_URI)
 

@@ -73,7 +73,12 @@ class Cluster:
     def start(self) -> str:
         """`local_cluster.py start`, as `make cluster` runs it: it starts what is not running."""
         done = subprocess.run(
-            [str(a) for a in self.start_command], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT
+            [str(a) for a in self.start_command],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
         )
         self.note_sessions()
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{self.logs()}"
