@@ -170,6 +170,50 @@ def bench_whole_run(data: Path, repeats: int) -> dict:
     return result
 
 
+def bench_integrity() -> dict:
+    """What checking sha256s costs a warm run: download, prepare, train and evaluate, profiled in this process.
+
+    The steps are the DAG's (mnist_tasks.pipeline), on the same stores and caches as
+    `make run`. Every file or stream the product hashes goes through
+    storage.sha256_stream, so its cumulative time is the checks' cost (download's
+    includes decompressing the .gz files to check their content). Publish is left out,
+    since it would add a version to the registry; it hashes a few MB.
+    """
+    import cProfile
+    import pstats
+
+    from mnist_tasks import pipeline
+    from mnist_tasks.artifacts import ArtifactStore
+    from mnist_tasks.settings import Settings
+    from mnist_tasks.storage import s3_client_from_env
+
+    settings, client = Settings.from_env(), s3_client_from_env()
+    store = ArtifactStore(settings.artifacts_uri, cache_dir=settings.data_dir / "artifacts", s3_client=client)
+    run_id = f"bench_integrity__{time.time_ns()}"
+    profile = cProfile.Profile()
+    started = time.perf_counter()
+    profile.enable()
+    downloaded = pipeline.download(
+        store=store, mirrors=settings.mirrors, raw_dir=settings.data_dir / "raw", s3_client=client
+    )
+    prepared = pipeline.prepare(store=store, downloaded=downloaded, cache_root=settings.data_dir / "prepared")
+    trained = pipeline.train(store=store, prepared=prepared, dag_id="benchmark", run_id=run_id, params={})
+    pipeline.evaluate(
+        **{"store": store, "s3_client": client, "models_uri": settings.models_uri, "prepared": prepared},
+        **{"trained": trained, "dag_id": "benchmark", "run_id": run_id, "threshold": 0.0, "max_regression": 1.0},
+    )
+    profile.disable()
+    total = time.perf_counter() - started
+    hashing = sum(
+        stat[3] for (path, _, name), stat in pstats.Stats(profile).stats.items()  # stat[3]: cumulative seconds
+        if name == "sha256_stream" and path.endswith("storage.py")
+    )
+    result = {"checks_seconds": round(hashing, 2), "steps_seconds": round(total, 2), "share": round(hashing / total, 3)}
+    print("Integrity checks on a warm run (download, prepare, train, evaluate; profiled):")
+    print(f"  hashing {hashing:.2f} s of {total:.2f} s ({result['share']:.1%})")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -181,6 +225,7 @@ def main() -> None:
     results = {"training": bench_training(data, args.repeats)}
     if not args.skip_run:
         results["whole_run"] = bench_whole_run(data, args.repeats)
+        results["integrity"] = bench_integrity()
     print(json.dumps(results))
 
 
