@@ -10,21 +10,23 @@ Two moments, because they know different things:
   except for `files`: those checksums include report.html itself. The model's
   own sha256 is in metrics.json and shown with the metrics.
 
-Pictures are embedded in report.html as data URIs and it needs no CSS, script
-or font from anywhere else, so it opens the same from S3, a browser download
-or a local disk.
+report.html's markup is the Jinja2 template templates/report.html.j2, rendered
+with autoescaping. Pictures are embedded in it as data URIs and it needs no CSS,
+script or font from anywhere else, so it opens the same from S3, a browser
+download or a local disk.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jinja2
 import numpy as np
 
 from mnist_tasks.model import NUM_CLASSES
@@ -233,147 +235,7 @@ def render_pictures(
 
 # ---- report.html ----------------------------------------------------------------------------------
 
-_STYLE = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;
-       max-width: 1040px; margin: 2rem auto; padding: 0 1.2rem; }
-h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
-.sub { color: #666; margin-top: 0; }
-.verdict { padding: .7rem 1rem; border-radius: 6px; font-weight: 600; }
-.passed { background: #e7f5ea; border-left: 6px solid #2e7d32; }
-.failed { background: #fdecea; border-left: 6px solid #c62828; }
-table { border-collapse: collapse; margin: .6rem 0 1rem; }
-th, td { text-align: left; padding: .25rem .8rem .25rem 0; border-bottom: 1px solid #eee; vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { font: 13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; word-break: break-all; }
-td:first-child code { word-break: normal; white-space: nowrap; }
-figure { margin: 1.2rem 0 2rem; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #555; font-size: .9rem; }
-.kpi { display: flex; gap: 2.5rem; flex-wrap: wrap; margin: 1rem 0; }
-.kpi div { font-size: .85rem; color: #666; } .kpi b { display: block; font-size: 1.5rem; color: #1d1d1f; }
-"""
-
-
-def _text(value: Any) -> str:
-    return "—" if value is None else html.escape(str(value))
-
-
-def _code(value: Any) -> str:
-    return "—" if value is None else f"<code>{html.escape(str(value))}</code>"
-
-
-def _rows(rows: Sequence[tuple[str, str]]) -> str:
-    """A two-column table of already-escaped (label, HTML) pairs."""
-    body = "".join(f"<tr><th>{html.escape(label)}</th><td>{cell}</td></tr>" for label, cell in rows)
-    return f"<table>{body}</table>"
-
-
-def _accuracy(value: float) -> str:
-    return f"{value:.4f} ({value:.2%})"
-
-
-def _metrics_section(metrics: Mapping[str, Any]) -> str:
-    gate, champion = metrics["gate"], metrics.get("champion")
-    kpis = [
-        ("test accuracy", f"{metrics['accuracy']:.2%}"),
-        ("test loss", f"{metrics['loss']:.4f}"),
-        ("test images", f"{metrics['test_count']:,}"),
-    ]
-    if champion is not None:
-        kpis.append((f"champion {champion['version']}", f"{champion['accuracy']:.2%}"))
-    rows = [
-        ("test accuracy", _accuracy(metrics["accuracy"])),
-        ("test loss (cross-entropy)", f"{metrics['loss']:.4f}"),
-        ("test images", str(metrics["test_count"])),
-        ("accuracy threshold", _accuracy(gate["threshold"])),
-    ]
-    if champion is None:
-        rows.append(("champion", "none: nothing was published before, so only the threshold applies"))
-    else:
-        rows += [
-            (
-                "champion (current latest)",
-                f"version {_text(champion['version'])}, accuracy {_accuracy(champion['accuracy'])}",
-            ),
-            ("allowed regression", f"{gate['max_regression']:.4f}"),
-            ("difference to champion", f"{metrics['accuracy'] - champion['accuracy']:+.4f}"),
-        ]
-    rows.append(("model sha256", _code(metrics["model_sha256"])))
-    per_digit = "".join(
-        f"<tr><td>{digit}</td><td class=num>{m['precision']:.4f}</td><td class=num>{m['recall']:.4f}</td>"
-        f"<td class=num>{m['support']}</td></tr>"
-        for digit, m in metrics["per_class"].items()
-    )
-    return (
-        '<section><h2>Metrics</h2><div class="kpi">'
-        + "".join(f"<div><b>{value}</b>{html.escape(label)}</div>" for label, value in kpis)
-        + "</div>"
-        + _rows(rows)
-        + "<h3>Per digit</h3><table><tr><th>digit</th><th>precision</th><th>recall</th><th>test images</th></tr>"
-        + per_digit
-        + "</table></section>"
-    )
-
-
-def _pictures_section(pictures: Mapping[str, Path | str]) -> str:
-    figures = []
-    for name, caption in PICTURES.items():
-        if name not in pictures:
-            continue
-        data = base64.b64encode(Path(pictures[name]).read_bytes()).decode("ascii")
-        figures.append(
-            f'<figure id="{name}"><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)} (<code>{name}</code>)</figcaption></figure>"
-        )
-    return "<section><h2>Pictures</h2>" + "".join(figures) + "</section>"
-
-
-def _trained_with(manifest: Mapping[str, Any]) -> str:
-    trained = trained_with(dict(manifest))
-    augmented = "with augmented training images" if trained["augment"] == "on" else "without augmentation"
-    return f"the <code>{html.escape(trained['architecture'])}</code> model, trained {augmented}"
-
-
-def _lineage_section(manifest: Mapping[str, Any]) -> str:
-    data, code = manifest["data"], manifest["code"]
-    run = _rows(
-        [
-            ("version", _text(manifest["version"])),
-            ("DAG", _code(manifest["dag_id"])),
-            ("run id", _code(manifest["run_id"])),
-            ("run started", _text(manifest["started_at"])),
-            ("manifest created", _text(manifest["created_at"])),
-        ]
-    )
-    params = _rows([(name, _code(value)) for name, value in manifest["params"].items()])
-    data_files = "".join(
-        f"<tr><td><code>{html.escape(name)}</code></td><td>{_code(f['sha256'])}</td>"
-        f"<td class=num>{f['bytes']:,}</td><td>{_text(f['source'])}</td></tr>"
-        for name, f in data["files"].items()
-    )
-    code_rows = [
-        ("package", f"{_text(code['package'])} {_text(code['version'])}"),
-        ("git commit", _code(code["git_commit"]) + (" (with uncommitted changes)" if code["git_dirty"] else "")),
-        ("python", _text(manifest["python"])),
-        *((name, _text(version)) for name, version in manifest["libraries"].items()),
-    ]
-    return "".join(
-        [
-            "<section><h2>Lineage</h2>",
-            "<h3>Run</h3>",
-            run,
-            "<h3>Params</h3>",
-            params,
-            "<h3>Data</h3>",
-            _rows([("data sha256", _code(data["data_sha256"]))]),
-            "<table><tr><th>file</th><th>sha256 (decompressed)</th><th>bytes</th><th>source</th></tr>",
-            data_files,
-            "</table>",
-            "<h3>Code and libraries</h3>",
-            _rows(code_rows),
-            "<p class=sub>The sha256 of every published file, this report included, is in "
-            "<code>manifest.json</code> beside it.</p></section>",
-        ]
-    )
+REPORT_TEMPLATE = "report.html.j2"  # in mnist_tasks/templates/, installed as package data
 
 
 def write_report(
@@ -388,23 +250,49 @@ def write_report(
     if unknown:
         raise ValueError(f"unknown report pictures {sorted(unknown)}; expected some of {list(PICTURES)}")
     metrics = json.loads(Path(metrics_path).read_text())
-    gate = metrics["gate"]
-    verdict = "passed" if gate["passed"] else "failed"
-    title = f"MNIST model {manifest['version']}: test accuracy {metrics['accuracy']:.2%}, gate {verdict}"
-    document = (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>MNIST model {_text(manifest['version'])}</h1>"
-        f"<p class=sub>run <code>{html.escape(str(manifest['run_id']))}</code> of "
-        f"<code>{html.escape(str(manifest['dag_id']))}</code>, {_text(manifest['created_at'])}; "
-        f"{_trained_with(manifest)}</p>"
-        f'<p class="verdict {verdict}">{html.escape(gate["message"])}</p>'
-        + _metrics_section(metrics)
-        + _pictures_section(pictures)
-        + _lineage_section(manifest)
-        + "</body></html>\n"
+    verdict = "passed" if metrics["gate"]["passed"] else "failed"
+    document = _templates().get_template(REPORT_TEMPLATE).render(
+        title=f"MNIST model {manifest['version']}: test accuracy {metrics['accuracy']:.2%}, gate {verdict}",
+        verdict=verdict,
+        metrics=metrics,
+        gate=metrics["gate"],
+        champion=metrics.get("champion"),
+        manifest=manifest,
+        trained=trained_with(dict(manifest)),
+        figures=_figures(pictures),
     )
     with atomic_path(path) as tmp:
         tmp.write_text(document, encoding="utf-8")
     return {"report_path": str(path)}
+
+
+@cache
+def _templates() -> jinja2.Environment:
+    """The package's templates, autoescaped: a run id or a Param is text, never markup."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("mnist_tasks", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a missing metric fails the report, as a KeyError would
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    environment.filters.update(
+        percent=lambda value: f"{value:.2%}",
+        accuracy=lambda value: f"{value:.4f} ({value:.2%})",
+        thousands=lambda value: f"{value:,}",
+    )
+    return environment
+
+
+def _figures(pictures: Mapping[str, Path | str]) -> list[dict[str, str]]:
+    """The given pictures in PICTURES' order: {"name", "caption", "base64"} (the PNG's bytes, for a data: URI)."""
+    return [
+        {
+            "name": name,
+            "caption": caption,
+            "base64": base64.b64encode(Path(pictures[name]).read_bytes()).decode("ascii"),
+        }
+        for name, caption in PICTURES.items()
+        if name in pictures
+    ]
