@@ -13,14 +13,16 @@ so a request without a login (the UI's session cookie or a bearer token) gets
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations at run
 # time, and the names they use are imported inside create_app.
-import html
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
 
 if TYPE_CHECKING:
+    import jinja2
     from fastapi import FastAPI
+    from fastapi.responses import FileResponse
 
 DAG_ID = "mnist_retraining"
 URL_PREFIX = "/mnist-models"
@@ -30,26 +32,22 @@ URL_PREFIX = "/mnist-models"
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 REPORT_POLICY = f"{PAGE_POLICY}; img-src data:; sandbox"
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1a202c; }
-table { border-collapse: collapse; }
-th, td { text-align: left; padding: 0.35rem 0.8rem; border-bottom: 1px solid #e2e8f0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { font-size: 0.9em; }
-.latest { background: #e6fffa; }
-.badge { background: #2c7a7b; color: white; border-radius: 0.6rem; padding: 0.05rem 0.5rem; font-size: 0.8em; }
-.failed { color: #c53030; }
-"""
+# Beside this file, so it travels with the plugins folder (the Dockerfile copies it whole).
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+PAGE_TEMPLATE = "mnist_models.html.j2"
 
 
-def _text(value: Any) -> str:
-    return "–" if value is None else html.escape(str(value))
-
-
-def _gate(passed: bool | None) -> str:
-    if passed is None:
-        return "not recorded"
-    return "passed" if passed else '<span class="failed">failed</span>'
+def render_page(*, rows: list[dict[str, Any]], models_uri: str) -> str:
+    """The page for list_versions' rows (oldest first), newest version on top."""
+    return (
+        _templates()
+        .get_template(PAGE_TEMPLATE)
+        .render(
+            dag_id=DAG_ID,
+            models_uri=models_uri,
+            rows=[{**row, "model": _trained_with(row)} for row in reversed(rows)],
+        )
+    )
 
 
 def _trained_with(row: dict[str, Any]) -> str:
@@ -57,113 +55,117 @@ def _trained_with(row: dict[str, Any]) -> str:
     return f"{row['architecture']}, augmented" if row["augment"] == "on" else row["architecture"]
 
 
-def render_page(*, rows: list[dict[str, Any]], models_uri: str) -> str:
-    """The page for list_versions' rows (oldest first), newest version on top."""
-    body = []
-    for row in reversed(rows):
-        version = _text(row["version"])
-        accuracy = None if row["accuracy"] is None else f"{row['accuracy']:.4f}"
-        checksum = row["data_sha256"]
-        body.append(
-            f'<tr class="{"latest" if row["is_latest"] else ""}" data-version="{version}">'
-            f"<td><code>{version}</code>{' <span class=badge>latest</span>' if row['is_latest'] else ''}</td>"
-            f"<td>{_text(row['created_at'])}</td>"
-            f"<td>{_text(_trained_with(row))}</td>"
-            f'<td class="num">{_text(accuracy)}</td>'
-            f"<td>{_gate(row['passed'])}</td>"
-            # The first 12 hex digits tell data sets apart; the whole checksum is in the tooltip.
-            f'<td><code title="{_text(checksum)}">{_text(checksum and checksum[:12])}</code></td>'
-            f"<td><code>{_text(row['run_id'])}</code></td>"
-            f'<td><a href="versions/{version}/report.html">report</a></td>'
-            "</tr>"
-        )
-    if body:
-        table = (
-            "<table><thead><tr><th>version</th><th>created (UTC)</th><th>model</th><th>test accuracy</th><th>gate</th>"
-            "<th>data checksum</th><th>run id</th><th></th></tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>"
-        )
-    else:
-        table = f"<p>No model has been published to {_text(models_uri)} yet.</p>"
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>MNIST models</title>'
-        f"<style>{_STYLE}</style></head><body>"
-        f"<h1>MNIST models</h1><p>Published by <code>{DAG_ID}</code> to <code>{_text(models_uri)}</code>.</p>"
-        f"{table}</body></html>"
+@cache
+def _templates() -> "jinja2.Environment":
+    """This folder's templates, autoescaped: a run id from the bucket is text, never markup."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 
 @cache
 def create_app() -> "FastAPI":
-    """The plugin's FastAPI app, built once on first use.
+    """The plugin's FastAPI app, built once on first use: the models page and each version's report.
 
-    Its imports live here because Airflow imports every plugin file in the
-    scheduler and in each task process too, which never serve this app.
+    Its imports live here and in the steps below because Airflow imports every
+    plugin file in the scheduler and in each task process too, which never serve this app.
     """
-    import tempfile
-    from pathlib import Path
-
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import requires_access_dag
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from botocore.exceptions import BotoCoreError, ClientError
-    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi import Depends, FastAPI
     from fastapi import Path as PathParam
     from fastapi.responses import FileResponse, HTMLResponse
-    from starlette.background import BackgroundTask
 
-    from mnist_tasks import registry
     from mnist_tasks.report import REPORT_FILE
-    from mnist_tasks.settings import Settings
 
     app = FastAPI(
         title="MNIST models",
         dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))],
     )
 
-    def registry_access() -> tuple[Any, str]:
-        settings = Settings.from_env()
-        return S3Hook(aws_conn_id=settings.aws_conn_id).get_conn(), settings.models_uri
-
     @app.get("/", response_class=HTMLResponse)
     def models_page() -> HTMLResponse:
-        s3_client, models_uri = registry_access()
-        try:
-            rows = registry.list_versions(s3_client=s3_client, models_uri=models_uri)
-        except (BotoCoreError, ClientError) as err:
-            raise HTTPException(502, f"cannot read the models in {models_uri}: {err}") from err
-        return HTMLResponse(
-            render_page(rows=rows, models_uri=models_uri), headers={"Content-Security-Policy": PAGE_POLICY}
-        )
+        return HTMLResponse(_models_page(), headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.get(f"/versions/{{version}}/{REPORT_FILE}", response_class=FileResponse)
     def version_report(version: Annotated[int, PathParam(gt=0)]) -> FileResponse:
-        s3_client, models_uri = registry_access()
-        scratch = tempfile.TemporaryDirectory(prefix="mnist-report-")
-        try:
-            got = registry.download_files(
-                s3_client=s3_client,
-                models_uri=models_uri,
-                version=version,
-                names=[REPORT_FILE],
-                dest_dir=Path(scratch.name),
-            )
-        except (registry.VersionNotFoundError, registry.FileNotPublishedError) as err:
-            scratch.cleanup()
-            raise HTTPException(404, str(err)) from err
-        except (registry.PublishVerificationError, BotoCoreError, ClientError) as err:
-            # A report that differs from its manifest is never served, and storage
-            # errors are errors, not a missing report.
-            scratch.cleanup()
-            raise HTTPException(502, str(err)) from err
-        return FileResponse(
-            got["files"][REPORT_FILE]["path"],
-            media_type="text/html",
-            headers={"Content-Security-Policy": REPORT_POLICY},
-            background=BackgroundTask(scratch.cleanup),
-        )
+        return _version_report(version)
 
     return app
+
+
+def _registry_access() -> tuple[Any, str]:
+    """(S3 client from the Airflow connection, models URI), read per request so a changed connection applies."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from mnist_tasks.settings import Settings
+
+    settings = Settings.from_env()
+    return S3Hook(aws_conn_id=settings.aws_conn_id).get_conn(), settings.models_uri
+
+
+def _models_page() -> str:
+    """The page's HTML; 502 when the registry cannot be read."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from fastapi import HTTPException
+
+    from mnist_tasks import registry
+
+    s3_client, models_uri = _registry_access()
+    try:
+        rows = registry.list_versions(s3_client=s3_client, models_uri=models_uri)
+    except (BotoCoreError, ClientError) as err:
+        raise HTTPException(502, f"cannot read the models in {models_uri}: {err}") from err
+    return render_page(rows=rows, models_uri=models_uri)
+
+
+def _version_report(version: int) -> "FileResponse":
+    """The version's report.html, served from a scratch directory deleted once it is sent."""
+    import tempfile
+
+    from fastapi.responses import FileResponse
+    from starlette.background import BackgroundTask
+
+    scratch = tempfile.TemporaryDirectory(prefix="mnist-report-")
+    try:
+        report = _download_report(version, Path(scratch.name))
+    except BaseException:
+        scratch.cleanup()
+        raise
+    return FileResponse(
+        report,
+        media_type="text/html",
+        headers={"Content-Security-Policy": REPORT_POLICY},
+        background=BackgroundTask(scratch.cleanup),
+    )
+
+
+def _download_report(version: int, dest_dir: Path) -> str:
+    """Path of the version's report.html, sha256-checked against its manifest; 404 or 502 otherwise."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from fastapi import HTTPException
+
+    from mnist_tasks import registry
+    from mnist_tasks.report import REPORT_FILE
+
+    s3_client, models_uri = _registry_access()
+    try:
+        got = registry.download_files(
+            s3_client=s3_client, models_uri=models_uri, version=version, names=[REPORT_FILE], dest_dir=dest_dir
+        )
+    except (registry.VersionNotFoundError, registry.FileNotPublishedError) as err:
+        raise HTTPException(404, str(err)) from err
+    except (registry.PublishVerificationError, BotoCoreError, ClientError) as err:
+        # A report that differs from its manifest is never served, and storage
+        # errors are errors, not a missing report.
+        raise HTTPException(502, str(err)) from err
+    return got["files"][REPORT_FILE]["path"]
 
 
 class MnistModelsPlugin(AirflowPlugin):
