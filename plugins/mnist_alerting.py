@@ -122,9 +122,6 @@ def send_alert(alert: dict[str, Any], context: dict[str, Any]) -> None:
 
     One broken receiver does not keep the alert from the others.
     """
-    from airflow.providers.http.notifications.http import HttpNotifier
-    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
     settings = Settings.from_env()
     smtp = _connection(settings.alert_smtp_conn_id)
     webhook = _connection(settings.alert_webhook_conn_id)
@@ -136,50 +133,60 @@ def send_alert(alert: dict[str, Any], context: dict[str, Any]) -> None:
             alert["subject"],
         )
         return
-
-    notifiers = []
-    problems = []
+    notifiers, problems = [], []
     if smtp is not None:
         if settings.alert_email_to:
-            notifiers.append(
-                (
-                    f"email via {smtp.conn_id}",
-                    SmtpNotifier(
-                        smtp_conn_id=smtp.conn_id,
-                        # Given rather than left to the notifier, which would render it as a
-                        # template with the context's DAG; dag.test() passes one that cannot.
-                        from_email=smtp.extra_dejson.get("from_email"),
-                        to=list(settings.alert_email_to),
-                        subject=alert["subject"],
-                        html_content=alert["html"],
-                    ),
-                )
-            )
+            notifiers.append(_email_notifier(alert, smtp, to=list(settings.alert_email_to)))
         else:
             problems.append(f"email via {smtp.conn_id}: MNIST_ALERT_EMAIL_TO names no recipient")
     if webhook is not None:
-        notifiers.append(
-            (
-                f"webhook via {webhook.conn_id}",
-                HttpNotifier(
-                    http_conn_id=webhook.conn_id,
-                    json=alert["slack"],
-                    extra_options={"timeout": webhook.extra_dejson.get("timeout", WEBHOOK_TIMEOUT)},
-                ),
-            )
-        )
+        notifiers.append(_webhook_notifier(alert, webhook))
+    problems += _notify_each(notifiers, alert=alert, context=context)
+    if problems:
+        raise AlertDeliveryError(f"alert {alert['subject']!r} not delivered: " + "; ".join(problems))
 
+
+def _email_notifier(alert: dict[str, Any], smtp: Connection, *, to: list[str]) -> tuple[str, Any]:
+    """("email via <conn id>", SmtpNotifier) for the alert's subject and HTML."""
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    notifier = SmtpNotifier(
+        smtp_conn_id=smtp.conn_id,
+        # Given rather than left to the notifier, which would render it as a
+        # template with the context's DAG; dag.test() passes one that cannot.
+        from_email=smtp.extra_dejson.get("from_email"),
+        to=to,
+        subject=alert["subject"],
+        html_content=alert["html"],
+    )
+    return f"email via {smtp.conn_id}", notifier
+
+
+def _webhook_notifier(alert: dict[str, Any], webhook: Connection) -> tuple[str, Any]:
+    """("webhook via <conn id>", HttpNotifier) posting the alert's Slack-compatible payload."""
+    from airflow.providers.http.notifications.http import HttpNotifier
+
+    notifier = HttpNotifier(
+        http_conn_id=webhook.conn_id,
+        json=alert["slack"],
+        extra_options={"timeout": webhook.extra_dejson.get("timeout", WEBHOOK_TIMEOUT)},
+    )
+    return f"webhook via {webhook.conn_id}", notifier
+
+
+def _notify_each(notifiers: list[tuple[str, Any]], *, alert: dict[str, Any], context: dict[str, Any]) -> list[str]:
+    """Give every notifier its turn; return what went wrong with each that failed."""
+    problems = []
     for name, notifier in notifiers:
         try:
             # notify() rather than notifier(context): calling a notifier renders its
             # fields as Jinja templates, and the message carries exception text.
             notifier.notify(context)
-        except Exception as err:  # reported below, after the other receivers had their turn
+        except Exception as err:  # reported by send_alert, after the other receivers had their turn
             problems.append(f"{name}: {type(err).__name__}: {err}")
         else:
             log.info("Alert sent by %s: %s", name, alert["subject"])
-    if problems:
-        raise AlertDeliveryError(f"alert {alert['subject']!r} not delivered: " + "; ".join(problems))
+    return problems
 
 
 def _connection(conn_id: str) -> Connection | None:
