@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, TypedDict
@@ -144,15 +146,18 @@ def _fit(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> tupl
             "batch_size": params["batch_size"],
             "shuffle": True,
         }
-    history = model.fit(
-        **training,
-        epochs=params["epochs"],
-        validation_data=(images[train_count:], labels[train_count:]),
-        # verbose=2: one line per epoch, readable in Airflow's task log.
-        verbose=2,
-        # Stops at the first non-finite batch loss rather than training on garbage for the other epochs.
-        callbacks=[keras.callbacks.TerminateOnNaN()],
-    ).history
+    # Keras prints its progress to stdout; on stderr it is still in Airflow's task log,
+    # and `python -m mnist_tasks train` keeps stdout for its JSON result.
+    with contextlib.redirect_stdout(sys.stderr):
+        history = model.fit(
+            **training,
+            epochs=params["epochs"],
+            validation_data=(images[train_count:], labels[train_count:]),
+            # verbose=2: one line per epoch, readable in Airflow's task log.
+            verbose=2,
+            # Stops at the first non-finite batch loss rather than training on garbage for the other epochs.
+            callbacks=[keras.callbacks.TerminateOnNaN()],
+        ).history
     return model, history
 
 
