@@ -1,7 +1,9 @@
-"""scripts/run_dag.py (what `make run` runs) stops on SIGTERM, even while its run waits for a retry."""
+"""scripts/run_dag.py (what `make run` runs): its summary line for a failed run, and it stops on SIGTERM, even
+while its run waits for a retry."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import time
 
 import pytest
 
+from mnist_tasks.dataset import MNIST_FILES
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -62,3 +65,39 @@ def _processes_with(variable: str) -> list[int]:
         if variable.encode() in environ:
             found.append(int(entry))
     return found
+
+
+def test_a_failed_run_ends_with_a_summary_naming_the_failed_task_and_exit_code_1(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in MNIST_FILES:
+        (mirror / name).write_bytes(b"<html>not MNIST</html>")  # a checksum mismatch: failed, not retried
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "MNIST_DATA_DIR": str(tmp_path / "data"),
+        "MNIST_ARTIFACTS_URI": (tmp_path / "store").as_uri() + "/",
+        "MNIST_MIRRORS": mirror.as_uri() + "/",
+        "MNIST_RETRY_DELAY_SECONDS": "1",
+    }
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "run_dag.py"), "--conf", '{"epochs": 1}'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 1, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])  # the last line of stdout, after Airflow's log
+    assert summary["dag_id"] == "mnist_retraining"
+    assert summary["run_id"].startswith("manual__")
+    assert summary["state"] == "failed"
+    assert summary["failed_tasks"] == ["download"]
+    # Nothing was evaluated or published, and the summary says so rather than guessing.
+    assert summary["test_accuracy"] is None and summary["gate"] is None
+    assert summary["model_version"] is None and summary["model_uri"] is None and summary["serving_uri"] is None
+    assert set(summary["task_seconds"]) == {"download", "prepare", "train", "evaluate", "publish"}
+    assert summary["seconds"] > 0
