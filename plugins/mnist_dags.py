@@ -75,13 +75,24 @@ def not_retried(*errors: type[Exception]) -> Iterator[None]:
 
 def airflow_param(spec: ParamSpec) -> Param:
     """The trigger form's field for a Param of mnist_tasks.params: it shows and enforces the bounds by refusing
-    a value outside them.
+    a value outside them. Both DAGs build every bounded Param with it.
 
-    The form's number fields take a top-level `minimum`/`maximum` as limits to
-    clamp to: 500 epochs typed and submitted would silently run 100. Nested in
-    `allOf` the bounds are out of the form's sight, and Airflow's validation of
-    the Params refuses the trigger with an error that names the Param and the
-    bound. The description spells the bounds out, as the form shows no limits.
+    Why the bounds are nested in `allOf` (ParamSpec.json_schema) rather than set as
+    the Param's top-level `minimum`/`maximum`, read in Airflow 3.3.2's UI bundle
+    (airflow/ui/dist/assets/index-*.js):
+
+    - the form's number field (FieldNumber, Chakra's NumberInput) is given
+      `min: schema.minimum` and `max: schema.maximum` and nothing else;
+    - NumberInput is Zag.js' number-input, whose defaults are
+      `clampValueOnBlur: !allowOverflow` and `allowOverflow: false`, and on blur
+      an out-of-range value takes the action `setClampedValue`.
+
+    So with top-level bounds, 500 epochs typed into the form become 100 as the
+    field loses focus, and the run starts with 100, silently. Nested in `allOf` the
+    bounds are out of the form's sight; the value stays as typed and Airflow's
+    validation of the Params refuses the trigger with an error that names the
+    Param and the bound (tests/e2e/test_airflow_ui.py types 500 and checks both).
+    The description spells the bounds out, as the form then shows no limits.
     """
     return Param(
         spec.default,
