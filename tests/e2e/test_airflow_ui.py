@@ -164,16 +164,16 @@ def page(stack):
         browser.close()
 
 
-def _open_trigger_form(page, stack):
-    page.goto(f"{stack.url}/dags/{DAG_ID}")
+def _open_trigger_form(page, stack, dag_id: str = DAG_ID):
+    page.goto(f"{stack.url}/dags/{dag_id}")
     page.get_by_role("button", name="Trigger Dag").click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text("Run Parameters").wait_for()
     return dialog
 
 
-def _runs(api, stack) -> list[dict]:
-    response = api.get(f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns", timeout=30)
+def _runs(api, stack, dag_id: str = DAG_ID) -> list[dict]:
+    response = api.get(f"{stack.url}/api/v2/dags/{dag_id}/dagRuns", timeout=30)
     response.raise_for_status()
     return response.json()["dag_runs"]
 
@@ -214,6 +214,28 @@ def test_the_trigger_form_shows_every_param_and_refuses_an_out_of_range_value(pa
     assert "500 is greater than the maximum of 100" in dialog.inner_text()
     assert epochs.input_value() == "500"  # refused as typed, not quietly clamped to 100
     assert {run["dag_run_id"] for run in _runs(api, stack)} == runs_before
+
+
+def test_the_batch_dags_form_refuses_an_out_of_range_value_too(page, stack, api):
+    # Its Params are built as mnist_retraining's are (plugins/mnist_dags.py airflow_param), so
+    # a float field past its maximum is refused as typed as well, not clamped to 1.
+    def triggered_by_hand() -> list[str]:
+        # Its schedule may start a run meanwhile; the form's would be a manual one.
+        return [run["dag_run_id"] for run in _runs(api, stack, "mnist_batch_predict") if run["run_type"] == "manual"]
+
+    runs_before = triggered_by_hand()
+
+    dialog = _open_trigger_form(page, stack, "mnist_batch_predict")
+    assert "Allowed: at least 0, at most 1." in dialog.inner_text()
+    confidence = dialog.get_by_label("min_confidence")
+    confidence.fill("1.5")
+    dialog.get_by_test_id("trigger-dag-submit").click()
+    dialog.get_by_text("Invalid input for param min_confidence").scroll_into_view_if_needed()
+    page.screenshot(path=SCREENSHOTS / "02b-batch-out-of-range-refused.png")
+
+    assert "1.5 is greater than the maximum of 1" in dialog.inner_text()
+    assert confidence.input_value() == "1.5"
+    assert triggered_by_hand() == runs_before
 
 
 def test_a_run_triggered_from_the_form_publishes_a_model_shown_in_the_models_view(page, stack, api):
