@@ -112,7 +112,8 @@ def _gate_facts(evaluation: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _alert(*, subject: str, facts: list[tuple[str, str]], url: str) -> dict[str, Any]:
     """{"subject", "text", "html", "slack"}: the same facts for each receiver."""
-    text = "\n".join([subject, "", *(f"{label}: {value}" for label, value in facts), "", f"Run in the Airflow UI: {url}"])
+    lines = (f"{label}: {value}" for label, value in facts)
+    text = "\n".join([subject, "", *lines, "", f"Run in the Airflow UI: {url}"])
     rows = "".join(
         f'<tr><th align="left" valign="top">{html.escape(label)}</th><td>{html.escape(value)}</td></tr>'
         for label, value in facts

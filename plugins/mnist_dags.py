@@ -13,8 +13,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, Param
-
 from mnist_alerting import alert_task_failure
+
 from mnist_tasks.params import ParamSpec
 from mnist_tasks.settings import Settings
 

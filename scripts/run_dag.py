@@ -15,6 +15,7 @@ and exits with 128 + the signal number.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -121,10 +122,8 @@ def _run_in_child() -> int:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass  # already gone
 
 if __name__ == "__main__":
     main()

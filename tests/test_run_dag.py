@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,8 +59,10 @@ def test_sigterm_stops_a_run_that_waits_for_a_retry(tmp_path):
 def _processes_with(variable: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0") if entry.isdigit() else []
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue  # gone meanwhile, or not ours to read
         if variable.encode() in environ:

@@ -12,7 +12,7 @@ import asyncio
 import gzip
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pytest
@@ -49,7 +49,7 @@ def _evaluation(dag_run) -> dict:
 def test_a_failed_gate_sends_one_email_and_one_webhook_call_with_the_numbers(pipeline_env, dag, alert_receivers):
     smtp, webhook = alert_receivers
 
-    dag_run = dag.test(logical_date=datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc), run_conf=GATE_FAILS)
+    dag_run = dag.test(logical_date=datetime(2026, 11, 23, 2, 0, tzinfo=UTC), run_conf=GATE_FAILS)
 
     assert str(dag_run.state) == "failed"
     evaluation = _evaluation(dag_run)
@@ -83,7 +83,7 @@ def test_a_passing_run_sends_nothing_unless_success_notifications_are_on(
     pipeline_env, dag, alert_receivers, monkeypatch
 ):
     smtp, webhook = alert_receivers
-    logical_date = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
+    logical_date = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 
     dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=GATE_PASSES)
 
@@ -112,7 +112,7 @@ def test_a_failing_run_without_receivers_logs_a_clear_line(pipeline_env, dag, ca
     labels.write_bytes(gzip.compress(bytes(raw), mtime=0))
 
     with caplog.at_level(logging.INFO, logger="mnist_alerting"):
-        dag_run = dag.test(logical_date=datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc), run_conf=GATE_PASSES)
+        dag_run = dag.test(logical_date=datetime(2026, 11, 25, 2, 0, tzinfo=UTC), run_conf=GATE_PASSES)
 
     assert str(dag_run.state) == "failed"
     lines = [r.getMessage() for r in caplog.records if r.name == "mnist_alerting"]

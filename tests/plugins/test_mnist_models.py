@@ -58,7 +58,9 @@ def registry(monkeypatch, s3_client, aws_connection):
     return s3_client
 
 
-def _publish(s3_client, tmp_path: Path, version: int, *, run_id: str, report: bytes | None = REPORT) -> None:
+def _publish(
+    s3_client, tmp_path: Path, version: int, *, run_id: str, report: bytes | None = REPORT, params: dict | None = None
+) -> None:
     run_dir = tmp_path / str(version)
     run_dir.mkdir()
     files = {"model.keras": run_dir / "model.keras"}
@@ -70,7 +72,7 @@ def _publish(s3_client, tmp_path: Path, version: int, *, run_id: str, report: by
         version=version,
         run_id=run_id,
         dag_id="mnist_retraining",
-        params={"epochs": 1},
+        params=params or {"epochs": 1},
         data={"data_sha256": "c390bcee1236" + "0" * 52},
         metrics={"accuracy": 0.97314, "passed": True, "threshold": 0.93},
         started_at=None,
@@ -111,7 +113,8 @@ def test_a_login_that_may_not_read_the_dag_is_refused(client, registry, tmp_path
 
 def test_the_page_lists_the_versions_and_marks_latest(client, token, registry, tmp_path):
     _publish(registry, tmp_path, OLD, run_id="scheduled__2026-11-22T02:00:00+00:00")
-    _publish(registry, tmp_path, NEW, run_id="manual__<script>alert(1)</script>")
+    cnn = {"architecture": "cnn", "augment": "on", "epochs": 6}
+    _publish(registry, tmp_path, NEW, run_id="manual__<script>alert(1)</script>", params=cnn)
 
     response = client.get(PAGE, headers={"Authorization": f"Bearer {token}"})
 
@@ -124,6 +127,9 @@ def test_the_page_lists_the_versions_and_marks_latest(client, token, registry, t
     assert "0.9731" in latest_row
     assert "passed" in latest_row
     assert "c390bcee1236" in latest_row
+    assert "<td>cnn, augmented</td>" in latest_row
+    old_row = page[page.index(f'data-version="{OLD}"') :].split("</tr>")[0]
+    assert "<td>dense</td>" in old_row  # a manifest from before the architecture Param
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in latest_row
     assert "<script>" not in page
     assert "default-src 'none'" in response.headers["content-security-policy"]
