@@ -104,3 +104,38 @@ def test_a_failed_run_ends_with_a_summary_naming_the_failed_task_and_exit_code_1
     assert summary["model_version"] is None and summary["model_uri"] is None and summary["serving_uri"] is None
     assert set(summary["task_seconds"]) == {"download", "prepare", "train", "evaluate", "publish"}
     assert summary["seconds"] > 0
+
+
+def test_an_asset_left_by_an_earlier_version_of_the_dags_is_retired_so_publish_can_emit(tmp_path):
+    import sqlite3
+
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "MNIST_MODELS_URI": "s3://mnist-models/mnist/",
+    }
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    latest = "s3://mnist-models/mnist/latest.json"
+    database = sqlite3.connect(tmp_path / "airflow" / "airflow.db")
+    with database:  # what an Airflow home used by the DAGs before their Asset was named by its URI holds
+        database.execute(
+            "insert into asset (name, uri, \"group\", extra, created_at, updated_at)"
+            " values ('mnist_model', ?, 'asset', '{}', datetime('now'), datetime('now'))",
+            (latest,),
+        )
+        database.execute("insert into asset_active (name, uri) values ('mnist_model', ?)", (latest,))
+
+    retire = (
+        "import sys; sys.path.insert(0, 'scripts'); import run_dag;"
+        "from airflow.dag_processing.dagbag import DagBag;"
+        "run_dag._retire_unreferenced_assets(DagBag(dag_folder='dags'))"
+    )
+    subprocess.run([sys.executable, "-c", retire], env=env, cwd=REPO, check=True, capture_output=True)
+
+    with database:
+        active = database.execute("select name, uri from asset_active").fetchall()
+    database.close()
+    assert active == [(latest, latest)]  # the Asset publish declares, and no other holding its URI
