@@ -26,7 +26,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TypedDict
 
-from mnist_tasks.storage import atomic_path, is_missing, safe_name, sha256_file, split_s3_uri
+from mnist_tasks.storage import (
+    ChecksumMismatchError,
+    atomic_path,
+    check_sha256,
+    directory_uri,
+    is_missing,
+    safe_name,
+    sha256_file,
+    split_s3_uri,
+)
 
 # Object metadata (x-amz-meta-sha256) that lets `find` tell what an object holds without reading it.
 SHA256_METADATA = "sha256"
@@ -38,7 +47,7 @@ class ArtifactRef(TypedDict):
     bytes: int
 
 
-class ArtifactIntegrityError(ValueError):
+class ArtifactIntegrityError(ChecksumMismatchError):
     """An object's bytes differ from the checksum it was handed over with; fetching again cannot help."""
 
 
@@ -68,7 +77,7 @@ class ArtifactStore:
             raise ValueError(f"unsupported artifact store {uri!r}: use s3://bucket/prefix/ or file:///dir/")
         if scheme == "s3" and s3_client is None:
             raise ValueError(f"artifact store {uri} needs an s3_client")
-        self.uri = uri if uri.endswith("/") else uri + "/"
+        self.uri = directory_uri(uri)
         self.cache_dir = cache_dir
         self._s3 = s3_client
 
@@ -157,13 +166,14 @@ class ArtifactStore:
             dest.unlink()
         with atomic_path(dest) as tmp:
             self._download(ref["uri"], tmp)
-            got = sha256_file(tmp)
-            if got != ref["sha256"]:
-                raise ArtifactIntegrityError(
-                    f"checksum mismatch for {ref['uri']}: expected {ref['sha256']}, got {got} "
-                    f"({tmp.stat().st_size} bytes, expected {ref['bytes']}); the object changed in the store "
-                    "after it was handed over: delete it, and the task that wrote it makes it again"
-                )
+            check_sha256(
+                ref["uri"],
+                expected=ref["sha256"],
+                actual=sha256_file(tmp),
+                detail=f" ({tmp.stat().st_size} bytes, expected {ref['bytes']}); the object changed in the store "
+                "after it was handed over: delete it, and the task that wrote it makes it again",
+                error=ArtifactIntegrityError,
+            )
         return False
 
     def _download(self, uri: str, dest: Path) -> None:

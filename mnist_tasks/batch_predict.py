@@ -26,18 +26,12 @@ from mnist_tasks.predict import (
     predict_files,
 )
 from mnist_tasks.params import PARAMS
-from mnist_tasks.storage import scratch_dir, split_s3_uri
+from mnist_tasks.storage import scratch_dir, split_s3_dir
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
 CSV_COLUMNS = ("file", "digit", "probability", "status", "error", "model_version")
 STATUSES = ("ok", "blank", "low_confidence", "error")
-
-
-def _directory(uri: str) -> tuple[str, str]:
-    """(bucket, key prefix ending in "/" unless empty) of an s3:// directory URI."""
-    bucket, prefix = split_s3_uri(uri)
-    return bucket, prefix if prefix == "" or prefix.endswith("/") else prefix + "/"
 
 
 def _list_images(s3_client: Any, bucket: str, prefix: str) -> tuple[list[dict], int]:
@@ -80,8 +74,8 @@ def predict_prefix(
     "model_architecture", "model_augment" (as trained), "images" (scored), "skipped", "ignored", "counts": {status: images}}.
     """
     PARAMS["max_images"].check(max_images)
-    in_bucket, in_prefix = _directory(input_uri)
-    out_bucket, out_prefix = _directory(output_uri)
+    in_bucket, in_prefix = split_s3_dir(input_uri)
+    out_bucket, out_prefix = split_s3_dir(output_uri)
     # Fails before anything is downloaded when there is no (intact) model to score with.
     model, source = load_model_for_prediction(model="latest", models_uri=models_uri, s3_client=s3_client)
 

@@ -31,7 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tasks.storage import CHUNK_BYTES, atomic_dir, atomic_path, sha256_file, sha256_stream, split_s3_uri
+from mnist_tasks.storage import (
+    CHUNK_BYTES,
+    ChecksumMismatchError,
+    atomic_dir,
+    check_sha256,
+    atomic_path,
+    directory_uri,
+    sha256_file,
+    sha256_stream,
+    split_s3_uri,
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,10 @@ class DataIntegrityError(ValueError):
     """The content is wrong; fetching the same bytes again will not fix it."""
 
 
+class DataChecksumError(ChecksumMismatchError, DataIntegrityError):
+    """A data file (or the wheel the mirror is built from) is not the one its checksum names."""
+
+
 class DownloadError(RuntimeError):
     """The content could not be fetched; a retry may succeed."""
 
@@ -118,12 +132,14 @@ def files_by_role(files: Mapping[str, FileSpec]) -> dict[tuple[str, str], FileSp
 
 
 def check_checksum(spec: FileSpec, *, sha256: str, size: int, source: str) -> None:
-    """Raise DataIntegrityError unless (sha256, size) of decompressed content is spec's."""
-    if (sha256, size) != (spec.sha256, spec.size):
-        raise DataIntegrityError(
-            f"checksum mismatch for {spec.name} from {source}: "
-            f"expected {spec.sha256} ({spec.size} bytes decompressed), got {sha256} ({size} bytes)"
-        )
+    """Raise DataChecksumError unless the sha256 of decompressed content is spec's (the sizes go in the message)."""
+    check_sha256(
+        f"{spec.name} from {source}",
+        expected=spec.sha256,
+        actual=sha256,
+        detail=f" ({size} bytes decompressed, expected {spec.size})",
+        error=DataChecksumError,
+    )
 
 
 @contextmanager
@@ -268,7 +284,7 @@ def download_mnist(
     files = MNIST_FILES if files is None else files
     if not mirrors:
         raise ValueError("no mirrors given")
-    bases = [m if m.endswith("/") else m + "/" for m in mirrors]
+    bases = [directory_uri(m) for m in mirrors]
     for base in bases:
         scheme = urllib.parse.urlsplit(base).scheme
         if scheme not in ("http", "https", "s3", "file"):

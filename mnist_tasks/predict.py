@@ -23,7 +23,6 @@ import json
 import math
 import re
 import tempfile
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,9 +30,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_tasks.evaluate import ModelChecksumError
 from mnist_tasks.params import PARAMS
-from mnist_tasks.storage import atomic_path, sha256_file
+from mnist_tasks.storage import UnloadableModelError, atomic_path, load_keras_model, sha256_file, split_s3_dir
 
 if TYPE_CHECKING:
     import keras
@@ -246,8 +244,8 @@ def load_model_for_prediction(*, model: str, models_uri: str, s3_client: Any = N
     itself, augment None)}).
     """
     if is_local_model(model):
-        source = _check_local_model(Path(model))
-        loaded = _load_keras(Path(model), name=model)
+        source, verified_sha256 = _check_local_model(Path(model))
+        loaded = _load_keras(Path(model), sha256=verified_sha256, name=model, source=source["verified_against"] or "")
         return loaded, {"architecture": loaded.name.removeprefix("mnist_"), "augment": None, **source}
 
     from mnist_tasks.registry import (
@@ -255,7 +253,6 @@ def load_model_for_prediction(*, model: str, models_uri: str, s3_client: Any = N
         MODEL_FILE,
         download_model,
         locate_model,
-        models_location,
         trained_with,
         version_prefix,
     )
@@ -277,8 +274,8 @@ def load_model_for_prediction(*, model: str, models_uri: str, s3_client: Any = N
 
     with tempfile.TemporaryDirectory(prefix="mnist-model-") as tmp:
         fetched = download_model(s3_client=s3_client, models_uri=models_uri, version=version, dest_dir=Path(tmp))
-        base = f"s3://{models_location(models_uri)[0]}/{version_prefix(models_uri, fetched['version'])}"
-        loaded = _load_keras(Path(fetched["model_path"]), name=base + MODEL_FILE)
+        base = f"s3://{split_s3_dir(models_uri)[0]}/{version_prefix(models_uri, fetched['version'])}"
+        loaded = _load_keras(Path(fetched["model_path"]), sha256=fetched["model_sha256"], name=base + MODEL_FILE)
     return loaded, {
         "model": model,
         "model_uri": base + MODEL_FILE,
@@ -289,8 +286,11 @@ def load_model_for_prediction(*, model: str, models_uri: str, s3_client: Any = N
     }
 
 
-def _check_local_model(path: Path) -> dict:
-    """load_model_for_prediction's description of a local model file, checked against a manifest beside it."""
+def _check_local_model(path: Path) -> tuple[dict, str]:
+    """(load_model_for_prediction's description of a local model file, the sha256 to load it with).
+
+    The sha256 is what a manifest beside the file records, or, without one, the file's own.
+    """
     from mnist_tasks.registry import MANIFEST_FILE, trained_with
 
     if not path.is_file():
@@ -299,7 +299,7 @@ def _check_local_model(path: Path) -> dict:
     source = {"model": str(path), "model_uri": str(path), "version": None, "model_sha256": got}
     manifest_path = path.parent / MANIFEST_FILE
     if not manifest_path.exists():
-        return {**source, "verified_against": None}
+        return {**source, "verified_against": None}, got
     try:
         manifest = json.loads(manifest_path.read_text())
         expected = manifest["files"][path.name]["sha256"]
@@ -309,24 +309,20 @@ def _check_local_model(path: Path) -> dict:
             f"{manifest_path} beside {path} records no sha256 for {path.name} ({type(exc).__name__}: {exc}); "
             "move the model away from it to load it unverified"
         ) from exc
-    if got != expected:
-        raise ModelChecksumError(f"checksum mismatch for {path}: expected {expected} (from {manifest_path}), got {got}")
-    return {
+    description = {
         **source,
         "version": manifest.get("version"),
         "verified_against": str(manifest_path),
         **trained_with(manifest),
     }
+    return description, expected
 
 
-def _load_keras(path: Path, *, name: str) -> keras.Model:
-    import keras
-
+def _load_keras(path: Path, *, sha256: str, name: str, source: str = "") -> keras.Model:
     try:
-        return keras.models.load_model(path, safe_mode=True)
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
-        # Keras reports a file that is not a saved model in any of these ways.
-        raise PredictError(f"{name}: cannot load as a Keras model: {exc}") from exc
+        return load_keras_model(path, sha256=sha256, name=name, source=source)
+    except UnloadableModelError as exc:
+        raise PredictError(str(exc)) from exc
 
 
 class _Parts(NamedTuple):

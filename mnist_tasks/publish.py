@@ -31,14 +31,13 @@ from mnist_tasks.registry import (
     check_file_name,
     claim_version,
     gate_passed,
-    models_location,
     move_latest,
     read_latest_state,
     read_manifest_and_sha256,
     verify_version,
     version_prefix,
 )
-from mnist_tasks.storage import is_condition_failed, sha256_stream
+from mnist_tasks.storage import is_condition_failed, sha256_stream, split_s3_dir
 
 MANIFEST_SCHEMA = 1
 PACKAGE = "mnist-retraining"
@@ -184,7 +183,7 @@ def publish_model(
         entries[name] = {"sha256": sha, "bytes": size}
     manifest = {**manifest, "files": entries}
 
-    bucket, prefix = models_location(models_uri)
+    bucket, prefix = split_s3_dir(models_uri)
     base = version_prefix(models_uri, version)
     manifest_sha256 = _complete_manifest_sha256(s3_client, models_uri, version, manifest)
     if manifest_sha256 is None:
@@ -269,7 +268,7 @@ def _write_manifest(s3_client: Any, models_uri: str, version: int, manifest: dic
     from botocore.exceptions import ClientError
 
     body = (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-    bucket, _ = models_location(models_uri)
+    bucket, _ = split_s3_dir(models_uri)
     key = version_prefix(models_uri, version) + MANIFEST_FILE
     try:
         s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")

@@ -41,11 +41,14 @@ from botocore.exceptions import ClientError
 
 from mnist_tasks.serving import GRAPH_FILE, SAVED_MODEL_DIR, SERVING_DIR
 from mnist_tasks.storage import (
+    ChecksumMismatchError,
     atomic_path,
+    check_file_sha256,
+    check_sha256,
     is_condition_failed,
     is_missing,
-    sha256_file,
     sha256_stream,
+    split_s3_dir,
     split_s3_uri,
 )
 
@@ -75,6 +78,10 @@ class PublishVerificationError(RuntimeError):
     """An object in the bucket is missing or differs from what its manifest records."""
 
 
+class PublishChecksumError(ChecksumMismatchError, PublishVerificationError):
+    """An object's bytes are not the ones its manifest (or `latest.json`, for a manifest) records."""
+
+
 class VersionConflictError(RuntimeError):
     """The version belongs to another run, or was published with other bytes: versions are immutable."""
 
@@ -96,13 +103,6 @@ def parse_version(text: str) -> int:
     return int(text)
 
 
-def models_location(models_uri: str) -> tuple[str, str]:
-    """`s3://bucket/a/b` -> ("bucket", "a/b/"); an empty prefix stays ""."""
-    bucket, prefix = split_s3_uri(models_uri)
-    prefix = prefix.strip("/")
-    return bucket, f"{prefix}/" if prefix else ""
-
-
 def check_file_name(name: str) -> None:
     """ValueError unless `name` is a path inside a version directory: relative, no '.', '..' or empty parts."""
     parts = name.split("/")
@@ -112,7 +112,7 @@ def check_file_name(name: str) -> None:
 
 def serving_prefix(models_uri: str, version: int) -> str:
     """Key prefix of a version's directory under TensorFlow Serving's base path, ending in '/'."""
-    root = models_location(models_uri)[1]
+    root = split_s3_dir(models_uri)[1]
     return f"{root}{SERVING_DIR}/" + version_prefix(models_uri, version)[len(root) :]
 
 
@@ -120,7 +120,7 @@ def version_prefix(models_uri: str, version: int) -> str:
     """Key prefix of one version's directory, ending in '/'."""
     if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
         raise ValueError(f"version must be a positive integer, got {version!r}")
-    return f"{models_location(models_uri)[1]}{version}/"
+    return f"{split_s3_dir(models_uri)[1]}{version}/"
 
 
 def locate_model(uri: str) -> tuple[str, int | None]:
@@ -184,14 +184,14 @@ def _load_manifest(
     must have exactly that checksum, and the manifest must describe this version
     and list a model.
     """
-    bucket, _ = models_location(models_uri)
+    bucket, _ = split_s3_dir(models_uri)
     key = version_prefix(models_uri, version) + MANIFEST_FILE
     raw = _get_bytes(s3_client, bucket, key)
     if raw is None:
         raise VersionNotFoundError(f"no version {version} in {models_uri}: s3://{bucket}/{key} does not exist")
     sha = hashlib.sha256(raw).hexdigest()
-    if manifest_sha256 is not None and sha != manifest_sha256:
-        raise PublishVerificationError(f"s3://{bucket}/{key}: expected sha256 {manifest_sha256}, got {sha}")
+    if manifest_sha256 is not None:
+        check_sha256(f"s3://{bucket}/{key}", expected=manifest_sha256, actual=sha, error=PublishChecksumError)
     manifest = json.loads(raw)
     if manifest.get("version") != version:
         raise PublishVerificationError(
@@ -211,7 +211,7 @@ def claim_version(*, s3_client: Any, models_uri: str, version: int, manifest: di
     """
     from botocore.exceptions import ClientError
 
-    bucket, _ = models_location(models_uri)
+    bucket, _ = split_s3_dir(models_uri)
     key = version_prefix(models_uri, version) + CLAIM_FILE
     body = (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
     try:
@@ -232,7 +232,7 @@ def claim_version(*, s3_client: Any, models_uri: str, version: int, manifest: di
 
 def read_claim(*, s3_client: Any, models_uri: str, version: int) -> dict[str, Any] | None:
     """The claim of a version (the manifest it was claimed with, without files), or None."""
-    bucket, _ = models_location(models_uri)
+    bucket, _ = split_s3_dir(models_uri)
     raw = _get_bytes(s3_client, bucket, version_prefix(models_uri, version) + CLAIM_FILE)
     return None if raw is None else json.loads(raw)
 
@@ -247,7 +247,7 @@ def read_latest_state(*, s3_client: Any, models_uri: str) -> tuple[dict[str, Any
 
     The ETag is what a later `move_latest` makes its write conditional on.
     """
-    bucket, prefix = models_location(models_uri)
+    bucket, prefix = split_s3_dir(models_uri)
     try:
         stored = s3_client.get_object(Bucket=bucket, Key=prefix + LATEST_FILE)
     except ClientError as err:
@@ -269,7 +269,7 @@ def read_manifest_and_sha256(*, s3_client: Any, models_uri: str, version: int) -
 
 def list_versions(*, s3_client: Any, models_uri: str) -> list[dict[str, Any]]:
     """One row per published version (a directory with a manifest), oldest first."""
-    bucket, prefix = models_location(models_uri)
+    bucket, prefix = split_s3_dir(models_uri)
     versions = []
     paginator = s3_client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
@@ -304,7 +304,7 @@ def _verify(
     s3_client: Any, models_uri: str, version: int, manifest_sha256: str | None
 ) -> tuple[dict[str, Any], str]:
     """verify_version, also returning the sha256 of the manifest bytes it checked against."""
-    bucket, _ = models_location(models_uri)
+    bucket, _ = split_s3_dir(models_uri)
     base = version_prefix(models_uri, version)
     manifest, sha = _load_manifest(s3_client, models_uri, version, manifest_sha256)
     for name, expected in manifest["files"].items():
@@ -316,14 +316,21 @@ def _check_object(s3_client: Any, bucket: str, key: str, expected: dict[str, Any
     """PublishVerificationError unless the object holds what a manifest's `files` entry records."""
     got = _object_checksum(s3_client, bucket, key)
     if got is None:
-        raise PublishVerificationError(
-            f"s3://{bucket}/{key}: expected sha256 {expected['sha256']}, got a missing object"
-        )
-    if got != (expected["sha256"], expected["bytes"]):
-        raise PublishVerificationError(
-            f"s3://{bucket}/{key}: expected sha256 {expected['sha256']} ({expected['bytes']} bytes), "
-            f"got {got[0]} ({got[1]} bytes)"
-        )
+        raise _missing(bucket, key, expected["sha256"])
+    sha, size = got
+    check_sha256(
+        f"s3://{bucket}/{key}",
+        expected=expected["sha256"],
+        actual=sha,
+        detail=f" ({size} bytes, expected {expected['bytes']})",
+        error=PublishChecksumError,
+    )
+    if size != expected["bytes"]:
+        raise PublishVerificationError(f"s3://{bucket}/{key}: {size} bytes, its manifest records {expected['bytes']}")
+
+
+def _missing(bucket: str, key: str, sha256: str) -> PublishVerificationError:
+    return PublishVerificationError(f"s3://{bucket}/{key}: expected sha256 {sha256}, got a missing object")
 
 
 def _object_checksum(s3_client: Any, bucket: str, key: str) -> tuple[str, int] | None:
@@ -397,7 +404,7 @@ def move_latest(
     what they made it, and the serving files this call wrote are removed.
     """
     version = manifest["version"]
-    bucket, prefix = models_location(models_uri)
+    bucket, prefix = split_s3_dir(models_uri)
     base = version_prefix(models_uri, version)
     serving = write_serving_copy(s3_client=s3_client, models_uri=models_uri, manifest=manifest)
     pointer = {
@@ -457,7 +464,7 @@ def write_serving_copy(*, s3_client: Any, models_uri: str, manifest: dict[str, A
     if not files:
         return None
     version = manifest["version"]
-    bucket, _ = models_location(models_uri)
+    bucket, _ = split_s3_dir(models_uri)
     source, dest = version_prefix(models_uri, version) + export, serving_prefix(models_uri, version)
     written: list[str] = []
     try:
@@ -512,7 +519,7 @@ def download_files(
             f"its manifest lists {', '.join(sorted(manifest['files']))}"
         )
 
-    bucket, _ = models_location(models_uri)
+    bucket, _ = split_s3_dir(models_uri)
     base = version_prefix(models_uri, version)
     files = {}
     # Each file is renamed into place when its atomic_path block exits; the
@@ -526,13 +533,9 @@ def download_files(
                 s3_client.download_file(bucket, key, str(tmp))
             except ClientError as err:
                 if is_missing(err):
-                    raise PublishVerificationError(
-                        f"s3://{bucket}/{key}: expected sha256 {expected}, got a missing object"
-                    ) from err
+                    raise _missing(bucket, key, expected) from err
                 raise
-            got = sha256_file(tmp)
-            if got != expected:
-                raise PublishVerificationError(f"s3://{bucket}/{key}: expected sha256 {expected}, got {got}")
+            got = check_file_sha256(tmp, expected=expected, name=f"s3://{bucket}/{key}", error=PublishChecksumError)
             files[name] = {"path": str(final), "sha256": got}
     return {"version": version, "manifest": manifest, "files": files, "latest_etag": latest_etag}
 

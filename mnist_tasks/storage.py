@@ -1,4 +1,4 @@
-"""Bytes on disk and in S3: checksums, atomic local writes, S3 URIs."""
+"""Bytes on disk and in S3: checksums and their one check, atomic local writes, S3 URIs, safe Keras loading."""
 
 from __future__ import annotations
 
@@ -8,12 +8,79 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import keras
 
 CHUNK_BYTES = 1 << 20
+
+
+class ChecksumMismatchError(ValueError):
+    """Bytes are not the ones a checksum vouches for; retrying the same bytes cannot help.
+
+    `file`, `expected` and `actual` (hex sha256s) are kept as attributes and make the
+    message: `checksum mismatch for <file>: expected <sha256>, got <sha256>`. Modules raise
+    subclasses that say whose bytes they were (ModelChecksumError, ...), so callers keep
+    catching the type they know.
+    """
+
+    def __init__(self, file: str | Path, *, expected: str, actual: str, source: str = "", detail: str = "") -> None:
+        self.file, self.expected, self.actual = str(file), expected, actual
+        self.source, self.detail = source, detail
+        vouched = f" (from {source})" if source else ""
+        super().__init__(f"checksum mismatch for {file}: expected {expected}{vouched}, got {actual}{detail}")
+
+    def __reduce__(self) -> tuple:
+        # Keyword-only arguments: the default (cls, args) would not rebuild it across processes.
+        return _rebuild_checksum_error, (type(self), self.file, self.expected, self.actual, self.source, self.detail)
+
+
+def _rebuild_checksum_error(cls: type, file: str, expected: str, actual: str, source: str, detail: str) -> Exception:
+    return cls(file, expected=expected, actual=actual, source=source, detail=detail)
+
+
+class ModelChecksumError(ChecksumMismatchError):
+    """The model file is not the one we were told to load."""
+
+
+class UnloadableModelError(ValueError):
+    """A file whose checksum matched is still not a Keras model."""
+
+
+def check_sha256(
+    file: str | Path,
+    *,
+    expected: str,
+    actual: str,
+    source: str = "",
+    detail: str = "",
+    error: type[ChecksumMismatchError] = ChecksumMismatchError,
+) -> None:
+    """Raise `error` naming `file`, the expected and the actual sha256 unless they are equal.
+
+    `source` names what vouches for `expected` (a manifest); `detail` ends the message.
+    """
+    if actual != expected:
+        raise error(file, expected=expected, actual=actual, source=source, detail=detail)
+
+
+def check_file_sha256(
+    path: Path,
+    *,
+    expected: str,
+    name: str | Path | None = None,
+    source: str = "",
+    error: type[ChecksumMismatchError] = ChecksumMismatchError,
+) -> str:
+    """The sha256 of the file at `path`, once it is `expected` (else `error`, naming `name` or the path)."""
+    actual = sha256_file(path)
+    check_sha256(path if name is None else name, expected=expected, actual=actual, source=source, error=error)
+    return actual
 
 
 def sha256_stream(stream: IO[bytes]) -> tuple[str, int]:
@@ -121,6 +188,23 @@ def scratch_dir(parent: Path, name: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def load_keras_model(path: Path, *, sha256: str, name: str | Path | None = None, source: str = "") -> keras.Model:
+    """The Keras model in the .keras file `path`, loaded with safe_mode=True only once its sha256 is `sha256`.
+
+    A mismatch raises ModelChecksumError naming `name` (default: the path) and `source`
+    (what vouches for the checksum); a file that Keras cannot load, UnloadableModelError.
+    safe_mode=True refuses the Lambda layers that would run code from the file.
+    """
+    check_file_sha256(path, expected=sha256, name=name, source=source, error=ModelChecksumError)
+    import keras
+
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        # Keras reports a file that is not a saved model in any of these ways.
+        raise UnloadableModelError(f"{path if name is None else name}: cannot load as a Keras model: {exc}") from exc
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix/` -> ("bucket", "some/prefix/")."""
     if not uri.startswith("s3://"):
@@ -129,6 +213,18 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"no bucket in S3 URI: {uri!r}")
     return bucket, key
+
+
+def directory_uri(uri: str) -> str:
+    """A base URI (s3://, file://, http://…) that names a directory: ending in "/", so names can follow."""
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def split_s3_dir(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` -> ("bucket", "a/b/"): a directory's key prefix ends in "/"; an empty one stays ""."""
+    bucket, prefix = split_s3_uri(uri)
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
 
 
 def s3_error_code(err: Exception) -> str:

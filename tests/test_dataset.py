@@ -182,8 +182,8 @@ def test_a_checksum_mismatch_names_file_and_checksums_and_leaves_nothing(tiny, w
     expected = tiny.spec[TRAIN_LABELS]
     assert (
         f"checksum mismatch for {TRAIN_LABELS} from {base}{TRAIN_LABELS}: "
-        f"expected {expected.sha256} ({expected.size} bytes decompressed), "
-        f"got {hashlib.sha256(wrong_raw).hexdigest()} ({len(wrong_raw)} bytes)"
+        f"expected {expected.sha256}, got {hashlib.sha256(wrong_raw).hexdigest()} "
+        f"({len(wrong_raw)} bytes decompressed, expected {expected.size})"
     ) in message
     assert TRAIN_LABELS not in _names_in(raw)
     assert not [n for n in _names_in(raw) if n.startswith(".")]

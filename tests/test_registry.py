@@ -157,7 +157,7 @@ def test_promote_refuses_a_damaged_version_and_keeps_latest(
     _publish(s3_client, tmp_path, V2)
     if damage == "overwrite model":
         s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V1}/model.keras", Body=b"tampered")
-        expected_error = rf"mnist/{V1}/model.keras: expected sha256 {hashlib.sha256(_model_bytes(V1)).hexdigest()}"
+        expected_error = rf"mnist/{V1}/model.keras: expected {hashlib.sha256(_model_bytes(V1)).hexdigest()}"
     else:
         s3_client.delete_object(Bucket=BUCKET, Key=f"mnist/{V1}/history.json")
         expected_error = rf"mnist/{V1}/history.json: .*missing"
@@ -216,7 +216,7 @@ def test_download_model_refuses_a_manifest_changed_after_latest_vouched_for_it(
     manifest["metrics"]["accuracy"] = 0.999
     s3_client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(manifest).encode())
 
-    with pytest.raises(PublishVerificationError, match=rf"{key}: expected sha256"):
+    with pytest.raises(PublishVerificationError, match=rf"checksum mismatch for s3://{BUCKET}/{key}: expected "):
         download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "dest")
 
 

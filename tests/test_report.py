@@ -360,7 +360,7 @@ def test_report_command_writes_nothing_if_any_file_does_not_match_its_manifest(
 
     assert exited.value.code == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"error: s3://{BUCKET}/mnist/{V1}/{CURVES_FILE}: expected sha256 ")
+    assert error.startswith(f"error: checksum mismatch for s3://{BUCKET}/mnist/{V1}/{CURVES_FILE}: expected ")
     assert error.rstrip().endswith(f"got {hashlib.sha256(b'not the picture').hexdigest()}")
 
     # Earlier files untouched, nothing new, not even temp files.

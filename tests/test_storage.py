@@ -1,7 +1,10 @@
-"""storage.py: atomic writes, and the temp files of a writer killed with SIGKILL removed by the next one."""
+"""storage.py: atomic writes (and the temp files of a writer killed with SIGKILL removed by the next one),
+the one checksum check, S3 directory URIs, and safe Keras loading."""
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -9,7 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.storage import atomic_dir, atomic_path, scratch_dir
+from mnist_tasks.storage import (
+    ChecksumMismatchError,
+    ModelChecksumError,
+    UnloadableModelError,
+    atomic_dir,
+    atomic_path,
+    check_file_sha256,
+    check_sha256,
+    load_keras_model,
+    scratch_dir,
+    split_s3_dir,
+)
 
 # A real process that starts writing `final` through the given context manager,
 # puts a few MB in its temp, and is killed with SIGKILL mid-write: no clean-up runs.
@@ -98,3 +112,48 @@ def test_the_next_scratch_user_removes_what_a_killed_one_left(tmp_path: Path) ->
         assert [p.name for p in tmp_path.iterdir()] == [scratch.name]  # the killed one's is gone
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checksum_mismatch_names_the_file_the_expected_and_the_actual_sha256(tmp_path: Path) -> None:
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"model")
+    actual = hashlib.sha256(b"model").hexdigest()
+    assert check_file_sha256(path, expected=actual) == actual
+
+    with pytest.raises(ModelChecksumError) as caught:
+        check_file_sha256(path, expected="ab" * 32, source="manifest.json", error=ModelChecksumError)
+    err = caught.value
+    assert str(err) == f"checksum mismatch for {path}: expected {'ab' * 32} (from manifest.json), got {actual}"
+    assert (err.file, err.expected, err.actual) == (str(path), "ab" * 32, actual)
+    assert isinstance(err, ChecksumMismatchError)
+    # Errors cross process boundaries (Airflow's task runner): the type and message survive.
+    copy = pickle.loads(pickle.dumps(err))
+    assert (type(copy), str(copy)) == (ModelChecksumError, str(err))
+
+
+def test_matching_checksums_pass_and_the_detail_ends_the_message() -> None:
+    check_sha256("x", expected="a", actual="a")
+    with pytest.raises(ChecksumMismatchError, match=r"^checksum mismatch for s3://b/k: expected a, got b \(3 bytes\)$"):
+        check_sha256("s3://b/k", expected="a", actual="b", detail=" (3 bytes)")
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://bucket/a/b", ("bucket", "a/b/")),
+        ("s3://bucket/a/b/", ("bucket", "a/b/")),
+        ("s3://bucket/", ("bucket", "")),
+        ("s3://bucket", ("bucket", "")),
+    ],
+)
+def test_an_s3_directory_uri_splits_into_bucket_and_a_prefix_ending_in_a_slash(uri: str, expected) -> None:
+    assert split_s3_dir(uri) == expected
+
+
+def test_the_keras_loader_checks_the_sha256_before_it_loads(tmp_path: Path) -> None:
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"not a model")
+    with pytest.raises(ModelChecksumError, match=f"checksum mismatch for {path}"):
+        load_keras_model(path, sha256="00" * 32)
+    with pytest.raises(UnloadableModelError, match="m.keras: cannot load as a Keras model"):
+        load_keras_model(path, sha256=hashlib.sha256(b"not a model").hexdigest(), name="m.keras")
