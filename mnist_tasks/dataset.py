@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tasks.model import IMAGE_SHAPE
 from mnist_tasks.storage import (
     CHUNK_BYTES,
     ChecksumMismatchError,
@@ -84,7 +85,6 @@ MNIST_FILES: dict[str, FileSpec] = {
     )
 }
 
-IMAGE_SHAPE = (28, 28)
 # IDX magic: two zero bytes, a type byte (0x08 = uint8), the number of dimensions.
 IMAGES_MAGIC = 0x0803  # 2051
 LABELS_MAGIC = 0x0801  # 2049

