@@ -11,7 +11,7 @@ registry's `latest.json` URI) **and** every day at 06:00 UTC, whichever comes fi
 - loads the model `latest.json` points at (either architecture) once its
   sha256 matches the manifest;
 - downloads the images under `input_uri` (the first `max_images` by key);
-- preprocesses them like MNIST's own digits (mnist_tasks/predict.py's
+- preprocesses them like MNIST's own digits (mnist_tasks/preprocess.py's
   docstring has the steps) and predicts them in one batch;
 - writes `predictions.csv` and `predictions.json` under
   `$MNIST_PREDICTIONS_URI/<run id>/`.

@@ -18,14 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mnist_tasks.predict import (
-    IMAGE_SUFFIXES,
-    MAX_FILE_BYTES,
-    PredictError,
-    load_model_for_prediction,
-    predict_files,
-)
 from mnist_tasks.params import PARAMS
+from mnist_tasks.predict import load_model_for_prediction, predict_files
+from mnist_tasks.preprocess import MAX_FILE_BYTES, ImageError, check_file_size, is_image_name
 from mnist_tasks.storage import scratch_dir, split_s3_dir
 
 PREDICTIONS_CSV = "predictions.csv"
@@ -42,8 +37,7 @@ def _list_images(s3_client: Any, bucket: str, prefix: str) -> tuple[list[dict], 
         for obj in page.get("Contents", []):
             if obj["Key"].endswith("/"):
                 continue  # a "folder" placeholder made by consoles, not a file
-            name = PurePosixPath(obj["Key"]).name
-            if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+            if is_image_name(PurePosixPath(obj["Key"]).name):
                 images.append(obj)
             else:
                 ignored += 1
@@ -64,7 +58,7 @@ def predict_prefix(
 
     Only the first `max_images` images (by key) are scored; the rest are counted as skipped.
     Objects without an image suffix are counted as ignored. An image that cannot be read, or
-    is larger than predict.MAX_FILE_BYTES (not downloaded), gets status "error" and a message
+    is larger than preprocess.MAX_FILE_BYTES (not downloaded), gets status "error" and a message
     naming its URI; the others are still predicted. Scratch files go under `work_dir` and are
     removed afterwards.
 
@@ -86,8 +80,10 @@ def predict_prefix(
         too_large: dict[str, str] = {}  # URI -> error
         for i, obj in enumerate(scored):
             uri = f"s3://{in_bucket}/{obj['Key']}"
-            if obj["Size"] > MAX_FILE_BYTES:
-                too_large[uri] = f"{uri}: file too large: {obj['Size']} bytes, limit {MAX_FILE_BYTES}"
+            try:
+                check_file_size(uri, obj["Size"], max_bytes=MAX_FILE_BYTES)
+            except ImageError as exc:
+                too_large[uri] = str(exc)
                 continue
             path = scratch / f"{i:06d}{PurePosixPath(obj['Key']).suffix.lower()}"
             s3_client.download_file(in_bucket, obj["Key"], str(path))

@@ -117,12 +117,12 @@ def _version(text: str) -> int:
 
 def _version_or_latest(text: str) -> int | None:
     """A version number, or None for `latest`."""
-    if text == "latest":
-        return None
+    from mnist_tasks.registry import parse_version_or_latest
+
     try:
-        return _version(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected a version number or latest, got {text!r}") from None
+        return parse_version_or_latest(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _report(args: argparse.Namespace) -> dict:
@@ -144,11 +144,13 @@ def _report(args: argparse.Namespace) -> dict:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from mnist_tasks.predict import expand_inputs, is_local_model, load_model_for_prediction, predict_files
+    from mnist_tasks.predict import expand_inputs, load_model_for_prediction, predict_files
+    from mnist_tasks.registry import parse_model_reference
 
     paths = expand_inputs(args.inputs)
+    local = parse_model_reference(args.model, models_uri=args.models_uri).path is not None
     model, source = load_model_for_prediction(
-        model=args.model, models_uri=args.models_uri, s3_client=_s3_client_if(not is_local_model(args.model))
+        model=args.model, models_uri=args.models_uri, s3_client=_s3_client_if(not local)
     )
     if source["verified_against"] is None:
         print(f"warning: no manifest.json beside {args.model}: loading it unverified", file=sys.stderr)
@@ -215,10 +217,8 @@ PREDICT_EPILOG = """\
 A model in S3 is loaded only once its sha256 matches its manifest. Keras loads it in
 safe mode (no arbitrary code).
 
-Each image is made to look like an MNIST digit before the model sees it: turned
-upright (EXIF), greyscale with transparency on white, dark ink on light paper
-inverted, cropped to the ink (ignoring specks), scaled into a 20x20 box keeping its
-aspect ratio, and centred by centre of mass in 28x28.
+Each image is first made to look like an MNIST digit (a centred 28x28 field); the
+steps are in the docstring of mnist_tasks/preprocess.py.
 
 Exit status: 0 when every file was read (blank or unsure ones included), 1 when
 some file could not be read (the others are still predicted), 2 when nothing could

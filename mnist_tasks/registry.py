@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from botocore.exceptions import ClientError
 
@@ -48,6 +48,7 @@ from mnist_tasks.storage import (
     check_sha256,
     is_condition_failed,
     is_missing,
+    sha256_file,
     sha256_stream,
     split_s3_dir,
     split_s3_uri,
@@ -94,6 +95,37 @@ class GateNotPassedError(ValueError):
     """A version whose manifest does not record a passed gate may become `latest` only by force."""
 
 
+class ModelReferenceError(ValueError):
+    """A model reference (`predict --model`) that names no model that can be loaded."""
+
+
+class ModelReference(NamedTuple):
+    """A model as a user names it: a version of a registry, or a local .keras file."""
+
+    text: str
+    """The reference as given."""
+    models_uri: str | None
+    """The registry (s3://bucket/prefix/); None for a local file."""
+    version: int | None
+    """None: whatever the registry's `latest` points at (or a local file)."""
+    path: Path | None
+    """A local .keras file; None for a model in a registry."""
+
+
+class ModelSource(TypedDict):
+    """Where a model to load comes from, and what vouches for it (predict's "model" in its output)."""
+
+    model: str
+    model_uri: str
+    version: int | None
+    """None for a local file that no manifest describes."""
+    model_sha256: str
+    """What the file must hash to before it is loaded."""
+    verified_against: str | None
+    """The manifest that records `model_sha256`; None for a file loaded unverified."""
+    architecture: str | None
+    """As the manifest records it; None when there is no manifest (the model itself tells)."""
+    augment: str | None
 
 
 def parse_version(text: str) -> int:
@@ -101,6 +133,39 @@ def parse_version(text: str) -> int:
     if not _VERSION_DIR.fullmatch(text):
         raise ValueError(f"a version is a positive whole number without leading zeros, like 20261123020000; got {text!r}")
     return int(text)
+
+
+def parse_version_or_latest(text: str) -> int | None:
+    """A version number (parse_version's rule), or None for `latest`."""
+    if text == "latest":
+        return None
+    try:
+        return parse_version(text)
+    except ValueError:
+        raise ValueError(f"expected a version number or latest, got {text!r}") from None
+
+
+def parse_model_reference(text: str, *, models_uri: str) -> ModelReference:
+    """What a model reference names; ModelReferenceError for anything else.
+
+      "latest"                 the version `latest.json` in `models_uri` points at;
+      "<version>"              that version in `models_uri` (parse_version's rule);
+      "s3://…/<version>/", "s3://…/<version>/model.keras", "s3://…/latest.json"
+                               the same, in the registry that URI is in (locate_model);
+      "PATH.keras"             a local file.
+    """
+    if text.endswith(".keras") and not text.startswith("s3://"):
+        return ModelReference(text, None, None, Path(text))
+    try:
+        if text.startswith("s3://"):
+            return ModelReference(text, *locate_model(text), None)
+        return ModelReference(text, models_uri, parse_version_or_latest(text), None)
+    except ValueError as exc:
+        if text.startswith("s3://"):
+            raise ModelReferenceError(str(exc)) from exc
+        raise ModelReferenceError(
+            f"model {text!r}: expected latest, a version number, an s3:// URI or a local .keras file"
+        ) from exc
 
 
 def check_file_name(name: str) -> None:
@@ -577,4 +642,67 @@ def download_model(
         "version": got["version"],
         "manifest": got["manifest"],
         "latest_etag": got["latest_etag"],
+    }
+
+
+def fetch_model(reference: ModelReference, *, s3_client: Any, dest_dir: Path) -> tuple[Path, ModelSource]:
+    """(the .keras file to load, where it came from) for a parsed model reference.
+
+    A model in a registry is downloaded into dest_dir by download_model, checked against
+    its manifest (and that against `latest.json` when following the pointer); that needs
+    `s3_client`. A local file is checked against a manifest.json beside it (a downloaded
+    version directory); without one there is nothing to check against, and it is to be
+    loaded unverified ("verified_against": None says so). Either way the caller loads the
+    file only once it hashes to the source's "model_sha256" (storage.load_keras_model).
+    """
+    if reference.path is not None:
+        return reference.path, _local_model_source(reference.path)
+    if s3_client is None:
+        raise ModelReferenceError(
+            f"model {reference.text!r} is in {reference.models_uri}: reading it needs an S3 client"
+        )
+    models_uri = reference.models_uri
+    fetched = download_model(s3_client=s3_client, models_uri=models_uri, version=reference.version, dest_dir=dest_dir)
+    base = f"s3://{split_s3_dir(models_uri)[0]}/{version_prefix(models_uri, fetched['version'])}"
+    return Path(fetched["model_path"]), {
+        "model": reference.text,
+        "model_uri": base + MODEL_FILE,
+        "version": fetched["version"],
+        "model_sha256": fetched["model_sha256"],
+        "verified_against": base + MANIFEST_FILE,
+        **trained_with(fetched["manifest"]),
+    }
+
+
+def _local_model_source(path: Path) -> ModelSource:
+    """A local model file's source: the sha256 the manifest beside it records, or without one its own."""
+    if not path.is_file():
+        raise ModelReferenceError(f"{path}: no such model file")
+    source: ModelSource = {
+        "model": str(path),
+        "model_uri": str(path),
+        "version": None,
+        "model_sha256": sha256_file(path),
+        "verified_against": None,
+        "architecture": None,
+        "augment": None,
+    }
+    manifest_path = path.parent / MANIFEST_FILE
+    if not manifest_path.exists():
+        return source
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = manifest["files"][path.name]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # A manifest that cannot vouch for the file must not be mistaken for one that does.
+        raise ModelReferenceError(
+            f"{manifest_path} beside {path} records no sha256 for {path.name} ({type(exc).__name__}: {exc}); "
+            "move the model away from it to load it unverified"
+        ) from exc
+    return {
+        **source,
+        "version": manifest.get("version"),
+        "model_sha256": expected,
+        "verified_against": str(manifest_path),
+        **trained_with(manifest),
     }

@@ -19,16 +19,8 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageDraw, ImageFont
 
 from mnist_tasks.params import ParamError
-from mnist_tasks.predict import (
-    ImageError,
-    ModelOutputError,
-    PredictError,
-    expand_inputs,
-    load_image,
-    predict_files,
-    preprocess_image,
-    split_digits,
-)
+from mnist_tasks.predict import ModelOutputError, PredictError, expand_inputs, predict_files
+from mnist_tasks.preprocess import ImageError, load_image, preprocess_image, split_digits
 
 PROPERTIES = settings(max_examples=40, deadline=None)
 

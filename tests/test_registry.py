@@ -12,12 +12,16 @@ from mnist_tasks.publish import build_manifest, publish_model
 from mnist_tasks.registry import (
     GateNotPassedError,
     LatestMovedError,
+    ModelReference,
+    ModelReferenceError,
     PublishVerificationError,
     VersionNotFoundError,
     download_model,
     download_version,
     list_versions,
     move_latest,
+    parse_model_reference,
+    parse_version_or_latest,
     promote,
     read_latest,
     read_manifest,
@@ -319,3 +323,25 @@ def test_download_version_fetches_every_file_with_the_export_and_the_manifest(
     assert manifest == read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == entry["sha256"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("latest", ModelReference("latest", MODELS_URI, None, None)),
+        (str(V1), ModelReference(str(V1), MODELS_URI, V1, None)),
+        (f"s3://other/p/{V1}/model.keras", ModelReference(f"s3://other/p/{V1}/model.keras", "s3://other/p/", V1, None)),
+        ("s3://other/p/latest.json", ModelReference("s3://other/p/latest.json", "s3://other/p/", None, None)),
+        ("dir/model.keras", ModelReference("dir/model.keras", None, None, Path("dir/model.keras"))),
+    ],
+)
+def test_a_model_reference_names_a_version_of_a_registry_or_a_local_file(text: str, expected) -> None:
+    assert parse_model_reference(text, models_uri=MODELS_URI) == expected
+
+
+@pytest.mark.parametrize("text", ["0042", "0", "newest", "s3://other/p/notes.txt"])
+def test_a_model_reference_follows_the_one_version_rule(text: str) -> None:
+    with pytest.raises(ModelReferenceError, match="expected"):
+        parse_model_reference(text, models_uri=MODELS_URI)
+    with pytest.raises(ValueError, match=f"expected a version number or latest, got {text!r}"):
+        parse_version_or_latest(text)
