@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import numpy as np
 
@@ -133,11 +133,30 @@ def per_class_metrics(confusion: np.ndarray) -> dict[str, dict[str, float | int]
     }
 
 
-def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """(N, 10) softmax outputs."""
-    # Keras' default of 32 images a call spends ~1 s of Python overhead on the 10,000 test
-    # images; 2,048 a call costs under 0.1 s and the same outputs (inference is per image).
-    return model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+class Evaluation(TypedDict):
+    """What evaluate_model returns (pipeline.evaluate stores the files and passes the rest on)."""
+
+    metrics_path: str
+    accuracy: float
+    loss: float | None
+    """Mean cross-entropy; None when it is not finite (standard JSON has no NaN; the message says what it was)."""
+    threshold: float
+    max_regression: float
+    champion_version: int | None
+    champion_accuracy: float | None
+    """Both None without a champion."""
+    passed: bool
+    message: str
+    test_count: int
+    pictures: dict[str, str]
+    """The report pictures: {file name: path}."""
+
+
+class _TestMetrics(NamedTuple):
+    probabilities: np.ndarray  # (N, NUM_CLASSES) softmax outputs
+    confusion: np.ndarray
+    accuracy: float
+    loss: float
 
 
 def evaluate_model(
@@ -150,7 +169,7 @@ def evaluate_model(
     max_regression: float = DEFAULT_MAX_REGRESSION,
     champion: Champion | None = None,
     history_path: Path | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Evaluate the model (and the champion, if any) on the test set in cache_dir (x_test.npy, y_test.npy); apply the gate.
 
     Writes out_dir/metrics.json and the report pictures (report.PICTURES; the
@@ -158,24 +177,60 @@ def evaluate_model(
     only if its sha256 is the one given (else ModelChecksumError, and nothing
     is written). A failed gate is reported, not raised: the caller decides
     what failing means.
-
-    Returns {"metrics_path", "accuracy", "loss", "threshold", "max_regression",
-    "champion_version", "champion_accuracy" (both None without a champion),
-    "passed", "message", "test_count", "pictures" ({file name: path})}.
     """
     model = load_keras_model(model_path, sha256=model_sha256)
     champion_model = None if champion is None else load_keras_model(champion.model_path, sha256=champion.model_sha256)
-
-    import keras
 
     from mnist_tasks.dataset import load_split
     from mnist_tasks.report import render_pictures
 
     x_test, y_test = load_split(cache_dir, "test")
     images, labels = np.asarray(x_test), np.asarray(y_test)
+    tested = _test_metrics(model, images, labels)
+    champion_accuracy = None
+    if champion_model is not None:
+        champion_accuracy = float((_predict(champion_model, images).argmax(axis=1) == labels).mean())
+    gate = _gate(tested, threshold=threshold, champion_accuracy=champion_accuracy, max_regression=max_regression)
+    loss = tested.loss if math.isfinite(tested.loss) else None  # standard JSON has no NaN; the message says what it was
+    pictures = render_pictures(
+        images=images,
+        labels=labels,
+        probabilities=tested.probabilities,
+        confusion=tested.confusion,
+        history_path=history_path,
+        out_dir=out_dir,
+    )
+    metrics_path = _write_metrics(
+        out_dir, model_sha256=model_sha256, tested=tested, loss=loss, champion=champion, gate=gate
+    )
+    return {
+        "metrics_path": str(metrics_path),
+        "accuracy": tested.accuracy,
+        "loss": loss,
+        "threshold": threshold,
+        "max_regression": max_regression,
+        "champion_version": None if champion is None else champion.version,
+        "champion_accuracy": champion_accuracy,
+        "passed": gate["passed"],
+        "message": gate["message"],
+        "test_count": len(labels),
+        "pictures": pictures,
+    }
+
+
+def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """(N, NUM_CLASSES) softmax outputs."""
+    # Keras' default of 32 images a call spends ~1 s of Python overhead on the 10,000 test
+    # images; 2,048 a call costs under 0.1 s and the same outputs (inference is per image).
+    return model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+
+
+def _test_metrics(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> _TestMetrics:
+    """The model's outputs on the test set, its confusion matrix, accuracy and mean cross-entropy."""
+    import keras
+
     probabilities = _predict(model, images)
     confusion = confusion_matrix(labels=labels, predictions=probabilities.argmax(axis=1))
-
     test_count = len(labels)
     accuracy = float(np.trace(confusion) / test_count)
     # Mean cross-entropy from the one set of predictions the other metrics use.
@@ -183,60 +238,52 @@ def evaluate_model(
     # prediction costs about 16 rather than infinity.
     true_class = probabilities[np.arange(test_count), labels].astype(np.float64)
     loss = float(-np.log(np.clip(true_class, keras.config.epsilon(), 1.0)).mean())
+    return _TestMetrics(probabilities, confusion, accuracy, loss)
 
-    champion_accuracy = None
-    if champion is not None:
-        champion_accuracy = float((_predict(champion_model, images).argmax(axis=1) == labels).mean())
+
+def _gate(tested: _TestMetrics, *, threshold: float, champion_accuracy: float | None, max_regression: float) -> dict:
+    """metrics.json's "gate": the verdict (gate_verdict) with what it was decided on."""
     passed, message = gate_verdict(
-        accuracy=accuracy,
+        accuracy=tested.accuracy,
         threshold=threshold,
         champion_accuracy=champion_accuracy,
         max_regression=max_regression,
-        loss=loss,
+        loss=tested.loss,
     )
-    if not math.isfinite(loss):
-        loss = None  # standard JSON has no NaN; the gate's message says what it was
+    return {
+        "threshold": threshold,
+        "max_regression": max_regression,
+        "champion_accuracy": champion_accuracy,
+        "passed": passed,
+        "message": message,
+    }
 
-    pictures = render_pictures(
-        images=images,
-        labels=labels,
-        probabilities=probabilities,
-        confusion=confusion,
-        history_path=history_path,
-        out_dir=out_dir,
-    )
+
+def _write_metrics(
+    out_dir: Path,
+    *,
+    model_sha256: str,
+    tested: _TestMetrics,
+    loss: float | None,
+    champion: Champion | None,
+    gate: dict[str, Any],
+) -> Path:
+    """out_dir/metrics.json, written atomically: the figures, per-digit metrics, the confusion matrix and the gate."""
     metrics = {
         "model_sha256": model_sha256,
-        "test_count": test_count,
-        "accuracy": accuracy,
+        "test_count": int(tested.confusion.sum()),
+        "accuracy": tested.accuracy,
         "loss": loss,
-        "per_class": per_class_metrics(confusion),
-        "confusion_matrix": confusion.tolist(),
-        "champion": None
-        if champion is None
-        else {"version": champion.version, "model_sha256": champion.model_sha256, "accuracy": champion_accuracy},
-        "gate": {
-            "threshold": threshold,
-            "max_regression": max_regression,
-            "champion_accuracy": champion_accuracy,
-            "passed": passed,
-            "message": message,
+        "per_class": per_class_metrics(tested.confusion),
+        "confusion_matrix": tested.confusion.tolist(),
+        "champion": None if champion is None else {
+            "version": champion.version,
+            "model_sha256": champion.model_sha256,
+            "accuracy": gate["champion_accuracy"],
         },
+        "gate": gate,
     }
     metrics_path = out_dir / METRICS_FILE
     with atomic_path(metrics_path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-
-    return {
-        "metrics_path": str(metrics_path),
-        "accuracy": accuracy,
-        "loss": loss,
-        "threshold": threshold,
-        "max_regression": max_regression,
-        "champion_version": None if champion is None else champion.version,
-        "champion_accuracy": champion_accuracy,
-        "passed": passed,
-        "message": message,
-        "test_count": test_count,
-        "pictures": pictures,
-    }
+    return metrics_path

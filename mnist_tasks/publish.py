@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from mnist_tasks.registry import (
     LATEST_FILE,
@@ -143,6 +143,21 @@ def build_manifest(
 FROM_CURRENT_LATEST = "current"
 
 
+class Published(TypedDict):
+    """What publish_model returns."""
+
+    version: int
+    version_uri: str
+    model_uri: str
+    manifest_uri: str
+    latest_uri: str
+    manifest_sha256: str
+    latest_version: int
+    latest_moved: bool
+    serving_uri: str | None
+    """Where TensorFlow Serving finds this version: only a version that became latest is copied there."""
+
+
 def publish_model(
     *,
     s3_client: Any,
@@ -151,7 +166,7 @@ def publish_model(
     files: Mapping[str, Path | str],
     manifest: dict[str, Any],
     compared_latest_etag: str | None = FROM_CURRENT_LATEST,
-) -> dict[str, Any]:
+) -> Published:
     """Publish `files` (name -> local path) as `version`: claim it, upload, write the manifest, verify, move `latest`.
 
     A version belongs to the run that claims it first (`claim.json`, written
@@ -176,25 +191,42 @@ def publish_model(
     _check_latest_unmoved(s3_client, models_uri, version, compared_latest_etag)
     claim_version(s3_client=s3_client, models_uri=models_uri, version=version, manifest=manifest)
     # Hashed before upload, checked after: a file that changes in between fails verification.
+    manifest = {**manifest, "files": _file_entries(files)}
+    manifest_sha256 = _complete_manifest_sha256(s3_client, models_uri, version, manifest)
+    if manifest_sha256 is None:
+        manifest_sha256 = _upload(s3_client, models_uri, version, files, manifest)
+    verified = verify_version(
+        s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256
+    )
+    latest = _advance_latest(s3_client, models_uri, verified, manifest_sha256, compared_latest_etag)
+    return _published(models_uri, version, manifest_sha256, latest)
+
+
+def _file_entries(files: Mapping[str, Path | str]) -> dict[str, dict[str, Any]]:
+    """The manifest's `files`: {name: {"sha256", "bytes"}}, in name order."""
     entries = {}
     for name, path in sorted(files.items()):
         with open(path, "rb") as f:
             sha, size = sha256_stream(f)
         entries[name] = {"sha256": sha, "bytes": size}
-    manifest = {**manifest, "files": entries}
+    return entries
 
+
+def _upload(
+    s3_client: Any, models_uri: str, version: int, files: Mapping[str, Path | str], manifest: dict[str, Any]
+) -> str:
+    """Upload the files, then the manifest (last: a version with a manifest is complete); return its sha256."""
+    bucket, _ = split_s3_dir(models_uri)
+    base = version_prefix(models_uri, version)
+    for name, path in files.items():
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        s3_client.upload_file(str(path), bucket, base + name, ExtraArgs={"ContentType": content_type})
+    return _write_manifest(s3_client, models_uri, version, manifest)
+
+
+def _published(models_uri: str, version: int, manifest_sha256: str, latest: dict[str, Any]) -> Published:
     bucket, prefix = split_s3_dir(models_uri)
     base = version_prefix(models_uri, version)
-    manifest_sha256 = _complete_manifest_sha256(s3_client, models_uri, version, manifest)
-    if manifest_sha256 is None:
-        for name, path in files.items():
-            content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-            s3_client.upload_file(str(path), bucket, base + name, ExtraArgs={"ContentType": content_type})
-        manifest_sha256 = _write_manifest(s3_client, models_uri, version, manifest)
-    verified = verify_version(
-        s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256
-    )
-    latest = _advance_latest(s3_client, models_uri, verified, manifest_sha256, compared_latest_etag)
     return {
         "version": version,
         "version_uri": f"s3://{bucket}/{base}",
@@ -204,7 +236,6 @@ def publish_model(
         "manifest_sha256": manifest_sha256,
         "latest_version": latest["version"],
         "latest_moved": latest["version"] == version,
-        # Where TensorFlow Serving finds this version: only a version that became latest is copied there.
         "serving_uri": latest.get("serving_uri") if latest["version"] == version else None,
     }
 
