@@ -551,9 +551,43 @@ def _remove_objects(s3_client: Any, bucket: str, keys: list[str]) -> None:
         s3_client.delete_object(Bucket=bucket, Key=key)
 
 
+class LocalFile(TypedDict):
+    path: str
+    sha256: str
+
+
+class DownloadedFiles(TypedDict):
+    """What download_files returns."""
+
+    version: int
+    manifest: dict[str, Any]
+    files: dict[str, LocalFile]
+    latest_etag: str | None
+    """The ETag of the `latest.json` followed (None when a version was asked for)."""
+
+
+class DownloadedVersion(TypedDict):
+    """What download_version returns."""
+
+    version: int
+    dir: str
+    files: dict[str, str]
+    """{name: local path}, the manifest included."""
+
+
+class DownloadedModel(TypedDict):
+    """What download_model returns."""
+
+    model_path: str
+    model_sha256: str
+    version: int
+    manifest: dict[str, Any]
+    latest_etag: str | None
+
+
 def download_files(
     *, s3_client: Any, models_uri: str, version: int | None, names: Sequence[str] | None, dest_dir: Path
-) -> dict[str, Any]:
+) -> DownloadedFiles:
     """Fetch the named files of a version (the latest when version is None; all its files when names is None).
 
     Every file is checked against the sha256 its manifest records, and the
@@ -561,8 +595,6 @@ def download_files(
     failure leaves dest_dir as it was. When following `latest`, the manifest
     must also be the one `latest.json` vouches for.
 
-    Returns {"version", "manifest", "files": {name: {"path", "sha256"}}, "latest_etag"}; the
-    last is the ETag of the `latest.json` followed (None when a version was asked for).
     Raises NothingPublishedError, VersionNotFoundError, FileNotPublishedError
     (a name the manifest does not list) or PublishVerificationError.
     """
@@ -605,15 +637,13 @@ def download_files(
     return {"version": version, "manifest": manifest, "files": files, "latest_etag": latest_etag}
 
 
-def download_version(*, s3_client: Any, models_uri: str, version: int | None, dest_dir: Path) -> dict[str, Any]:
+def download_version(*, s3_client: Any, models_uri: str, version: int | None, dest_dir: Path) -> DownloadedVersion:
     """Fetch every file of a version (the latest when version is None) into dest_dir, then its manifest.json.
 
     download_files for all the files the manifest lists: model.keras, the
     SavedModel export (saved_model/…), the report and its pictures. The manifest
     comes last, so a directory that has one is complete, and
     `predict --model DIR/model.keras` checks the model against it.
-
-    Returns {"version", "dir", "files": {name: local path}}, the manifest included.
     """
     got = download_files(s3_client=s3_client, models_uri=models_uri, version=version, names=None, dest_dir=dest_dir)
     manifest_path = Path(dest_dir) / MANIFEST_FILE
@@ -624,9 +654,7 @@ def download_version(*, s3_client: Any, models_uri: str, version: int | None, de
     return {"version": got["version"], "dir": str(dest_dir), "files": {**files, MANIFEST_FILE: str(manifest_path)}}
 
 
-def download_model(
-    *, s3_client: Any, models_uri: str, version: int | None, dest_dir: Path
-) -> dict[str, Any]:
+def download_model(*, s3_client: Any, models_uri: str, version: int | None, dest_dir: Path) -> DownloadedModel:
     """Fetch a version's model.keras (the latest when version is None) into dest_dir.
 
     The file appears under its final name only if its sha256 matches the
