@@ -44,6 +44,7 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, t
 
 # plugins/: Airflow puts the plugins folder on sys.path in all its processes.
 from mnist_dags import airflow_param, default_args, not_retried, published_model_asset, s3_client
+
 from mnist_tasks.params import BATCH_PREDICT_PARAMS
 from mnist_tasks.settings import Settings
 
@@ -76,7 +77,8 @@ PUBLISHED_MODEL = published_model_asset(_SETTINGS)
     },
 )
 def mnist_batch_predict() -> None:
-    @task(execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
+    # Its result travels as one XCom (multiple_outputs=False), not also key by key.
+    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
     def predict(**context) -> dict:
         from mnist_tasks.batch_predict import predict_prefix
         from mnist_tasks.predict import PredictError

@@ -19,6 +19,7 @@ import numpy as np
 from mnist_tasks.model import NUM_CLASSES
 from mnist_tasks.params import PARAMS
 from mnist_tasks.registry import NothingPublishedError, download_model
+
 # ModelChecksumError is what evaluate_model raises for a model that is not the one given;
 # the DAG imports it from here.
 from mnist_tasks.storage import ModelChecksumError, atomic_path, load_keras_model  # noqa: F401
@@ -83,7 +84,9 @@ def gate_verdict(
     PARAMS["max_regression"].check(max_regression)
     if not math.isfinite(loss):
         # NaN outputs argmax to digit 0, so accuracy alone could still look plausible.
-        return False, f"accuracy gate failed: the test loss is {loss}, not a finite number: the model's outputs are broken"
+        return False, (
+            f"accuracy gate failed: the test loss is {loss}, not a finite number: the model's outputs are broken"
+        )
     meets_threshold = accuracy >= threshold
     if champion_accuracy is None:
         if meets_threshold:
@@ -170,7 +173,7 @@ def evaluate_model(
     champion: Champion | None = None,
     history_path: Path | None = None,
 ) -> Evaluation:
-    """Evaluate the model (and the champion, if any) on the test set in cache_dir (x_test.npy, y_test.npy); apply the gate.
+    """Evaluate the model (and the champion, if any) on cache_dir's test set (x_test.npy, y_test.npy); apply the gate.
 
     Writes out_dir/metrics.json and the report pictures (report.PICTURES; the
     training curves only with the run's history.json). Each model is loaded

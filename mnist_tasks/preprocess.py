@@ -172,7 +172,7 @@ def _gray(image: Image.Image) -> np.ndarray:
 
 
 def _flattened(rgba: Image.Image) -> Image.Image:
-    """rgba composited onto white paper, or onto black when what is drawn is light (white chalk on a transparent layer)."""
+    """rgba composited onto white paper, or onto black when what is drawn is light (chalk on a clear layer)."""
     alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
     drawn = float(alpha.sum())
     lightness = 0.0 if drawn == 0 else float((np.asarray(rgba.convert("L"), dtype=np.float32) * alpha).sum() / drawn)

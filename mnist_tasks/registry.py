@@ -131,7 +131,9 @@ class ModelSource(TypedDict):
 def parse_version(text: str) -> int:
     """A version number as users and directory names write it: a canonical positive integer."""
     if not _VERSION_DIR.fullmatch(text):
-        raise ValueError(f"a version is a positive whole number without leading zeros, like 20261123020000; got {text!r}")
+        raise ValueError(
+            f"a version is a positive whole number without leading zeros, like 20261123020000; got {text!r}"
+        )
     return int(text)
 
 

@@ -298,7 +298,8 @@ def test_predict_with_published_models_checks_them_against_their_manifest(
     for model_arg in ["latest", str(VERSION), version_dir]:
         code, out, err = run(["predict", "--model", model_arg, "--models-uri", MODELS_URI, str(images)], capsys)
         assert (code, out) == (2, "")
-        assert err.startswith(f"error: checksum mismatch for s3://{MODELS_BUCKET}/mnist/{VERSION}/model.keras: expected ")
+        model_uri = f"s3://{MODELS_BUCKET}/mnist/{VERSION}/model.keras"
+        assert err.startswith(f"error: checksum mismatch for {model_uri}: expected ")
 
 
 @pytest.mark.slow

@@ -338,7 +338,7 @@ def test_prepare_writes_normalised_arrays_and_reuses_them(tiny, tmp_path, monkey
     assert x_train.shape == (50, 28, 28) and x_test.shape == (20, 28, 28)
     assert x_train.dtype == x_test.dtype == np.float32
     assert y_train.dtype == y_test.dtype == np.uint8
-    assert 0.0 <= x_train.min() and x_train.max() <= 1.0
+    assert x_train.min() >= 0.0 and x_train.max() <= 1.0
     np.testing.assert_allclose(x_train * 255, tiny.arrays[TRAIN_IMAGES], atol=1e-4)
     np.testing.assert_array_equal(y_test, tiny.arrays[TEST_LABELS])
     assert not x_train.flags.writeable

@@ -37,7 +37,7 @@ def _split(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray
 
 def _csv(images: np.ndarray, labels: np.ndarray) -> bytes:
     # CRLF, as in the real wheel.
-    rows = [HEADER] + [",".join(map(str, [label, *image.ravel()])) for image, label in zip(images, labels)]
+    rows = [HEADER] + [",".join(map(str, [label, *image.ravel()])) for image, label in zip(images, labels, strict=True)]
     return ("\r\n".join(rows) + "\r\n").encode()
 
 

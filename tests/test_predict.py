@@ -18,7 +18,6 @@ from mnist_tasks.predict import ModelOutputError, PredictError, expand_inputs, p
 from mnist_tasks.preprocess import ImageError, preprocess_image, split_digits
 from tests.test_preprocess import PROPERTIES, glyph, on_canvas, pen, png_header_only
 
-
 # --- files ----------------------------------------------------------------------------------
 
 

@@ -24,8 +24,8 @@ from mnist_tasks.publish import (
 )
 from mnist_tasks.registry import (
     LatestMovedError,
-    list_versions,
     PublishVerificationError,
+    list_versions,
     read_latest,
     read_latest_state,
     verify_version,
@@ -212,7 +212,7 @@ def test_publish_uploads_the_version_then_points_latest_at_it(
 
 
 def test_a_retry_of_the_same_run_completes_the_same_version(s3_client, bucket: str, tmp_path: Path) -> None:
-    first = publish_model(
+    publish_model(
         s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
     )
     # The first attempt died after its claim, mid-upload: no manifest, one file missing, latest not moved.
