@@ -149,9 +149,12 @@ def test_a_new_models_uri_on_the_same_airflow_home_still_publishes(pipeline_env,
     assert json.loads(_objects(s3_client)["moved/latest.json"])["version"] == 20261124020000
 
 
-def test_a_cnn_challenger_is_compared_with_the_dense_champion_and_published_as_cnn(pipeline_env, dag, s3_client):
+def test_a_cnn_challenger_is_compared_with_the_dense_champion_and_published_as_cnn(pipeline_env, s3_client):
     from mnist_tasks.registry import list_versions
+    from tests.e2e.conftest import load_dag_for_test
 
+    # Parsed anew: dag.test() leaves a run's conf in the DAG object's params (WORSE_CONF's learning rate).
+    dag = load_dag_for_test("mnist_retraining")
     champion = dag.test(logical_date=datetime(2026, 11, 25, 2, 0, tzinfo=UTC), run_conf=PASSING_CONF)
     assert str(champion.state) == "success", _states(champion)
     # Whatever the tiny data (noise patterns, which augmentation scrambles) makes of the cnn, it gets published.
@@ -164,7 +167,8 @@ def test_a_cnn_challenger_is_compared_with_the_dense_champion_and_published_as_c
     assert (manifest["params"]["architecture"], manifest["params"]["augment"]) == ("cnn", "on")
     # Judged against the dense champion on the same test set.
     assert manifest["metrics"]["champion_version"] == 20261125020000
-    assert "trained with augmented training images" in objects["mnist/20261126020000/report.html"].decode()
+    report = " ".join(objects["mnist/20261126020000/report.html"].decode().split())
+    assert "the <code>cnn</code> model, trained with augmented training images" in report
     rows = list_versions(s3_client=s3_client, models_uri=f"s3://{MODELS_BUCKET}/mnist/")
     assert [(r["architecture"], r["augment"], r["is_latest"]) for r in rows] == [
         ("dense", "off", False),
