@@ -1,0 +1,1 @@
+"""The logic of the MNIST retraining pipeline, importable and testable without Airflow."""

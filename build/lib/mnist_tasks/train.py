@@ -1,0 +1,238 @@
+"""Training: a prepared dataset in, `model.keras` and `history.json` out, reproducibly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+
+from mnist_tasks.model import MODEL_FILE
+from mnist_tasks.serving import SavedModelExport
+from mnist_tasks.storage import atomic_path, sha256_file
+
+HISTORY_FILE = "history.json"
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class TrainingDivergedError(ArithmeticError):
+    """The loss became NaN or infinite: the weights are garbage, and a retry with the same Params diverges again."""
+
+
+def _check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The Params cast to their types, each within the bounds the trigger form enforces (ParamError)."""
+    from mnist_tasks.params import ParamError, check_params
+
+    checked = check_params({name: value for name, value in params.items() if name != "validation_split"})
+    # The result reports validation metrics, so some data must be held out and some trained on.
+    if not 0 < params["validation_split"] < 1:
+        raise ParamError(f"validation_split must be between 0 and 1 (exclusive), got {params['validation_split']}")
+    if checked["augment"] == "auto":
+        checked["augment"] = "on" if checked["architecture"] == "cnn" else "off"
+    return {**checked, "validation_split": params["validation_split"]}
+
+
+class TrainResult(TypedDict):
+    model_path: str
+    model_sha256: str
+    history_path: str
+    saved_model: SavedModelExport
+    """The SavedModel export beside model.keras, for TensorFlow Serving."""
+    params: dict[str, Any]
+    """The Params as trained with, `augment` resolved to on or off."""
+    final: dict[str, float]
+    """The last epoch's loss, accuracy, val_loss and val_accuracy."""
+    train_count: int
+    """Images in the training set, validation part included."""
+    seconds: float
+    """All of it: loading the arrays, building, fitting and saving the model."""
+    fit_seconds: float
+    """Keras' fit alone."""
+
+
+def train_model(
+    *,
+    cache_dir: Path,
+    out_dir: Path,
+    architecture: str = "dense",
+    augment: str = "auto",
+    epochs: int = 6,
+    batch_size: int = 384,
+    learning_rate: float = 8e-3,
+    lr_schedule: str = "cosine",
+    hidden_units: int = 128,
+    seed: int = 42,
+    validation_split: float = 0.1,
+) -> TrainResult:
+    """Train on cache_dir's x_train.npy and y_train.npy; write out_dir/model.keras and out_dir/history.json.
+
+    The same seed and data give the same weights: all seeds are set from `seed`
+    and TensorFlow runs deterministic kernels (a process-wide switch, slightly slower).
+    `augment` auto means on for cnn and off for dense (README, *Architectures*).
+    """
+    params = _check_params(
+        {
+            "architecture": architecture,
+            "augment": augment,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "lr_schedule": lr_schedule,
+            "hidden_units": hidden_units,
+            "seed": seed,
+            "validation_split": validation_split,
+        }
+    )
+
+    import keras
+    import tensorflow as tf
+
+    from mnist_tasks.dataset import load_split
+
+    started = time.monotonic()
+    x_train, y_train = load_split(cache_dir, "train")
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    fit_started = time.monotonic()
+    model, history = _fit(params, np.asarray(x_train), np.asarray(y_train))
+    fit_seconds = time.monotonic() - fit_started
+    per_epoch = _per_epoch(history, params)
+    model_path, saved_model, history_path = _save(model, per_epoch, params, out_dir=out_dir, train_count=len(x_train))
+    return {
+        "model_path": str(model_path),
+        "model_sha256": sha256_file(model_path),
+        "history_path": str(history_path),
+        "saved_model": saved_model,
+        "params": params,
+        "final": {name: per_epoch[-1][name] for name in METRICS},
+        "train_count": len(x_train),
+        "seconds": round(time.monotonic() - started, 3),
+        "fit_seconds": round(fit_seconds, 3),
+    }
+
+
+def _fit(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> tuple[Any, dict[str, list[float]]]:
+    """The model built and fitted with `params`: (model, Keras' history)."""
+    import keras
+
+    from mnist_tasks.model import build_model
+
+    # Like Keras' validation_split: the *last* part of the arrays is held out, before
+    # shuffling; MNIST's training file is not ordered by class, so that tail is a fair sample.
+    train_count = math.floor(len(images) * (1 - params["validation_split"]))
+    steps_per_epoch = math.ceil(train_count / params["batch_size"])
+    model = build_model(
+        architecture=params["architecture"],
+        hidden_units=params["hidden_units"],
+        learning_rate=_learning_rate(params, total_steps=steps_per_epoch * params["epochs"]),
+        # One call per epoch: Keras' per-call overhead, not the arithmetic, is what a small step costs.
+        steps_per_execution=steps_per_epoch,
+    )
+    if params["augment"] == "on":
+        training = {
+            "x": _augmented(params, images[:train_count], labels[:train_count]),
+            "steps_per_epoch": steps_per_epoch,
+            "shuffle": False,  # the stream shuffles itself, seeded
+        }
+    else:
+        training = {
+            "x": images[:train_count],
+            "y": labels[:train_count],
+            "batch_size": params["batch_size"],
+            "shuffle": True,
+        }
+    # Keras prints its progress to stdout; on stderr it is still in Airflow's task log,
+    # and `python -m mnist_tasks train` keeps stdout for its JSON result.
+    with contextlib.redirect_stdout(sys.stderr):
+        history = model.fit(
+            **training,
+            epochs=params["epochs"],
+            validation_data=(images[train_count:], labels[train_count:]),
+            # verbose=2: one line per epoch, readable in Airflow's task log.
+            verbose=2,
+            # Stops at the first non-finite batch loss rather than training on garbage for the other epochs.
+            callbacks=[keras.callbacks.TerminateOnNaN()],
+        ).history
+    return model, history
+
+
+def _augmented(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> Any:
+    """An endless tf.data stream of shuffled, augmented training batches (augment.py), seeded by params["seed"].
+
+    Endless, with fit's steps_per_epoch, so that each epoch continues the stream:
+    every epoch gets a new shuffle and new random transforms, yet the run is reproducible.
+    """
+    import tensorflow as tf
+
+    from mnist_tasks.augment import augment_batch
+
+    seed = params["seed"]
+    batches = (
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(params["batch_size"])
+    )
+    # One stateless seed per batch, drawn from the run's seed.
+    batch_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    return (
+        tf.data.Dataset.zip(batches, batch_seeds)
+        .map(lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), batch[1]), deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _save(
+    model: Any, per_epoch: list[dict[str, float]], params: dict[str, Any], *, out_dir: Path, train_count: int
+) -> tuple[Path, SavedModelExport, Path]:
+    """out_dir/model.keras, its SavedModel export in out_dir/saved_model/ and out_dir/history.json."""
+    from mnist_tasks.serving import SAVED_MODEL_DIR, export_saved_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / MODEL_FILE
+    with atomic_path(model_path, suffix=".keras") as tmp:  # Keras writes only files named *.keras
+        model.save(tmp)
+    # Here, while the model is in memory: TensorFlow Serving loads a SavedModel, not model.keras.
+    saved_model = export_saved_model(model, out_dir / SAVED_MODEL_DIR)
+    history_path = out_dir / HISTORY_FILE
+    with atomic_path(history_path) as tmp:
+        tmp.write_text(
+            json.dumps({"params": params, "train_count": train_count, "history": per_epoch}, indent=2, allow_nan=False)
+            + "\n"
+        )
+    return model_path, saved_model, history_path
+
+
+def _learning_rate(params: dict[str, Any], *, total_steps: int) -> Any:
+    """Adam's rate: constant, or cosine-decayed from `learning_rate` to 0 over all the steps.
+
+    learning_rate is a float here (_check_params casts): Keras refuses an int, and the form's 1 is one.
+    """
+    import keras
+
+    if params["lr_schedule"] == "constant":
+        return params["learning_rate"]
+    return keras.optimizers.schedules.CosineDecay(params["learning_rate"], decay_steps=total_steps)
+
+
+def _per_epoch(history: dict[str, list[float]], params: dict[str, Any]) -> list[dict[str, float]]:
+    """Keras' history as one row per epoch; TrainingDivergedError (so no model) if a figure is not finite."""
+    rows = [
+        {"epoch": i + 1, **{name: float(history[name][i]) for name in METRICS}} for i in range(len(history["loss"]))
+    ]
+    diverged = next((row for row in rows if not all(math.isfinite(v) for v in row.values())), None)
+    if diverged is None and len(rows) < params["epochs"]:
+        diverged = rows[-1]  # TerminateOnNaN stopped it on a batch; the epoch's mean may still look finite
+    if diverged is not None:
+        bad = [f"{name} {value}" for name, value in diverged.items() if not math.isfinite(value)]
+        raise TrainingDivergedError(
+            f"training diverged in epoch {diverged['epoch']} of {params['epochs']} "
+            f"({', '.join(bad) or 'a non-finite batch loss stopped it'}) with learning_rate "
+            f"{params['learning_rate']} and batch_size {params['batch_size']}; no model was written"
+        )
+    return rows
