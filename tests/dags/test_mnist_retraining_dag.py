@@ -98,6 +98,10 @@ def test_params_have_descriptions_and_defaults(dag):
         ("max_regression", -0.001),
         ("max_regression", 1.5),
         ("lr_schedule", "linear"),
+        ("architecture", "resnet"),
+        ("architecture", "CNN"),
+        ("augment", True),
+        ("augment", "yes"),
     ],
 )
 def test_params_reject_out_of_range_values(dag, name, value):
@@ -109,7 +113,16 @@ def test_params_reject_out_of_range_values(dag, name, value):
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("epochs", 1), ("epochs", 100), ("accuracy_threshold", 0.0), ("max_regression", 0.0)]
+    ("name", "value"),
+    [
+        ("epochs", 1),
+        ("epochs", 100),
+        ("accuracy_threshold", 0.0),
+        ("max_regression", 0.0),
+        ("architecture", "cnn"),
+        ("augment", "off"),
+        ("augment", "on"),
+    ],
 )
 def test_params_accept_in_range_values(dag, name, value):
     assert dag.params.get_param(name).resolve(value) == value
