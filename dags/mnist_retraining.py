@@ -72,6 +72,111 @@ _SETTINGS = Settings.from_env()
 PUBLISHED_MODEL = published_model_asset(_SETTINGS)
 
 
+# Each task's result travels as one XCom (multiple_outputs=False): a `-> dict` would
+# otherwise also push every key as an XCom of its own, which nothing reads.
+@task(multiple_outputs=False, execution_timeout=timedelta(minutes=20))
+def download() -> dict:
+    from mnist_tasks import pipeline
+    from mnist_tasks.dataset import DataIntegrityError
+
+    settings = Settings.from_env()
+    client = s3_client(settings)
+    # DataIntegrityError means every mirror served bad bytes; network errors are retried.
+    with not_retried(DataIntegrityError):
+        return pipeline.download(
+            store=artifact_store(settings, client),
+            mirrors=settings.mirrors,
+            raw_dir=settings.data_dir / "raw",
+            s3_client=client,
+        )
+
+@task(multiple_outputs=False, execution_timeout=timedelta(minutes=10))
+def prepare(downloaded: dict) -> dict:
+    from mnist_tasks import pipeline
+    from mnist_tasks.artifacts import ArtifactIntegrityError
+    from mnist_tasks.dataset import DataIntegrityError
+
+    settings = Settings.from_env()
+    with not_retried(DataIntegrityError, ArtifactIntegrityError):
+        return pipeline.prepare(
+            store=artifact_store(settings), downloaded=downloaded, cache_root=settings.data_dir / "prepared"
+        )
+
+@task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
+def train(prepared: dict, **context) -> dict:
+    from mnist_tasks import pipeline
+    from mnist_tasks.artifacts import ArtifactIntegrityError
+    from mnist_tasks.train import TrainingDivergedError
+
+    p = context["params"]
+    with not_retried(ArtifactIntegrityError, TrainingDivergedError):
+        return pipeline.train(
+            store=artifact_store(Settings.from_env()),
+            prepared=prepared,
+            dag_id=context["dag_run"].dag_id,
+            run_id=context["run_id"],
+            params={spec.name: p[spec.name] for spec in TRAINING_PARAMS},
+        )
+
+@task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), queue=_SETTINGS.training_queue)
+def evaluate(prepared: dict, trained: dict, **context) -> dict:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_tasks import pipeline
+    from mnist_tasks.artifacts import ArtifactIntegrityError
+    from mnist_tasks.evaluate import ModelChecksumError
+    from mnist_tasks.registry import PublishVerificationError
+
+    settings = Settings.from_env()
+    client = s3_client(settings)
+    p = context["params"]
+    # A model or a published version that differs from its checksum stays that way.
+    with not_retried(ArtifactIntegrityError, ModelChecksumError, PublishVerificationError):
+        result = pipeline.evaluate(
+            store=artifact_store(settings, client),
+            s3_client=client,
+            models_uri=settings.models_uri,
+            prepared=prepared,
+            trained=trained,
+            dag_id=context["dag_run"].dag_id,
+            run_id=context["run_id"],
+            threshold=p["accuracy_threshold"],
+            max_regression=p["max_regression"],
+        )
+    if not result["passed"]:
+        # Kept for the alert and the run summary: a failed task returns nothing.
+        context["ti"].xcom_push(key="evaluation", value=result)
+        raise AirflowFailException(result["message"])
+    return result
+
+@task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
+def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict:
+    from mnist_tasks import pipeline
+    from mnist_tasks.artifacts import ArtifactIntegrityError
+    from mnist_tasks.publish import GateFailedError, VersionConflictError, version_for
+    from mnist_tasks.registry import LatestMovedError
+
+    settings = Settings.from_env()
+    client = s3_client(settings)
+    dag_run = context["dag_run"]
+    # LatestMovedError: another run moved `latest` after evaluate compared with it; a retry
+    # would meet the same, only re-running evaluate compares with the new champion.
+    with not_retried(ArtifactIntegrityError, GateFailedError, VersionConflictError, LatestMovedError):
+        return pipeline.publish(
+            store=artifact_store(settings, client),
+            s3_client=client,
+            models_uri=settings.models_uri,
+            # Manual runs may have no logical date; run_after is always set and fixed for the run.
+            version=version_for(dag_run.logical_date or dag_run.run_after),
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            started_at=dag_run.start_date.isoformat() if dag_run.start_date else None,
+            downloaded=downloaded,
+            trained=trained,
+            evaluated=evaluated,
+        )
+
+
 @dag(
     dag_id="mnist_retraining",
     description="Nightly MNIST retraining with an accuracy gate; publishes passing models to S3.",
@@ -96,110 +201,6 @@ PUBLISHED_MODEL = published_model_asset(_SETTINGS)
     params={spec.name: airflow_param(spec) for spec in (*TRAINING_PARAMS, *GATE_PARAMS)},
 )
 def mnist_retraining() -> None:
-    # Each task's result travels as one XCom (multiple_outputs=False): a `-> dict` would
-    # otherwise also push every key as an XCom of its own, which nothing reads.
-    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=20))
-    def download() -> dict:
-        from mnist_tasks import pipeline
-        from mnist_tasks.dataset import DataIntegrityError
-
-        settings = Settings.from_env()
-        client = s3_client(settings)
-        # DataIntegrityError means every mirror served bad bytes; network errors are retried.
-        with not_retried(DataIntegrityError):
-            return pipeline.download(
-                store=artifact_store(settings, client),
-                mirrors=settings.mirrors,
-                raw_dir=settings.data_dir / "raw",
-                s3_client=client,
-            )
-
-    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=10))
-    def prepare(downloaded: dict) -> dict:
-        from mnist_tasks import pipeline
-        from mnist_tasks.artifacts import ArtifactIntegrityError
-        from mnist_tasks.dataset import DataIntegrityError
-
-        settings = Settings.from_env()
-        with not_retried(DataIntegrityError, ArtifactIntegrityError):
-            return pipeline.prepare(
-                store=artifact_store(settings), downloaded=downloaded, cache_root=settings.data_dir / "prepared"
-            )
-
-    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
-    def train(prepared: dict, **context) -> dict:
-        from mnist_tasks import pipeline
-        from mnist_tasks.artifacts import ArtifactIntegrityError
-        from mnist_tasks.train import TrainingDivergedError
-
-        p = context["params"]
-        with not_retried(ArtifactIntegrityError, TrainingDivergedError):
-            return pipeline.train(
-                store=artifact_store(Settings.from_env()),
-                prepared=prepared,
-                dag_id=context["dag_run"].dag_id,
-                run_id=context["run_id"],
-                params={spec.name: p[spec.name] for spec in TRAINING_PARAMS},
-            )
-
-    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), queue=_SETTINGS.training_queue)
-    def evaluate(prepared: dict, trained: dict, **context) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from mnist_tasks import pipeline
-        from mnist_tasks.artifacts import ArtifactIntegrityError
-        from mnist_tasks.evaluate import ModelChecksumError
-        from mnist_tasks.registry import PublishVerificationError
-
-        settings = Settings.from_env()
-        client = s3_client(settings)
-        p = context["params"]
-        # A model or a published version that differs from its checksum stays that way.
-        with not_retried(ArtifactIntegrityError, ModelChecksumError, PublishVerificationError):
-            result = pipeline.evaluate(
-                store=artifact_store(settings, client),
-                s3_client=client,
-                models_uri=settings.models_uri,
-                prepared=prepared,
-                trained=trained,
-                dag_id=context["dag_run"].dag_id,
-                run_id=context["run_id"],
-                threshold=p["accuracy_threshold"],
-                max_regression=p["max_regression"],
-            )
-        if not result["passed"]:
-            # Kept for the alert and the run summary: a failed task returns nothing.
-            context["ti"].xcom_push(key="evaluation", value=result)
-            raise AirflowFailException(result["message"])
-        return result
-
-    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
-    def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict:
-        from mnist_tasks import pipeline
-        from mnist_tasks.artifacts import ArtifactIntegrityError
-        from mnist_tasks.publish import GateFailedError, VersionConflictError, version_for
-        from mnist_tasks.registry import LatestMovedError
-
-        settings = Settings.from_env()
-        client = s3_client(settings)
-        dag_run = context["dag_run"]
-        # LatestMovedError: another run moved `latest` after evaluate compared with it; a retry
-        # would meet the same, only re-running evaluate compares with the new champion.
-        with not_retried(ArtifactIntegrityError, GateFailedError, VersionConflictError, LatestMovedError):
-            return pipeline.publish(
-                store=artifact_store(settings, client),
-                s3_client=client,
-                models_uri=settings.models_uri,
-                # Manual runs may have no logical date; run_after is always set and fixed for the run.
-                version=version_for(dag_run.logical_date or dag_run.run_after),
-                dag_id=dag_run.dag_id,
-                run_id=dag_run.run_id,
-                started_at=dag_run.start_date.isoformat() if dag_run.start_date else None,
-                downloaded=downloaded,
-                trained=trained,
-                evaluated=evaluated,
-            )
-
     downloaded = download()
     prepared = prepare(downloaded)
     trained = train(prepared)

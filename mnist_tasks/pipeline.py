@@ -221,14 +221,8 @@ def publish(
     from mnist_tasks.publish import build_manifest, publish_model
     from mnist_tasks.report import REPORT_FILE, write_report
     from mnist_tasks.serving import manifest_entry
-    from mnist_tasks.train import HISTORY_FILE, MODEL_FILE
 
-    files = {
-        MODEL_FILE: store.get(trained["model"]),
-        HISTORY_FILE: store.get(trained["history"]),
-        **{name: store.get(ref) for name, ref in evaluated["artifacts"].items()},
-        **{f"{SAVED_MODEL_DIR}/{name}": store.get(ref) for name, ref in trained["saved_model"]["files"].items()},
-    }
+    files = _run_files(store, trained, evaluated)
     manifest = _manifest_for(
         s3_client=s3_client,
         models_uri=models_uri,
@@ -258,6 +252,18 @@ def publish(
         manifest=manifest,
         compared_latest_etag=evaluated["champion_latest_etag"],
     )
+
+
+def _run_files(store: ArtifactStore, trained: Trained, evaluated: Mapping[str, Any]) -> dict[str, Path]:
+    """The run's files a version holds, report aside: name in the version -> this worker's verified copy."""
+    from mnist_tasks.train import HISTORY_FILE, MODEL_FILE
+
+    return {
+        MODEL_FILE: store.get(trained["model"]),
+        HISTORY_FILE: store.get(trained["history"]),
+        **{name: store.get(ref) for name, ref in evaluated["artifacts"].items()},
+        **{f"{SAVED_MODEL_DIR}/{name}": store.get(ref) for name, ref in trained["saved_model"]["files"].items()},
+    }
 
 
 def _manifest_for(
