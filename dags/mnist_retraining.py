@@ -26,8 +26,8 @@ accuracy and publishes the passing model to S3-compatible storage.
 - **publish** renders `report.html` (metrics, gate, lineage, pictures), uploads
   an immutable, numbered version (model, its SavedModel export, metrics,
   history, pictures, report, manifest) and reads it back. Then, when it is
-  newer than `latest`, it copies the SavedModel to TensorFlow Serving's
-  `serving/<version>/` and moves `latest.json`.
+  newer than `latest`, it moves `latest.json` and copies the SavedModel to
+  TensorFlow Serving's `serving/<version>/`.
   Output: `s3://…/<version>/`, `s3://…/serving/<version>/`, `s3://…/latest.json`.
 
 Tasks share nothing but the artifact store (`MNIST_ARTIFACTS_URI`): each hands

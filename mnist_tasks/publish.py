@@ -36,6 +36,7 @@ from mnist_tasks.registry import (
     read_manifest_and_sha256,
     verify_version,
     version_prefix,
+    write_serving_copy,
 )
 from mnist_tasks.storage import is_condition_failed, sha256_stream, split_s3_dir
 
@@ -321,7 +322,9 @@ def _advance_latest(
     version = manifest["version"]
     current, etag = read_latest_state(s3_client=s3_client, models_uri=models_uri)
     if current is not None and (current["version"], current["manifest_sha256"]) == (version, manifest_sha256):
-        return current  # an earlier attempt of this run got this far
+        # An earlier attempt of this run moved it; its serving copy may not have been finished.
+        write_serving_copy(s3_client=s3_client, models_uri=models_uri, manifest=manifest)
+        return current
     if compared_latest_etag not in (FROM_CURRENT_LATEST, etag):
         now = "nothing" if current is None else f"version {current['version']}"
         raise LatestMovedError(

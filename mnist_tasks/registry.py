@@ -465,15 +465,18 @@ def move_latest(
 ) -> dict[str, Any]:
     """Write `latest.json` for a verified version (its manifest) if it still has `expected_etag` (None: absent).
 
-    Just before, the version's export is copied to TensorFlow Serving's
-    `serving/<version>/` (write_serving_copy). Raises LatestMovedError when
-    someone else wrote `latest.json` since it was read; the pointer then stays
-    what they made it, and the serving files this call wrote are removed.
+    Then the version's export is copied to TensorFlow Serving's `serving/<version>/`
+    (write_serving_copy). In that order, TensorFlow Serving, which serves the highest
+    version there, can lag the pointer but never lead it: a copy made first would
+    stay behind for a version that never became latest if the pointer's write
+    failed or the task was killed in between. A copy that fails after the pointer
+    moved is made by the retry (publish's, or `models promote` again).
+    Raises LatestMovedError when someone else wrote `latest.json` since it was
+    read; the pointer then stays what they made it, and nothing is copied.
     """
     version = manifest["version"]
     bucket, prefix = split_s3_dir(models_uri)
     base = version_prefix(models_uri, version)
-    serving = write_serving_copy(s3_client=s3_client, models_uri=models_uri, manifest=manifest)
     pointer = {
         "version": version,
         "manifest_key": base + MANIFEST_FILE,
@@ -484,7 +487,7 @@ def move_latest(
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "moved_by": moved_by,
         "reason": reason,
-        "serving_uri": None if serving is None else serving["uri"],
+        "serving_uri": serving_uri(models_uri, manifest),
     }
     condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
     try:
@@ -497,16 +500,28 @@ def move_latest(
         )
     except ClientError as err:
         if not is_condition_failed(err):
-            raise  # latest may have moved after all: the serving copy stays
+            raise
         current, _ = read_latest_state(s3_client=s3_client, models_uri=models_uri)
-        if serving is not None and (current is None or current["version"] != version):
-            _remove_objects(s3_client, bucket, serving["written"])  # not latest: TF Serving must not pick it up
         now = "nothing" if current is None else f"version {current['version']}"
         raise LatestMovedError(
             f"s3://{bucket}/{prefix}{LATEST_FILE} changed while version {version} was being made latest: "
             f"it now points at {now}; latest was left as it is"
         ) from err
+    write_serving_copy(s3_client=s3_client, models_uri=models_uri, manifest=manifest)
     return pointer
+
+
+def serving_uri(models_uri: str, manifest: dict[str, Any]) -> str | None:
+    """s3://…/serving/<version>/ for a version with a SavedModel export; None for one published before exports."""
+    if not _export_files(manifest):
+        return None
+    return f"s3://{split_s3_dir(models_uri)[0]}/{serving_prefix(models_uri, manifest['version'])}"
+
+
+def _export_files(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's entries of the SavedModel export, by their path inside it."""
+    export = f"{SAVED_MODEL_DIR}/"
+    return {name[len(export) :]: entry for name, entry in manifest["files"].items() if name.startswith(export)}
 
 
 class ServingCopy(TypedDict):
@@ -526,13 +541,12 @@ def write_serving_copy(*, s3_client: Any, models_uri: str, manifest: dict[str, A
     A copy that differs raises PublishVerificationError, and what this call
     wrote is removed again, the graph first.
     """
-    export = f"{SAVED_MODEL_DIR}/"
-    files = {name[len(export) :]: entry for name, entry in manifest["files"].items() if name.startswith(export)}
+    files = _export_files(manifest)
     if not files:
         return None
     version = manifest["version"]
     bucket, _ = split_s3_dir(models_uri)
-    source, dest = version_prefix(models_uri, version) + export, serving_prefix(models_uri, version)
+    source, dest = version_prefix(models_uri, version) + f"{SAVED_MODEL_DIR}/", serving_prefix(models_uri, version)
     written: list[str] = []
     try:
         for name in sorted(files, key=lambda name: (name == GRAPH_FILE, name)):

@@ -499,20 +499,7 @@ class _TampersWithExport(_OverwritesModelAfterUpload):
             self._client.put_object(Bucket=bucket, Key=key, Body=b"tampered")
 
 
-@pytest.mark.parametrize(
-    ("client", "damaged"),
-    [
-        (_TampersWithExport, f"mnist/{VERSION}/saved_model/variables/variables.index"),
-        (
-            lambda client: _RecordsCopies(client, corrupt="/variables/variables.index"),
-            f"mnist/serving/{VERSION}/variables/variables.index",
-        ),
-    ],
-    ids=["the published export", "its copy for TF Serving"],
-)
-def test_a_damaged_export_file_fails_and_latest_does_not_move(
-    s3_client, bucket: str, tmp_path: Path, client: Any, damaged: str
-) -> None:
+def test_a_damaged_export_file_fails_and_latest_does_not_move(s3_client, bucket: str, tmp_path: Path) -> None:
     first = VERSION - 1_000_000
     publish_model(
         s3_client=s3_client, models_uri=MODELS_URI, version=first, files=_files_with_export(tmp_path / "1"),
@@ -522,11 +509,35 @@ def test_a_damaged_export_file_fails_and_latest_does_not_move(
 
     files = _files_with_export(tmp_path / "2", model_bytes=b"good" * 50)
     expected = hashlib.sha256(files["saved_model/variables/variables.index"].read_bytes()).hexdigest()
+    damaged = f"mnist/{VERSION}/saved_model/variables/variables.index"
     with pytest.raises(PublishVerificationError, match=rf"{damaged}: expected {expected}"):
         publish_model(
-            s3_client=client(s3_client), models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest()
+            s3_client=_TampersWithExport(s3_client), models_uri=MODELS_URI, version=VERSION, files=files,
+            manifest=_manifest(),
         )
 
     stored = _bucket_state(s3_client)
     assert stored["mnist/latest.json"] == latest_before
+    assert not [key for key in stored if key.startswith(f"mnist/serving/{VERSION}/")]
+
+
+def test_a_damaged_serving_copy_fails_after_latest_moved_and_the_retry_makes_it(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    # The copy is made after the pointer moves, so TF Serving can lag latest but never lead it.
+    files = _files_with_export(tmp_path / "run")
+    expected = hashlib.sha256(files["saved_model/variables/variables.index"].read_bytes()).hexdigest()
+    damaged = f"mnist/serving/{VERSION}/variables/variables.index"
+    corrupting = _RecordsCopies(s3_client, corrupt="/variables/variables.index")
+    with pytest.raises(PublishVerificationError, match=rf"{damaged}: expected {expected}"):
+        publish_model(s3_client=corrupting, models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest())
+
+    stored = _bucket_state(s3_client)
+    assert json.loads(stored["mnist/latest.json"])["version"] == VERSION
     assert not [key for key in stored if key.startswith(f"mnist/serving/{VERSION}/")]  # what was copied is gone
+
+    retried = publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest()
+    )
+    assert retried["serving_uri"] == f"s3://{BUCKET}/mnist/serving/{VERSION}/"
+    assert f"mnist/serving/{VERSION}/saved_model.pb" in _bucket_state(s3_client)
