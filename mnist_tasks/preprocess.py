@@ -38,6 +38,8 @@ MAX_FILE_BYTES = 50 * 1024 * 1024  # larger files are refused unread (and batch 
 BOX = 20  # side of the box the digit is scaled into, pixels
 CENTRE = IMAGE_SHAPE[0] / 2  # 14.0: where the centre of mass goes, in pixel-index coordinates (row, column)
 
+# A drawn layer whose lesser tone covers at least this share is a sheet with ink on it, not strokes alone.
+SHEET_INK_SHARE = 0.005
 MIN_CONTRAST = 0.1  # ink differing from the background by less (of full black-to-white) is none
 # Intensities below are fractions of the image's ink range (background 0, strongest ink 1).
 STRONG = 0.25  # pixels that form strokes, used to find and sort the digit's parts
@@ -172,11 +174,20 @@ def _gray(image: Image.Image) -> np.ndarray:
 
 
 def _flattened(rgba: Image.Image) -> Image.Image:
-    """rgba composited onto white paper, or onto black when what is drawn is light (chalk on a clear layer)."""
-    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
-    drawn = float(alpha.sum())
-    lightness = 0.0 if drawn == 0 else float((np.asarray(rgba.convert("L"), dtype=np.float32) * alpha).sum() / drawn)
-    backdrop = "black" if lightness > 127.5 else "white"
+    """rgba composited onto a backdrop that continues what is drawn, so the border tells the background.
+
+    Strokes alone on a clear layer (one tone drawn): the backdrop contrasts with them,
+    white under dark ink, black under chalk. A sheet with ink on it inside a clear
+    margin (both tones drawn): the backdrop is the sheet's tone, the one most drawn.
+    """
+    drawn = np.asarray(rgba.getchannel("A")) > 127
+    if not drawn.any():
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    light_share = float((np.asarray(rgba.convert("L"))[drawn] > 127).mean())
+    if min(light_share, 1 - light_share) >= SHEET_INK_SHARE:
+        backdrop = "white" if light_share > 0.5 else "black"
+    else:
+        backdrop = "black" if light_share > 0.5 else "white"
     return Image.alpha_composite(Image.new("RGBA", rgba.size, backdrop), rgba)
 
 

@@ -243,6 +243,15 @@ def test_light_ink_on_a_transparent_layer_is_read_as_ink_not_blank():
     assert difference < 0.02
 
 
+def test_a_sheet_inside_a_transparent_margin_is_paper_not_ink():
+    # A white card with a dark digit, cut out with a clear margin around it (a sticker, a canvas export).
+    card = Image.eval(glyph(1, size=70), lambda v: 255 - v).convert("RGBA")
+    rgba = Image.new("RGBA", (card.width + 60, card.height + 60), (0, 0, 0, 0))
+    rgba.paste(card, (30, 30))
+    difference, _ = aligned(preprocess_image(Image.eval(glyph(1, size=70), lambda v: 255 - v)), preprocess_image(rgba))
+    assert difference < 0.02
+
+
 def test_16_bit_greyscale_is_scaled_not_clipped():
     ink = np.asarray(glyph(6, size=60), dtype=np.uint16) * 257  # 0..65535
     difference, _ = aligned(preprocess_image(glyph(6, size=60)), preprocess_image(Image.fromarray(ink)))
