@@ -100,7 +100,7 @@ bench: mirror $(AIRFLOW_HOME)/airflow.db
 HANDWRITING_DIR := $(DATA_DIR)/bench-handwriting
 HANDWRITING_ARCHITECTURES := dense cnn
 bench-handwriting: mirror
-	scripts/install_system_packages.sh
+	scripts/install_system_packages.sh --fonts-only
 	@set -euo pipefail; \
 	$(BIN)/python -m mnist_tasks download --data-dir $(DATA_DIR) > /dev/null; \
 	prepared=$$($(BIN)/python -m mnist_tasks prepare --data-dir $(DATA_DIR) \

@@ -124,8 +124,8 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
 
     from mnist_tasks import pipeline
     from mnist_tasks.artifacts import ArtifactIntegrityError
-    from mnist_tasks.evaluate import ModelChecksumError
     from mnist_tasks.registry import PublishVerificationError
+    from mnist_tasks.storage import ModelChecksumError
 
     settings = Settings.from_env()
     client = s3_client(settings)

@@ -146,7 +146,7 @@ def _report(args: argparse.Namespace) -> dict:
 
 def _predict(args: argparse.Namespace) -> None:
     from mnist_tasks.predict import expand_inputs, load_model_for_prediction, predict_files
-    from mnist_tasks.registry import parse_model_reference
+    from mnist_tasks.registry import parse_model_reference, training_label
 
     paths = expand_inputs(args.inputs)
     local = parse_model_reference(args.model, models_uri=args.models_uri).path is not None
@@ -167,7 +167,7 @@ def _predict(args: argparse.Namespace) -> None:
         sys.stdout.write("\n")
     else:
         version = "unpublished" if source["version"] is None else f"version {source['version']}"
-        trained = source["architecture"] + (", augmented" if source["augment"] == "on" else "")
+        trained = training_label(source)
         print(f"model: {source['model_uri']} ({version}, {trained})", file=sys.stderr)
         for row in rows:
             print(_prediction_line(row, min_confidence=args.min_confidence))

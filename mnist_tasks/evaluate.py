@@ -19,10 +19,7 @@ import numpy as np
 from mnist_tasks.model import NUM_CLASSES
 from mnist_tasks.params import PARAMS
 from mnist_tasks.registry import NothingPublishedError, download_model
-
-# ModelChecksumError is what evaluate_model raises for a model that is not the one given;
-# the DAG imports it from here.
-from mnist_tasks.storage import ModelChecksumError, atomic_path, load_keras_model  # noqa: F401
+from mnist_tasks.storage import atomic_path, load_keras_model
 
 if TYPE_CHECKING:
     import keras

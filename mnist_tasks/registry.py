@@ -231,6 +231,11 @@ def trained_with(manifest: dict[str, Any]) -> dict[str, str]:
     return {"architecture": params.get("architecture", "dense"), "augment": params.get("augment", "off")}
 
 
+def training_label(trained: dict[str, Any]) -> str:
+    """"cnn, augmented" or "dense": trained_with's result (or a row or source carrying its keys) in a few words."""
+    return f"{trained['architecture']}, augmented" if trained["augment"] == "on" else trained["architecture"]
+
+
 def _get_bytes(s3_client: Any, bucket: str, key: str) -> bytes | None:
     """Whole object, or None when the key does not exist (other errors propagate)."""
     try:

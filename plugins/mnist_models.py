@@ -39,20 +39,17 @@ PAGE_TEMPLATE = "mnist_models.html.j2"
 
 def render_page(*, rows: list[dict[str, Any]], models_uri: str) -> str:
     """The page for list_versions' rows (oldest first), newest version on top."""
+    from mnist_tasks.registry import training_label
+
     return (
         _templates()
         .get_template(PAGE_TEMPLATE)
         .render(
             dag_id=DAG_ID,
             models_uri=models_uri,
-            rows=[{**row, "model": _trained_with(row)} for row in reversed(rows)],
+            rows=[{**row, "model": training_label(row)} for row in reversed(rows)],
         )
     )
-
-
-def _trained_with(row: dict[str, Any]) -> str:
-    """"cnn, augmented" or "dense": the architecture, and whether the training images were augmented."""
-    return f"{row['architecture']}, augmented" if row["augment"] == "on" else row["architecture"]
 
 
 @cache

@@ -162,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a column of the table; REF is anything `predict --model` takes (repeatable)",
     )
     parser.add_argument(
-        "--work-dir", type=Path, default=REPO / ".local" / "bench-handwriting", help="images/ is rewritten here"
+        "--work-dir", type=Path, default=REPO / ".data" / "bench-handwriting", help="images/ is rewritten here"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

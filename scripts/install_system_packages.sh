@@ -7,12 +7,15 @@
 #   fonts-*         handwriting fonts whose digits scripts/benchmark_handwriting.py renders and
 #                   scores (`make bench-handwriting`); test material only, never training data.
 #                   The files are the ones its FONTS names.
+# `--fonts-only` installs just the fonts (what `make bench-handwriting` needs).
 set -euo pipefail
 missing=()
-command -v docker-compose >/dev/null || missing+=(docker-compose)
-[ -x /usr/bin/chromium ] || missing+=(chromium)
-compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
-command -v redis-server >/dev/null || missing+=(redis-server)
+if [ "${1:-}" != "--fonts-only" ]; then
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+fi
 fonts=(
   fonts-dkg-handwriting:/usr/share/fonts/truetype/fifthhorseman/dkg.ttf
   fonts-breip:/usr/share/fonts/truetype/breip/Breip.ttf

@@ -37,16 +37,21 @@ def free_ports(count: int) -> list[int]:
     Each is held until all are found, so they are distinct.
     """
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = range(max(1024, low // 2), low)
     held: list[socket.socket] = []
     try:
-        while len(held) < count:
+        for _ in range(100 * count):
+            if len(held) == count:
+                break
             sock = socket.socket()
             try:
-                sock.bind(("127.0.0.1", random.randrange(low // 2, low)))
-            except OSError:
+                sock.bind(("127.0.0.1", random.choice(candidates)))
+            except (OSError, IndexError):  # taken, or no candidates at all
                 sock.close()
                 continue
             held.append(sock)
+        if len(held) < count:
+            raise RuntimeError(f"found only {len(held)} of {count} free ports in {candidates}")
         return [sock.getsockname()[1] for sock in held]
     finally:
         for sock in held:

@@ -5,7 +5,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from mnist_tasks.augment import MAX_SHIFT, augment_batch  # noqa: E402
+from mnist_tasks.augment import MAX_SHIFT, _affine_transforms, augment_batch  # noqa: E402
 
 
 def _dot(row: int, col: int) -> np.ndarray:
@@ -44,3 +44,23 @@ def test_a_digit_moves_a_little_and_keeps_its_ink() -> None:
     assert moved.min() >= 0.0 and moved.max() <= 1.0 + 1e-6
     ink = moved.sum(axis=(1, 2))
     assert ink.min() > 3 and ink.max() < 30  # thinner or thicker, never gone or smeared everywhere
+
+
+def test_the_transform_maps_each_output_pixel_back_to_where_it_came_from() -> None:
+    """An off-centre point moved forward (slant, rotate, scale about the centre, then shift) maps back through it."""
+    rotation, shear, scale, shift = np.radians(10.0), np.radians(-12.0), 1.08, np.array([1.5, -2.0])
+    a0, a1, a2, b0, b1, b2, *_ = _affine_transforms(
+        rotation=tf.constant([rotation], tf.float32),
+        shear=tf.constant([shear], tf.float32),
+        scale=tf.constant([scale], tf.float32),
+        shift=tf.constant([shift], tf.float32),
+    ).numpy()[0]
+
+    centre = 13.5
+    source = np.array([20.0, 6.0])  # (x, y): column, row
+    cos, sin = np.cos(rotation), np.sin(rotation)
+    slanted = np.array([[1.0, np.tan(shear)], [0.0, 1.0]]) @ (source - centre)
+    moved = centre + shift + scale * (np.array([[cos, -sin], [sin, cos]]) @ slanted)
+
+    x, y = moved
+    assert np.allclose([a0 * x + a1 * y + a2, b0 * x + b1 * y + b2], source, atol=1e-4)

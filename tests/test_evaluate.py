@@ -9,7 +9,6 @@ import pytest
 
 from mnist_tasks.evaluate import (
     Champion,
-    ModelChecksumError,
     confusion_matrix,
     evaluate_model,
     fetch_champion,
@@ -17,7 +16,7 @@ from mnist_tasks.evaluate import (
     per_class_metrics,
 )
 from mnist_tasks.params import ParamError
-from mnist_tasks.storage import sha256_file
+from mnist_tasks.storage import ModelChecksumError, sha256_file
 from tests.test_train import write_prepared
 
 # A hand-wired model predicts digit d for an image whose only lit pixel is

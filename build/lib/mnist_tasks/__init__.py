@@ -1,1 +1,0 @@
-"""The logic of the MNIST retraining pipeline, importable and testable without Airflow."""

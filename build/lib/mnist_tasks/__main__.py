@@ -1,3 +1,0 @@
-from mnist_tasks.cli import main
-
-main()
