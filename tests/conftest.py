@@ -7,6 +7,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
     import requests
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def run_checked(args: list, env: dict[str, str]) -> str:
+    """Run a command from the checkout's root; its stdout, or a failed assertion showing both outputs."""
+    done = subprocess.run([str(a) for a in args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
 
 
 def free_ports(count: int) -> list[int]:

@@ -16,10 +16,11 @@ import mnist_tasks.dataset
 from mnist_tasks.publish import build_manifest, publish_model
 from mnist_tasks.registry import read_manifest
 from mnist_tasks.storage import sha256_file
-from mnist_tasks.train import train_model
 from tests.test_cli import run
 from tests.test_dataset import Tiny, _arrays, web  # noqa: F401  (web: a local HTTP server fixture)
-from tests.test_train import FAST, TEST_COUNT, TRAIN_COUNT, synthetic_digits, write_prepared
+
+# Fixtures: the tiny prepared dataset, and a model trained on it as `train` does.
+from tests.test_train import FAST, TEST_COUNT, TRAIN_COUNT, prepared, trained  # noqa: F401
 
 MODELS_BUCKET = "cli-commands"
 MODELS_URI = f"s3://{MODELS_BUCKET}/mnist/"
@@ -84,16 +85,7 @@ def test_prepare_caches_the_arrays_and_prints_where(tiny, tmp_path, capsys):
     assert again["cache_dir"] == printed["cache_dir"]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    x_train, y_train = synthetic_digits(TRAIN_COUNT, seed=1)
-    x_test, y_test = synthetic_digits(TEST_COUNT, seed=2)
-    return write_prepared(
-        tmp_path_factory.mktemp("data") / "prepared", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test
-    )
-
-
-def test_train_writes_the_model_and_its_history_and_prints_their_checksums(prepared, tmp_path, capsys):
+def test_train_writes_the_model_and_its_history_and_prints_their_checksums(prepared, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "out"
 
     printed = _json(*run(["train", "--cache-dir", str(prepared), "--out", str(out), *FAST_ARGS], capsys))
@@ -109,13 +101,7 @@ def test_train_writes_the_model_and_its_history_and_prints_their_checksums(prepa
     assert set(printed["final"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
 
 
-@pytest.fixture(scope="module")
-def trained(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A model of the tiny data for the evaluate tests, trained as `train` does."""
-    return train_model(cache_dir=prepared, out_dir=tmp_path_factory.mktemp("run") / "out", seed=1, **FAST)
-
-
-def test_evaluate_prints_the_metrics_and_the_gate_verdict(trained, prepared, tmp_path, capsys):
+def test_evaluate_prints_the_metrics_and_the_gate_verdict(trained, prepared, tmp_path, capsys):  # noqa: F811
     model = trained["model_path"]
     args = ["evaluate", "--model", model, "--cache-dir", str(prepared), "--out", str(tmp_path)]
 

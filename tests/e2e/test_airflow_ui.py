@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, api_session, free_ports
+from tests.conftest import REPO, api_session, free_ports, run_checked
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -63,12 +63,6 @@ class Stack:
             f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             for log in sorted(self.state_dir.glob("*.log"))
         )
-
-
-def _run(args: list, env: dict[str, str]) -> str:
-    done = subprocess.run([str(a) for a in args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +104,14 @@ def stack() -> Iterator[Stack]:
     }
     python = sys.executable
     try:
-        _run(
+        run_checked(
             [python, "scripts/local_s3.py", "start", "--port", s3_port, "--state-dir", state]
             + ["--bucket", "mnist-mirror", "--bucket", "mnist-models", "--bucket", "mnist-artifacts"],
             env,
         )
-        _run([python, "-m", "mnist_tasks", "mirror", "--to", MIRROR_URI, "--work-dir", root / "wheel"], env)
-        printed = _run([python, "scripts/local_airflow.py", "start", "--port", ui_port, "--state-dir", state], env)
+        run_checked([python, "-m", "mnist_tasks", "mirror", "--to", MIRROR_URI, "--work-dir", root / "wheel"], env)
+        start = [python, "scripts/local_airflow.py", "start", "--port", ui_port, "--state-dir", state]
+        printed = run_checked(start, env)
         sessions = [p.read_text().strip() for p in state.glob("*.pid")]
         assert len(sessions) == 5  # moto, api-server, scheduler, dag-processor, triggerer
         # The login is what a person reads off the terminal.
@@ -126,8 +121,8 @@ def stack() -> Iterator[Stack]:
         yield Stack(url=login[1], user=login[2], password=login[3], s3_endpoint=s3_endpoint, state_dir=state)
     finally:
         sessions = sessions or [p.read_text().strip() for p in state.glob("*.pid")]
-        _run([python, "scripts/local_airflow.py", "stop", "--state-dir", state], env)
-        _run([python, "scripts/local_s3.py", "stop", "--state-dir", state], env)
+        run_checked([python, "scripts/local_airflow.py", "stop", "--state-dir", state], env)
+        run_checked([python, "scripts/local_s3.py", "stop", "--state-dir", state], env)
         if sessions:
             # Any state but Z: an exited process stays a zombie until its parent (here
             # init, which takes its time) reaps it, and a zombie runs nothing.

@@ -28,7 +28,7 @@ from types import ModuleType
 import pytest
 import requests
 
-from tests.conftest import REPO, api_session, free_ports
+from tests.conftest import REPO, api_session, free_ports, run_checked
 
 # The first test also pays for starting the cluster and for the nightly run.
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -101,12 +101,6 @@ class Cluster:
         )
 
 
-def _run(args: list, env: dict[str, str]) -> str:
-    done = subprocess.run([str(a) for a in args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
 def scripts() -> Iterator[tuple[ModuleType, ModuleType]]:
     """scripts/local_processes.py and scripts/local_cluster.py, imported as the scripts import each other."""
@@ -146,7 +140,7 @@ def cluster(scripts) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.note_sessions()
-        _run([sys.executable, "scripts/local_cluster.py", "stop", "--state-dir", state], env)
+        run_checked([sys.executable, "scripts/local_cluster.py", "stop", "--state-dir", state], env)
         # Any state but Z: an exited process stays a zombie until its parent (here
         # init, which takes its time) reaps it, and a zombie runs nothing.
         left = subprocess.run(
