@@ -18,6 +18,7 @@ def build_model(
     architecture: str = "dense",
     hidden_units: int = 128,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
+    adam_beta_2: float = 0.999,
     steps_per_execution: int = 1,
 ) -> keras.Model:
     """The `architecture`'s network on (28, 28) images in [0, 1], compiled for training.
@@ -30,12 +31,12 @@ def build_model(
     Convolutions see a stroke's shape wherever it sits, which is what carries over to
     handwriting that never came from MNIST (README, *Architectures*).
 
-    Both compile with Adam, sparse categorical cross-entropy (labels are the digits
-    0-9, not one-hot) and accuracy. `steps_per_execution` steps run per call: a step
-    of a small network costs little more than Keras' overhead of starting one, so
-    fewer calls is where training time goes. (XLA, `jit_compile`, is not used: Keras
-    turns it off when TensorFlow's deterministic ops are on, which reproducible
-    training needs.)
+    Both compile with Adam (Keras' defaults unless given), sparse categorical
+    cross-entropy (labels are the digits 0-9, not one-hot) and accuracy.
+    `steps_per_execution` steps run per call: a step of a small network costs little
+    more than Keras' overhead of starting one, so fewer calls is where training time
+    goes. (XLA, `jit_compile`, is not used: Keras turns it off when TensorFlow's
+    deterministic ops are on, which reproducible training needs.)
     """
     # Imported here so that the constants above (used by evaluate.py) do not pull in TensorFlow.
     import keras
@@ -65,7 +66,7 @@ def build_model(
         name=f"mnist_{architecture}",
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, beta_2=adam_beta_2),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,

@@ -61,10 +61,11 @@ def train_model(
     out_dir: Path,
     architecture: str = "dense",
     augment: str = "auto",
-    epochs: int = 6,
-    batch_size: int = 384,
-    learning_rate: float = 8e-3,
+    epochs: int = 4,
+    batch_size: int = 256,
+    learning_rate: float = 0.01,
     lr_schedule: str = "cosine",
+    adam_beta_2: float = 0.95,
     hidden_units: int = 128,
     seed: int = 42,
     validation_split: float = 0.1,
@@ -83,6 +84,7 @@ def train_model(
             "batch_size": batch_size,
             "learning_rate": learning_rate,
             "lr_schedule": lr_schedule,
+            "adam_beta_2": adam_beta_2,
             "hidden_units": hidden_units,
             "seed": seed,
             "validation_split": validation_split,
@@ -130,6 +132,7 @@ def _fit(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> tupl
         architecture=params["architecture"],
         hidden_units=params["hidden_units"],
         learning_rate=_learning_rate(params, total_steps=steps_per_epoch * params["epochs"]),
+        adam_beta_2=params["adam_beta_2"],
         # One call per epoch: Keras' per-call overhead, not the arithmetic, is what a small step costs.
         steps_per_execution=steps_per_epoch,
     )
@@ -182,7 +185,11 @@ def _augmented(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -
     batch_seeds = tf.data.Dataset.random(seed=seed).batch(2)
     return (
         tf.data.Dataset.zip(batches, batch_seeds)
-        .map(lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), batch[1]), deterministic=True)
+        .map(
+            lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         .prefetch(tf.data.AUTOTUNE)
     )
 

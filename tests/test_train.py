@@ -89,8 +89,9 @@ def test_train_writes_a_loadable_model_and_its_history(trained: dict[str, Any]) 
         **FAST,
         "architecture": "dense",
         "augment": "off",  # auto, resolved: off for dense
-        "learning_rate": 0.008,
+        "learning_rate": 0.01,
         "lr_schedule": "cosine",
+        "adam_beta_2": 0.95,
         "seed": 1,
         "validation_split": 0.1,
     }
@@ -105,6 +106,7 @@ def test_train_writes_a_loadable_model_and_its_history(trained: dict[str, Any]) 
 
     model = _load(trained["model_path"])
     assert model.count_params() == 784 * 32 + 32 + 32 * 10 + 10
+    assert model.optimizer.beta_2 == pytest.approx(0.95)  # adam_beta_2 reached the optimizer
 
 
 def test_same_seed_gives_the_same_model(trained: dict[str, Any], prepared: Path, tmp_path: Path) -> None:
@@ -184,6 +186,7 @@ def test_the_write_up_recipe_trains_with_a_constant_rate(prepared: Path, tmp_pat
     assert result["params"]["lr_schedule"] == "constant"
     model = _load(result["model_path"])
     assert float(model.optimizer.learning_rate) == pytest.approx(0.001)  # a plain rate, not a schedule
+    assert model.optimizer.beta_2 == pytest.approx(0.999)  # Keras' default, as the write-up's plain "adam"
 
 
 def test_build_model_cnn_is_two_convolutions_then_the_dense_head() -> None:
