@@ -89,7 +89,8 @@ run: mirror $(AIRFLOW_HOME)/airflow.db
 	tail -n 1 $(STATE)/last-run.log; \
 	exit $$status
 
-# Training and the warm whole run against the original write-up's script, alternating (a few minutes).
+# Training (the defaults, the steps from the write-up's recipe to them, other seeds) and the warm whole
+# run against the original write-up's script, alternating (about 7 minutes).
 bench: mirror $(AIRFLOW_HOME)/airflow.db
 	$(BIN)/python scripts/benchmark.py
 
