@@ -38,20 +38,29 @@ def dark_digit(path: Path, digit: int | str) -> Path:
 
 
 def publish_test_model(
-    s3_client, model_path: Path, *, models_uri: str, version: int, more_files: dict[str, Path] | None = None
+    s3_client,
+    model_path: Path,
+    *,
+    models_uri: str,
+    version: int,
+    more_files: dict[str, Path] | None = None,
+    **manifest_fields,
 ) -> dict:
-    """Publish a model file (and more_files) as `version` the way the DAG does (manifest, read-back, latest.json)."""
+    """Publish a model file (and more_files) as `version` the way the DAG does (manifest, read-back, latest.json).
+
+    manifest_fields replace build_manifest's arguments (run_id, dag_id, params, data, metrics).
+    """
     from mnist_tasks.publish import build_manifest, publish_model
 
-    manifest = build_manifest(
-        version=version,
-        run_id=f"tests__{version}",
-        dag_id="tests",
-        params={},
-        data={},
-        metrics={"accuracy": 0.9, "passed": True},
-        started_at=None,
-    )
+    fields = {
+        "run_id": f"tests__{version}",
+        "dag_id": "tests",
+        "params": {},
+        "data": {},
+        "metrics": {"accuracy": 0.9, "passed": True},
+        **manifest_fields,
+    }
+    manifest = build_manifest(version=version, started_at=None, **fields)
     return publish_model(
         s3_client=s3_client,
         models_uri=models_uri,

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 import mnist_tasks.dataset
-from mnist_tasks.publish import build_manifest, publish_model
 from mnist_tasks.registry import read_manifest
 from mnist_tasks.storage import sha256_file
-from tests.test_cli import run
+from tests.test_cli import publish_test_model, run
 from tests.test_dataset import Tiny, _arrays, web  # noqa: F401  (web: a local HTTP server fixture)
 
 # Fixtures: the tiny prepared dataset, and a model trained on it as `train` does.
@@ -127,25 +126,20 @@ def written_pictures(directory: Path) -> list[str]:
 # --- the published models ------------------------------------------------------------------------
 
 
-def _publish(s3_client, directory: Path, version: int, *, passed: bool = True) -> dict:
-    """A version with a stand-in model file, published as the DAG does (manifest, read-back, latest.json)."""
+def _publish(s3_client, directory: Path, version: int) -> dict:
+    """A version with a stand-in model file, as a nightly run of the DAG publishes it."""
     directory.mkdir(parents=True)
     (directory / "model.keras").write_bytes(f"weights of {version}".encode() * 20)
-    manifest = build_manifest(
+    return publish_test_model(
+        s3_client,
+        directory / "model.keras",
+        models_uri=MODELS_URI,
         version=version,
         run_id=f"scheduled__{version}",
         dag_id="mnist_retraining",
         params={"epochs": 6, "architecture": "dense"},
         data={"data_sha256": "d" * 64},
-        metrics={"accuracy": 0.97, "passed": passed},
-        started_at=None,
-    )
-    return publish_model(
-        s3_client=s3_client,
-        models_uri=MODELS_URI,
-        version=version,
-        files={"model.keras": directory / "model.keras"},
-        manifest=manifest,
+        metrics={"accuracy": 0.97, "passed": True},
     )
 
 
