@@ -82,13 +82,16 @@ def mnist_batch_predict() -> None:
     def predict(**context) -> dict:
         from mnist_tasks.batch_predict import predict_prefix
         from mnist_tasks.predict import PredictError
-        from mnist_tasks.registry import PublishVerificationError, VersionNotFoundError
-        from mnist_tasks.storage import safe_name
+        from mnist_tasks.registry import ModelReferenceError, PublishVerificationError, VersionNotFoundError
+        from mnist_tasks.storage import ModelChecksumError, safe_name
 
         settings = Settings.from_env()
         p = context["params"]
-        # No published model, or one that fails its checksums: a retry finds the same.
-        with not_retried(VersionNotFoundError, PublishVerificationError, PredictError):
+        # No published model, a reference that names none, or a model that fails its checksums or
+        # does not load: a retry finds the same.
+        with not_retried(
+            VersionNotFoundError, ModelReferenceError, PublishVerificationError, ModelChecksumError, PredictError
+        ):
             return predict_prefix(
                 s3_client=s3_client(settings),
                 input_uri=p["input_uri"],

@@ -529,17 +529,10 @@ def _export_files(manifest: dict[str, Any]) -> dict[str, Any]:
     return {name[len(export) :]: entry for name, entry in manifest["files"].items() if name.startswith(export)}
 
 
-class ServingCopy(TypedDict):
-    uri: str
-    """s3://…/serving/<version>/: what TensorFlow Serving loads as this version."""
-    written: list[str]
-    """The keys this call wrote, in order (files already right are left as they are)."""
-
-
-def write_serving_copy(*, s3_client: Any, models_uri: str, manifest: dict[str, Any]) -> ServingCopy | None:
+def write_serving_copy(*, s3_client: Any, models_uri: str, manifest: dict[str, Any]) -> None:
     """Copy a verified version's export to `serving/<version>/` (server-side), each copy checked against the manifest.
 
-    None, and nothing written, for a version published before exports existed.
+    Nothing is written for a version published before exports existed.
     Files that already hold the manifest's bytes (a retry, a version made
     latest again) stay. saved_model.pb goes last: a server that lists the
     directory meanwhile finds no graph yet, never a graph without its variables.
@@ -548,7 +541,7 @@ def write_serving_copy(*, s3_client: Any, models_uri: str, manifest: dict[str, A
     """
     files = _export_files(manifest)
     if not files:
-        return None
+        return
     version = manifest["version"]
     bucket, _ = split_s3_dir(models_uri)
     source, dest = version_prefix(models_uri, version) + f"{SAVED_MODEL_DIR}/", serving_prefix(models_uri, version)
@@ -563,7 +556,6 @@ def write_serving_copy(*, s3_client: Any, models_uri: str, manifest: dict[str, A
     except Exception:
         _remove_objects(s3_client, bucket, written)
         raise
-    return {"uri": f"s3://{bucket}/{dest}", "written": written}
 
 
 def _remove_objects(s3_client: Any, bucket: str, keys: list[str]) -> None:
@@ -731,14 +723,15 @@ def _local_model_source(path: Path) -> ModelSource:
         "model": str(path),
         "model_uri": str(path),
         "version": None,
-        "model_sha256": sha256_file(path),
+        "model_sha256": "",
         "verified_against": None,
         "architecture": None,
         "augment": None,
     }
     manifest_path = path.parent / MANIFEST_FILE
     if not manifest_path.exists():
-        return source
+        # Hashed only here: with a manifest, its sha256 is what the file is checked against when loaded.
+        return {**source, "model_sha256": sha256_file(path)}
     try:
         manifest = json.loads(manifest_path.read_text())
         expected = manifest["files"][path.name]["sha256"]

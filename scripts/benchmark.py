@@ -179,7 +179,7 @@ def bench_recipe(data: Path, repeats: int, defaults_runs: list[dict]) -> dict:
     steps = recipe_steps()
     runs: list[list[dict]] = [[] for _ in steps[:-1]]
     for _ in range(repeats):
-        for step_runs, (_, step_params) in zip(runs, steps, strict=False):
+        for step_runs, (_, step_params) in zip(runs, steps[:-1], strict=True):
             step_runs.append(_train_product(data, step_params))
     runs.append(defaults_runs)
     result = []
@@ -262,8 +262,15 @@ def bench_integrity() -> dict:
     prepared = pipeline.prepare(store=store, downloaded=downloaded, cache_root=settings.data_dir / "prepared")
     trained = pipeline.train(store=store, prepared=prepared, dag_id="benchmark", run_id=run_id, params={})
     pipeline.evaluate(
-        **{"store": store, "s3_client": client, "models_uri": settings.models_uri, "prepared": prepared},
-        **{"trained": trained, "dag_id": "benchmark", "run_id": run_id, "threshold": 0.0, "max_regression": 1.0},
+        store=store,
+        s3_client=client,
+        models_uri=settings.models_uri,
+        prepared=prepared,
+        trained=trained,
+        dag_id="benchmark",
+        run_id=run_id,
+        threshold=0.0,
+        max_regression=1.0,
     )
     profile.disable()
     total = time.perf_counter() - started
