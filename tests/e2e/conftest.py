@@ -1,5 +1,10 @@
 """Fixtures for whole `mnist_retraining` runs through `dag.test()` on tiny data,
-and the receivers that capture the alerts such runs send."""
+and the receivers that capture the alerts such runs send.
+
+The runs here go to the embedded store the product ships (SeaweedFS), as the
+identity limited to the project's buckets; the tests read and damage it as its
+admin. tests/faults/ reuses pipeline_env on moto's server, behind its proxy.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +27,30 @@ import pytest
 
 from tests.conftest import REPO
 
-MODELS_BUCKET = "models-e2e"
+MODELS_BUCKET = "mnist-models"
 MODELS_URI = f"s3://{MODELS_BUCKET}/mnist/"
-ARTIFACTS_BUCKET = "artifacts-e2e"
+ARTIFACTS_BUCKET = "mnist-artifacts"
 ARTIFACTS_URI = f"s3://{ARTIFACTS_BUCKET}/store/"
+
+
+@pytest.fixture
+def s3_client(embedded_store):
+    """The embedded store's admin, on an emptied store."""
+    embedded_store.empty()
+    return embedded_store.client("admin")
+
+
+@pytest.fixture
+def aws_connection(monkeypatch, embedded_store) -> None:
+    """Airflow's `aws_default` connection as `make run` sets it: the store's limited identity."""
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", embedded_store.client_environment()["AIRFLOW_CONN_AWS_DEFAULT"])
+
+
+def ensure_buckets(s3_client, *buckets: str) -> None:
+    """Create what is missing: moto starts empty, the embedded store has the project's buckets."""
+    existing = {bucket["Name"] for bucket in s3_client.list_buckets()["Buckets"]}
+    for bucket in set(buckets) - existing:
+        s3_client.create_bucket(Bucket=bucket)
 
 
 def _tiny_split(rng: np.random.Generator, prototypes: np.ndarray, count: int, scrambled: float):
@@ -81,7 +106,7 @@ def http_mirror(tiny_mirror, tmp_path):
 
 @pytest.fixture
 def pipeline_env(monkeypatch, tmp_path, tiny_mirror, http_mirror, s3_client, aws_connection, airflow_db):
-    """Points the DAG at the tiny HTTP mirror, a scratch data dir and moto's S3 server (models and artifacts)."""
+    """Points the DAG at the tiny HTTP mirror, a scratch data dir and an empty S3 store (models and artifacts)."""
     import mnist_tasks.dataset
 
     monkeypatch.setattr(mnist_tasks.dataset, "MNIST_FILES", tiny_mirror[1])
@@ -89,8 +114,7 @@ def pipeline_env(monkeypatch, tmp_path, tiny_mirror, http_mirror, s3_client, aws
     monkeypatch.setenv("MNIST_MIRRORS", http_mirror[1])
     monkeypatch.setenv("MNIST_MODELS_URI", MODELS_URI)
     monkeypatch.setenv("MNIST_ARTIFACTS_URI", ARTIFACTS_URI)
-    s3_client.create_bucket(Bucket=MODELS_BUCKET)
-    s3_client.create_bucket(Bucket=ARTIFACTS_BUCKET)
+    ensure_buckets(s3_client, MODELS_BUCKET, ARTIFACTS_BUCKET)
     return http_mirror[0]
 
 

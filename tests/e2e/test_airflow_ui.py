@@ -1,8 +1,8 @@
 """The running Airflow UI as a person uses it: Chromium (Debian's), driven by Playwright.
 
 The stack is the one `make airflow` starts, through the same scripts, on free
-ports with its own Airflow home, data dir and S3 endpoint: moto's server with
-the real MNIST mirror built from the PyPI wheel, and Airflow's api-server,
+ports with its own Airflow home, data dir and object store (the embedded
+SeaweedFS) with the real MNIST mirror built from the PyPI wheel, and Airflow's api-server,
 scheduler, dag-processor and triggerer. Screenshots land in
 test-artifacts/airflow-ui/. Stopping the stack must leave no process behind.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, api_session, free_ports, run_checked
+from tests.conftest import REPO, api_session, free_port_block, run_checked
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -72,7 +72,9 @@ def stack() -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="mnist-airflow-stack-"))
     state = root / "state"
     sessions: list[str] = []
-    s3_port, ui_port, worker_log_port, triggerer_log_port = free_ports(4)
+    # The store takes its S3 port and the seven after it; the others follow.
+    s3_port = free_port_block(8 + 3)
+    ui_port, worker_log_port, triggerer_log_port = range(s3_port + 8, s3_port + 11)
     s3_endpoint = f"http://127.0.0.1:{s3_port}"
     # What `make airflow` exports, pointed at this test's own ports and directories.
     env = {
@@ -85,18 +87,6 @@ def stack() -> Iterator[Stack]:
         "MNIST_MIRRORS": MIRROR_URI,
         "MNIST_MODELS_URI": MODELS_URI,
         "MNIST_ARTIFACTS_URI": ARTIFACTS_URI,
-        "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "local",
-                "password": "local",
-                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
-            }
-        ),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         # Not Airflow's defaults, 8793 and 8794: `make airflow` on this machine may hold those.
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker_log_port),
@@ -104,23 +94,21 @@ def stack() -> Iterator[Stack]:
     }
     python = sys.executable
     try:
-        run_checked(
-            [python, "scripts/local_s3.py", "start", "--port", s3_port, "--state-dir", state]
-            + ["--bucket", "mnist-mirror", "--bucket", "mnist-models", "--bucket", "mnist-artifacts"],
-            env,
-        )
+        run_checked([python, "scripts/local_s3.py", "start", "--port", s3_port, "--state-dir", state], env)
+        # What `make` gives the commands it runs under $(STORE): the store's limited identity.
+        env.update(json.loads(run_checked([python, "scripts/local_s3.py", "env", "--json", "--state-dir", state], env)))
         run_checked([python, "-m", "mnist_tasks", "mirror", "--to", MIRROR_URI, "--work-dir", root / "wheel"], env)
         start = [python, "scripts/local_airflow.py", "start", "--port", ui_port, "--state-dir", state]
         printed = run_checked(start, env)
-        sessions = [p.read_text().strip() for p in state.glob("*.pid")]
-        assert len(sessions) == 5  # moto, api-server, scheduler, dag-processor, triggerer
+        sessions = [p.read_text().strip() for p in state.glob("**/*.pid")]
+        assert len(sessions) == 5  # the store, api-server, scheduler, dag-processor, triggerer
         # The login is what a person reads off the terminal.
         login = re.search(r"Airflow UI: (http://\S+) +\(user (\S+), password (\S+)\)", printed)
         assert login, printed
         assert login[1] == f"http://127.0.0.1:{ui_port}"
         yield Stack(url=login[1], user=login[2], password=login[3], s3_endpoint=s3_endpoint, state_dir=state)
     finally:
-        sessions = sessions or [p.read_text().strip() for p in state.glob("*.pid")]
+        sessions = sessions or [p.read_text().strip() for p in state.glob("**/*.pid")]
         run_checked([python, "scripts/local_airflow.py", "stop", "--state-dir", state], env)
         run_checked([python, "scripts/local_s3.py", "stop", "--state-dir", state], env)
         if sessions:
@@ -130,7 +118,7 @@ def stack() -> Iterator[Stack]:
                 ["pgrep", "-a", "--runstates", "R,S,D,T,t", "-s", ",".join(sessions)], capture_output=True, text=True
             )
             assert left.returncode == 1, f"still running after stop:\n{left.stdout}"
-        assert not list(state.glob("*.pid"))
+        assert not list(state.glob("**/*.pid"))
         shutil.rmtree(root)
 
 
@@ -288,7 +276,14 @@ def test_a_run_triggered_from_the_form_publishes_a_model_shown_in_the_models_vie
 
     from mnist_tasks.registry import read_manifest
 
-    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1")
+    keys = json.loads((stack.state_dir / "s3" / "credentials.json").read_text())["pipeline"]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=keys["access_key"],
+        aws_secret_access_key=keys["secret_key"],
+    )
     manifest = read_manifest(s3_client=s3, models_uri=MODELS_URI, version=version)
     assert manifest["run_id"] == run["dag_run_id"]
     assert manifest["params"]["epochs"] == 1

@@ -1,4 +1,4 @@
-"""Whole `mnist_batch_predict` runs through Airflow's `dag.test()` against moto's S3 server.
+"""Whole `mnist_batch_predict` runs through Airflow's `dag.test()` against the embedded store.
 
 A small real classifier is published the way mnist_retraining publishes (manifest, read-back,
 latest.json); images are put under the input prefix; what is asserted is what lands in the
@@ -17,28 +17,27 @@ import pytest
 from PIL import Image
 
 from mnist_tasks.storage import safe_name
-from tests.e2e.conftest import load_dag_for_test
+from tests.e2e.conftest import ensure_buckets, load_dag_for_test
 from tests.test_cli import dark_digit, model_file, publish_test_model  # noqa: F401  (model_file: fixture)
 from tests.test_predict import glyph, model  # noqa: F401  (model: fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-MODELS_URI = "s3://bp-models/mnist/"
-INBOX = "bp-inbox"
+MODELS_URI = "s3://mnist-models/mnist/"
+INBOX = "mnist-inbox"
 INPUT_URI = f"s3://{INBOX}/scans/"
-PREDICTIONS = "bp-predictions"
+PREDICTIONS = "mnist-predictions"
 VERSION = 20261120020000
 LOGICAL_DATE = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def batch_env(monkeypatch, tmp_path, s3_client, aws_connection, airflow_db):
-    """Points the DAG at moto's S3 server: empty model, inbox and predictions buckets."""
+    """Points the DAG at the embedded store: empty model, inbox and predictions buckets."""
     monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MNIST_MODELS_URI", MODELS_URI)
     monkeypatch.setenv("MNIST_PREDICTIONS_URI", f"s3://{PREDICTIONS}/predictions/")
-    for bucket in ("bp-models", INBOX, PREDICTIONS):
-        s3_client.create_bucket(Bucket=bucket)
+    ensure_buckets(s3_client, "mnist-models", INBOX, PREDICTIONS)
 
 
 @pytest.fixture(scope="module")

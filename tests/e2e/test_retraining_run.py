@@ -1,10 +1,11 @@
 """Whole `mnist_retraining` runs through Airflow's `dag.test()`, on tiny data.
 
 The parts are real: the DAG file as the dag-processor parses it, Airflow's
-metadata database, a local HTTP mirror on 127.0.0.1, moto's S3 server behind the
-Amazon provider's connection. Only the table of expected checksums is swapped
-for the tiny data's own (the fixtures are in conftest.py). `dag.test()` does not
-raise when a task fails, so every test asserts the run's state.
+metadata database, a local HTTP mirror on 127.0.0.1, the embedded object store
+(SeaweedFS, as `make run` starts it) behind the Amazon provider's connection.
+Only the table of expected checksums is swapped for the tiny data's own (the
+fixtures are in conftest.py). `dag.test()` does not raise when a task fails, so
+every test asserts the run's state.
 """
 
 from __future__ import annotations

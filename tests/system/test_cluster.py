@@ -1,7 +1,7 @@
 """The production topology (`make cluster`) running mnist_retraining, and losing a worker mid-training.
 
 The cluster is the one scripts/local_cluster.py starts: PostgreSQL, Redis, the
-local S3 endpoint with the real MNIST mirror, Airflow on the CeleryExecutor with
+embedded object store (SeaweedFS) with the real MNIST mirror, Airflow on the CeleryExecutor with
 a worker for the queue `default` and one for `training`, each with its own data
 dir, as if on hosts of their own. Everything here goes through what a user has:
 the REST API with the admin login, the S3 buckets, the pid files. Stopping the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ from types import ModuleType
 import pytest
 import requests
 
-from tests.conftest import REPO, api_session, free_ports, run_checked
+from tests.conftest import REPO, api_session, free_port_block, run_checked
 
 # The first test also pays for starting the cluster and for the nightly run.
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -84,11 +85,15 @@ class Cluster:
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{self.logs()}"
         return done.stdout
 
+    def pid_files(self) -> list[Path]:
+        """Airflow's, PostgreSQL's and Redis' in the state dir, the object store's in s3/."""
+        return [*self.state_dir.glob("*.pid"), *self.state_dir.glob("s3/*.pid")]
+
     def pids(self) -> dict[str, str]:
-        return {p.name: p.read_text() for p in self.state_dir.glob("*.pid")}
+        return {p.name: p.read_text() for p in self.pid_files()}
 
     def note_sessions(self) -> None:
-        self.sessions |= {int(p.read_text()) for p in self.state_dir.glob("*.pid")}
+        self.sessions |= {int(p.read_text()) for p in self.pid_files()}
 
     def data_dir(self, worker: str) -> Path:
         return self.state_dir / worker / "data"
@@ -116,7 +121,9 @@ def cluster(scripts) -> Iterator[Cluster]:
     # must never delete the pid files of a cluster that is still running.
     root = Path(tempfile.mkdtemp(prefix="mnist-cluster-test-"))
     state = root / "state"
-    api, s3, postgres, redis, *log_ports = free_ports(7)
+    # The store takes its S3 port and the seven after it; the others follow.
+    s3 = free_port_block(8 + 6)
+    api, postgres, redis, *log_ports = range(s3 + 8, s3 + 14)
     start = [sys.executable, "scripts/local_cluster.py", "start", "--state-dir", state, "--port", api]
     start += ["--s3-port", s3, "--postgres-port", postgres, "--redis-port", redis, "--log-ports", *log_ports]
     # No AWS settings of the caller's: the components reach S3 through aws_default alone.
@@ -151,9 +158,9 @@ def cluster(scripts) -> Iterator[Cluster]:
         assert left.returncode == 1, f"still running after stop:\n{left.stdout}"
         # PostgreSQL's backends leave the postmaster's session (each calls setsid):
         # nothing may still listen on any of the cluster's ports either.
-        listening = [port for port in (api, s3, postgres, redis, *log_ports) if _listens(port)]
+        listening = [port for port in range(s3, s3 + 14) if _listens(port)]
         assert not listening, f"still listening after stop: {listening}"
-        assert not list(state.glob("*.pid"))
+        assert not cluster.pid_files()
         postgres_dir = local_cluster.postgres_dir(state)
         if root not in postgres_dir.parents:
             shutil.rmtree(postgres_dir, ignore_errors=True)
@@ -175,12 +182,14 @@ def api(cluster) -> requests.Session:
 def s3(cluster):
     import boto3
 
+    # The identity Airflow's connection has, limited to the project's buckets.
+    keys = json.loads((cluster.state_dir / "s3" / "credentials.json").read_text())["pipeline"]
     return boto3.client(
         "s3",
         endpoint_url=cluster.s3_endpoint,
         region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
+        aws_access_key_id=keys["access_key"],
+        aws_secret_access_key=keys["secret_key"],
     )
 
 
