@@ -68,6 +68,9 @@ def spawn(
     """Start `command` in a new session with its output appended to `log_file`; record its pid.
 
     With `user`, the command runs as that user, in its primary group and no other.
+    The command gets the default handling of every signal `stop` may send, whatever
+    started us: a shell's background job (`make test &`) inherits SIGINT and SIGQUIT
+    ignored, and a server started from it could not even trap them.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
@@ -79,10 +82,17 @@ def spawn(
             env=env,
             cwd=cwd,
             start_new_session=True,  # outlives the command that started it, until `make stop`
+            preexec_fn=_default_signal_handling,
             **as_user(user),
         )
     pid_file.write_text(str(proc.pid))
     return proc
+
+
+def _default_signal_handling() -> None:
+    """In the child, before exec: what the parent ignored, the command does not (exec keeps SIG_IGN)."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def as_user(user: str | None) -> dict:

@@ -140,6 +140,29 @@ def test_stop_can_ask_with_another_signal_first(processes, tmp_path):
     assert proc.wait(timeout=5) == 0
 
 
+def test_stop_works_when_the_stack_was_started_with_sigint_ignored(processes, tmp_path):
+    # A shell's background job (`make test &`, `nohup … &`) starts with SIGINT ignored;
+    # the server spawned from it must still get (and may trap) the signal stop sends.
+    script = f"""
+import signal, sys
+sys.path.insert(0, {str(REPO / "scripts")!r})
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+import local_processes
+local_processes.spawn(
+    ["sh", "-c", "trap 'echo INT > {tmp_path / "got"}; exit 0' INT; echo 1 > {tmp_path / "ready"}; "
+     "while :; do sleep 0.1; done"],
+    pid_file=local_processes.Path({str(tmp_path / "server.pid")!r}),
+    log_file=local_processes.Path({str(tmp_path / "server.log")!r}),
+)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    _wait_for(tmp_path / "ready")
+
+    assert processes.stop(tmp_path / "server.pid", grace_seconds=10, first_signal=signal.SIGINT) is True
+
+    assert (tmp_path / "got").read_text().strip() == "INT"
+
+
 def test_spawn_runs_in_the_given_directory(processes, tmp_path):
     workdir = tmp_path / "work"
     workdir.mkdir()
