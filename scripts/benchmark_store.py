@@ -1,13 +1,19 @@
-"""How long the embedded object store takes to start and stop, beside moto's server, which it replaced.
+"""How long the embedded object store takes to start and stop, beside moto's server, which it replaced;
+and, given a checkout from before the change, a warm `make run` there and here.
 
-    python scripts/benchmark_store.py [--rounds 5]
+    python scripts/benchmark_store.py [--rounds 5] [--baseline-checkout DIR]
 
 Each round, alternating: moto's server started until it answers (the old `make
 run`'s store, in memory), then the embedded store (scripts/local_s3.py start,
 as `make run` calls it) from an empty state dir, then again from the data the
-first start left (a restart, as after `make stop`), and its stop. Wall times of
-the whole commands, Python's start-up included; medians and ranges. The
-machines are shared: read ratios and ranges, not single times.
+first start left (a restart, as after `make stop`), and its stop.
+
+With --baseline-checkout (e.g. `git worktree add /tmp/baseline 3a3cef1`), each
+round also runs a warm `make run` in that checkout (with this checkout's .venv,
+its store on port 9300) and then here, after one unmeasured run in each.
+
+Wall times of the whole commands, Python's start-up included; medians and
+ranges. The machines are shared: read ratios and ranges, not single times.
 """
 
 from __future__ import annotations
@@ -69,6 +75,12 @@ def store_round(state_dir: Path) -> dict[str, float]:
     return {"fresh start": fresh, "restart": restart, "stop": stop}
 
 
+def make_run(checkout: Path) -> float:
+    """A whole `make run` in `checkout` with this checkout's virtualenv (warm: its store and caches are up)."""
+    extra = [] if checkout == REPO else [f"VENV={REPO / '.venv'}", "S3_PORT=9300"]
+    return timed(["make", "--no-print-directory", "-C", str(checkout), "run", *extra])
+
+
 def _free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
@@ -77,11 +89,19 @@ def _free(port: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--baseline-checkout", type=Path, help="a checkout from before the change, for `make run`")
     args = parser.parse_args()
     if not all(_free(port) for port in range(PORT, PORT + 9)):
         sys.exit(f"ports {PORT}-{PORT + 8} are in use")
     times: dict[str, list[float]] = {}
+    checkouts = {}
+    if args.baseline_checkout:
+        checkouts = {"make run (before)": args.baseline_checkout.resolve(), "make run (after)": REPO}
+    for checkout in checkouts.values():
+        make_run(checkout)  # warm-up: the store, the mirror, the prepared arrays
     for _ in range(args.rounds):
+        for name, checkout in checkouts.items():
+            times.setdefault(name, []).append(make_run(checkout))
         times.setdefault("moto start (before)", []).append(moto_start(PORT + 8))
         state_dir = Path(tempfile.mkdtemp(prefix="mnist-bench-store-"))
         try:
@@ -94,6 +114,9 @@ def main() -> None:
     moto = statistics.median(times["moto start (before)"])
     for name in ("store fresh start", "store restart"):
         print(f"{name} / moto start: {statistics.median(times[name]) / moto:.2f}")
+    if checkouts:
+        ratio = statistics.median(times["make run (after)"]) / statistics.median(times["make run (before)"])
+        print(f"make run after / before: {ratio:.2f}")
 
 
 if __name__ == "__main__":
