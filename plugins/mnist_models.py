@@ -84,6 +84,11 @@ def create_app() -> "FastAPI":
     app = FastAPI(
         title="MNIST models",
         dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))],
+        # FastAPI serves these without the app's dependencies, so without a login; the
+        # page is for people, and nothing calls it as an API.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
 
     @app.get("/", response_class=HTMLResponse)

@@ -91,6 +91,13 @@ def test_a_request_without_a_login_is_refused(client, registry, tmp_path, url):
     assert "MNIST model" not in response.text
 
 
+@pytest.mark.parametrize("page", ["docs", "redoc", "openapi.json", "docs/oauth2-redirect"])
+def test_fastapis_own_pages_are_off(client, token, page):
+    # They would answer without a login: FastAPI serves them outside the app's dependencies.
+    assert client.get(f"{PAGE}{page}").status_code == 404
+    assert client.get(f"{PAGE}{page}", headers={"Authorization": f"Bearer {token}"}).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("user", "status"),
     [
