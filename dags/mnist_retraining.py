@@ -38,7 +38,7 @@ the queue `MNIST_TRAINING_QUEUE` (default `default`).
 **Needs**
 - An Airflow connection of type *Amazon Web Services* (id `aws_default`, or the
   one named by `MNIST_AWS_CONN_ID`) for the model bucket and any `s3://` mirror.
-  For MinIO or another S3-compatible store, put `endpoint_url` in its extra.
+  For SeaweedFS or another S3-compatible store, put `endpoint_url` in its extra.
 - Environment: `MNIST_MODELS_URI` (default `s3://mnist-models/mnist/`),
   `MNIST_ARTIFACTS_URI` (default `s3://mnist-artifacts/`), `MNIST_MIRRORS`
   (default: the public MNIST mirrors), `MNIST_DATA_DIR` (each worker's own

@@ -232,7 +232,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         prog="python -m mnist_tasks",
         description="The MNIST retraining pipeline's steps, without Airflow. Each prints JSON "
         "(predict: one line per image unless --json). "
-        "S3 access uses the standard AWS_* environment (AWS_ENDPOINT_URL for MinIO or a local endpoint).",
+        "S3 access uses the standard AWS_* environment (AWS_ENDPOINT_URL for another S3 store than AWS).",
     )
     parser.add_argument("--debug", action="store_true", help="on failure, print the traceback too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import zipfile
@@ -244,19 +243,27 @@ def is_condition_failed(err: Exception) -> bool:
 
 
 def safe_name(text: str) -> str:
-    """`text` (a run id such as manual__2026-11-23T22:41:07+00:00) usable as one key or path segment.
+    """`text` (a run id such as manual__2026-11-23T22:41:07+00:00) as one key or path segment, one-to-one.
 
-    Characters other than letters, digits, '.', '_' and '-' become '_': ':' and '+' are legal
-    in S3 keys but need escaping in URLs and on some file systems.
+    Letters, digits, '.', '_', '-' and '~' stay; every other byte of its UTF-8 becomes
+    %XX (URL encoding), so two names never share a segment (`collide:1` and `collide+1`
+    did when both became `collide_1`) and urllib.parse.unquote gives the name back.
+    '.' and '..' alone are encoded too: as a path segment they would name a directory.
     """
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+    from urllib.parse import quote
+
+    if not text:
+        raise ValueError("an empty name has no key")
+    if text in (".", ".."):
+        return "%2E" * len(text)
+    return quote(text, safe="")
 
 
 def s3_client_from_env() -> Any:
     """A boto3 S3 client configured the standard way (AWS_* variables, profiles).
 
     The CLI uses this; the DAG gets its client from the Airflow connection instead.
-    AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) points it at MinIO or a local endpoint.
+    AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) points it at another S3 store than AWS (SeaweedFS, the embedded store).
     """
     import boto3
 

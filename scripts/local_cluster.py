@@ -112,7 +112,7 @@ def start(ports: Ports, state_dir: Path) -> None:
         f"{local_airflow.DAG_ID} is unpaused; CeleryExecutor with "
         + ", ".join(f"{w.name} (queue {w.queue}, concurrency {w.concurrency})" for w in WORKERS)
     )
-    print(f"logs and pid files: {state_dir}/*.log, *.pid; task logs: {TASK_LOGS_URI} on http://{HOST}:{ports.s3}")
+    print(f"logs and pid files: {state_dir}/*.log, *.pid and s3/; task logs: {TASK_LOGS_URI} on http://{HOST}:{ports.s3}")
     print("`make stop` stops everything")
 
 
@@ -129,7 +129,7 @@ def stop(state_dir: Path) -> None:
     if stop_session(state_dir / "postgres.pid", grace_seconds=60, first_signal=signal.SIGINT):
         stopped.append("postgres")
     print(f"cluster: {'stopped ' + ', '.join(stopped) if stopped else 'not running'}")
-    print(f"object store: {'stopped' if local_s3.stop(state_dir) else 'not running'} (its data stays)")
+    print(local_s3.stop_line(state_dir))
 
 
 def worker_hostname() -> str:

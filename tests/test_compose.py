@@ -326,7 +326,7 @@ KEYS = {
     "S3_ADMIN_ACCESS_KEY": "ADMIN0TEST",
     "S3_ADMIN_SECRET_KEY": "admin-secret",
     "AIRFLOW_S3_ACCESS_KEY": "AIRFLOW0TEST",
-    "AIRFLOW_S3_SECRET_KEY": 'airflow "quoted" \\secret',  # the script escapes it into JSON
+    "AIRFLOW_S3_SECRET_KEY": "airflow-secret_0.~",
 }
 
 
@@ -423,6 +423,16 @@ def test_the_stores_own_script_gives_airflow_the_six_buckets_and_nothing_else(co
     finally:
         proc.kill()  # the script exec'd weed: this is the store itself
         proc.wait()
+
+
+@pytest.mark.parametrize("secret", ['with"quote', "with space", "with\\backslash", ""])
+def test_the_stores_script_refuses_keys_that_are_not_url_safe(compose, tmp_path, secret):
+    # Airflow's connection JSON holds the same key as it is: a quote would break it there.
+    script, env = _store_script(compose, tmp_path / "data", 0, KEYS | {"AIRFLOW_S3_SECRET_KEY": secret})
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "S3 keys in .env must be non-empty and URL-safe" in done.stderr
+    assert not (tmp_path / "s3-identities.json").exists()
 
 
 def test_the_stores_script_refuses_one_access_key_for_both_identities(compose, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -46,7 +47,7 @@ def own_store() -> Iterator[EmbeddedStore]:
     store.start()
     yield store
     store.stop()
-    subprocess.run(["rm", "-rf", str(root)], check=True)
+    shutil.rmtree(root)
 
 
 @pytest.fixture
@@ -83,6 +84,50 @@ def test_requests_without_credentials_or_with_a_wrong_secret_are_refused(store: 
     wrong = store.client(secret="not-the-secret")
     assert _error_code(lambda: wrong.get_object(Bucket="mnist-models", Key="mnist/x")) == "SignatureDoesNotMatch"
     assert _error_code(lambda: wrong.put_object(Bucket="mnist-models", Key="mnist/y", Body=b"y"))
+
+
+# The store's internal gRPC services, on the ports after the S3 port: (offset, component).
+GRPC_PORTS = ((2, "master"), (4, "volume"), (6, "filer"), (7, "s3"))
+
+
+def _grpc_reaches(target: str, credentials=None) -> bool:
+    """Whether a gRPC call gets through to a service at all (an unknown method's UNIMPLEMENTED does)."""
+    import grpc
+
+    channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    with channel:
+        try:
+            channel.unary_unary("/master_pb.Seaweed/GetMasterConfiguration")(b"", timeout=10)
+        except grpc.RpcError as err:
+            return err.code() != grpc.StatusCode.UNAVAILABLE
+    return True
+
+
+def test_the_internal_ports_refuse_whoever_lacks_the_stores_keys(store: EmbeddedStore) -> None:
+    import grpc
+    import requests
+
+    s3 = store.client()
+    s3.put_object(Bucket="mnist-models", Key="mnist/latest.json", Body=b'{"version": 1}')
+    master, volume, filer = (f"http://127.0.0.1:{store.port + offset}" for offset in (1, 3, 5))
+    # HTTP: the master's and the filer's APIs are off; the volume server wants a JWT only the master signs.
+    assert requests.get(f"{master}/col/delete?collection=mnist-models", timeout=30).status_code == 404
+    assert requests.get(f"{master}/dir/assign", timeout=30).status_code == 404
+    assert requests.get(f"{filer}/buckets/mnist-models/mnist/latest.json", timeout=30).status_code == 404
+    assert requests.put(f"{filer}/buckets/mnist-models/mnist/latest.json", data=b"{}", timeout=30).status_code == 404
+    assert requests.post(f"{volume}/1,0123456789", files={"file": b"{}"}, timeout=30).status_code == 401
+    assert requests.delete(f"{volume}/1,0123456789", timeout=30).status_code == 401
+    # gRPC, on its ports and on the unix sockets weed adds beside them: mutual TLS or nothing.
+    tls = store.state_dir / "s3" / "tls"
+    with_keys = grpc.ssl_channel_credentials(
+        (tls / "ca.crt").read_bytes(), (tls / "store.key").read_bytes(), (tls / "store.crt").read_bytes()
+    )
+    for offset, component in GRPC_PORTS:
+        port = store.port + offset
+        for target in (f"127.0.0.1:{port}", f"unix:/tmp/seaweedfs-{component}-grpc-{port}.sock"):
+            assert not _grpc_reaches(target), target
+        assert _grpc_reaches(f"127.0.0.1:{port}", with_keys), port  # the probe itself works
+    assert s3.get_object(Bucket="mnist-models", Key="mnist/latest.json")["Body"].read() == b'{"version": 1}'
 
 
 def test_the_pipeline_identity_reaches_the_project_buckets_only(store: EmbeddedStore) -> None:
@@ -125,8 +170,10 @@ def test_concurrent_claimers_of_one_version_exactly_one_wins(store: EmbeddedStor
 def test_concurrent_publishers_of_one_version_leave_one_complete_version(store: EmbeddedStore, tmp_path) -> None:
     s3 = store.client()
     runs = [f"manual__{n}" for n in range(4)]
+    barrier = threading.Barrier(len(runs))
 
     def publish(run: str) -> str:
+        barrier.wait()
         try:
             _publish(s3, tmp_path, VERSION, run_id=run)
             return run
@@ -219,7 +266,10 @@ def test_every_acknowledged_write_survives_a_sigkill(store: EmbeddedStore) -> No
 
 
 class _KillAfterModelUpload:
-    """The real client, except that the store is killed with SIGKILL once model.keras is uploaded."""
+    """The real client, except that the store is killed with SIGKILL once model.keras is uploaded.
+
+    Between two of publish's requests, after the claim and the model, before the rest and the manifest.
+    """
 
     def __init__(self, client: Any, store: EmbeddedStore) -> None:
         self._client, self._store = client, store

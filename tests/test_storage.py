@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from mnist_tasks.storage import (
     ChecksumMismatchError,
@@ -21,6 +24,7 @@ from mnist_tasks.storage import (
     check_file_sha256,
     check_sha256,
     load_keras_model,
+    safe_name,
     scratch_dir,
     split_s3_dir,
 )
@@ -157,3 +161,25 @@ def test_the_keras_loader_checks_the_sha256_before_it_loads(tmp_path: Path) -> N
         load_keras_model(path, sha256="00" * 32)
     with pytest.raises(UnloadableModelError, match="m.keras: cannot load as a Keras model"):
         load_keras_model(path, sha256=hashlib.sha256(b"not a model").hexdigest(), name="m.keras")
+
+
+@given(st.text(min_size=1), st.text(min_size=1))
+def test_names_map_to_keys_one_to_one(first: str, second: str) -> None:
+    # Run ids become key segments: two runs must never write one object.
+    assume(first != second)
+    assert safe_name(first) != safe_name(second)
+
+
+@given(st.text(min_size=1))
+def test_a_safe_name_is_one_plain_segment_that_gives_the_name_back(name: str) -> None:
+    from urllib.parse import unquote
+
+    segment = safe_name(name)
+    assert re.fullmatch(r"[A-Za-z0-9._~%-]+", segment)
+    assert segment not in (".", "..")
+    assert unquote(segment) == name
+
+
+def test_run_ids_that_differ_only_in_punctuation_get_their_own_keys() -> None:
+    assert safe_name("collide:1") != safe_name("collide+1")
+    assert safe_name("manual__2026-11-23T22:41:07+00:00") == "manual__2026-11-23T22%3A41%3A07%2B00%3A00"

@@ -55,7 +55,7 @@ def test_make_run_publishes_a_model_that_passes_the_gate_and_stays_the_champion_
         assert summary["champion_accuracy"] is None  # the first model of an empty store
 
         # The store keeps what it holds across `make stop`: the next run meets the first model.
-        assert "object store: stopped" in _make("stop", make_vars).stdout
+        assert "stopped (its data stays)" in _make("stop", make_vars).stdout
         again = json.loads(_make("run", make_vars).stdout.strip().splitlines()[-1])
         assert again["state"] == "success"
         assert again["champion_accuracy"] == summary["test_accuracy"]
