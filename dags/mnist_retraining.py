@@ -93,11 +93,11 @@ def download() -> dict:
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=10))
 def prepare(downloaded: dict) -> dict:
     from mnist_tasks import pipeline
-    from mnist_tasks.artifacts import ArtifactIntegrityError
+    from mnist_tasks.artifacts import ArtifactUnusableError
     from mnist_tasks.dataset import DataIntegrityError
 
     settings = Settings.from_env()
-    with not_retried(DataIntegrityError, ArtifactIntegrityError):
+    with not_retried(DataIntegrityError, ArtifactUnusableError):
         return pipeline.prepare(
             store=artifact_store(settings), downloaded=downloaded, cache_root=settings.data_dir / "prepared"
         )
@@ -105,11 +105,11 @@ def prepare(downloaded: dict) -> dict:
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
 def train(prepared: dict, **context) -> dict:
     from mnist_tasks import pipeline
-    from mnist_tasks.artifacts import ArtifactIntegrityError
+    from mnist_tasks.artifacts import ArtifactUnusableError
     from mnist_tasks.train import TrainingDivergedError
 
     p = context["params"]
-    with not_retried(ArtifactIntegrityError, TrainingDivergedError):
+    with not_retried(ArtifactUnusableError, TrainingDivergedError):
         return pipeline.train(
             store=artifact_store(Settings.from_env()),
             prepared=prepared,
@@ -123,7 +123,7 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
     from mnist_tasks import pipeline
-    from mnist_tasks.artifacts import ArtifactIntegrityError
+    from mnist_tasks.artifacts import ArtifactUnusableError
     from mnist_tasks.registry import PublishVerificationError
     from mnist_tasks.storage import ModelChecksumError
 
@@ -131,7 +131,7 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
     client = s3_client(settings)
     p = context["params"]
     # A model or a published version that differs from its checksum stays that way.
-    with not_retried(ArtifactIntegrityError, ModelChecksumError, PublishVerificationError):
+    with not_retried(ArtifactUnusableError, ModelChecksumError, PublishVerificationError):
         result = pipeline.evaluate(
             store=artifact_store(settings, client),
             s3_client=client,
@@ -152,16 +152,19 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
 def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict:
     from mnist_tasks import pipeline
-    from mnist_tasks.artifacts import ArtifactIntegrityError
+    from mnist_tasks.artifacts import ArtifactUnusableError
     from mnist_tasks.publish import GateFailedError, VersionConflictError, version_for
-    from mnist_tasks.registry import LatestMovedError
+    from mnist_tasks.registry import DamagedObjectError, LatestMovedError
 
     settings = Settings.from_env()
     client = s3_client(settings)
     dag_run = context["dag_run"]
     # LatestMovedError: another run moved `latest` after evaluate compared with it; a retry
     # would meet the same, only re-running evaluate compares with the new champion.
-    with not_retried(ArtifactIntegrityError, GateFailedError, VersionConflictError, LatestMovedError):
+    # DamagedObjectError: a latest.json or manifest that cannot be parsed stays so until someone mends it.
+    with not_retried(
+        ArtifactUnusableError, GateFailedError, VersionConflictError, LatestMovedError, DamagedObjectError
+    ):
         return pipeline.publish(
             store=artifact_store(settings, client),
             s3_client=client,

@@ -47,11 +47,18 @@ class ArtifactRef(TypedDict):
     bytes: int
 
 
-class ArtifactIntegrityError(ChecksumMismatchError):
+class ArtifactUnusableError(Exception):
+    """An object an upstream task handed over is damaged or gone: a retry of this task reads the same.
+
+    Only running the task that made it again can help, so the DAGs do not retry on it.
+    """
+
+
+class ArtifactIntegrityError(ChecksumMismatchError, ArtifactUnusableError):
     """An object's bytes differ from the checksum it was handed over with; fetching again cannot help."""
 
 
-class ArtifactMissingError(LookupError):
+class ArtifactMissingError(LookupError, ArtifactUnusableError):
     """An object that was handed over is not in the store (deleted, or another store is configured)."""
 
 

@@ -83,6 +83,10 @@ class PublishChecksumError(ChecksumMismatchError, PublishVerificationError):
     """An object's bytes are not the ones its manifest (or `latest.json`, for a manifest) records."""
 
 
+class DamagedObjectError(PublishVerificationError):
+    """A registry object (a manifest, latest.json) that cannot be parsed: rewriting it takes a person, not a retry."""
+
+
 class VersionConflictError(RuntimeError):
     """The version belongs to another run, or was published with other bytes: versions are immutable."""
 
@@ -264,7 +268,7 @@ def _load_manifest(
     sha = hashlib.sha256(raw).hexdigest()
     if manifest_sha256 is not None:
         check_sha256(f"s3://{bucket}/{key}", expected=manifest_sha256, actual=sha, error=PublishChecksumError)
-    manifest = json.loads(raw)
+    manifest = _parse_json(raw, f"s3://{bucket}/{key}")
     if manifest.get("version") != version:
         raise PublishVerificationError(
             f"s3://{bucket}/{key}: expected version {version}, got {manifest.get('version')!r}"
@@ -326,7 +330,18 @@ def read_latest_state(*, s3_client: Any, models_uri: str) -> tuple[dict[str, Any
         if is_missing(err):
             return None, None
         raise
-    return json.loads(stored["Body"].read()), stored["ETag"]
+    return _parse_json(stored["Body"].read(), f"s3://{bucket}/{prefix}{LATEST_FILE}"), stored["ETag"]
+
+
+def _parse_json(raw: bytes, uri: str) -> dict[str, Any]:
+    """A registry object's JSON object; DamagedObjectError naming `uri` when it is anything else."""
+    try:
+        parsed = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedObjectError(f"{uri} is not valid JSON: {err}") from err
+    if not isinstance(parsed, dict):
+        raise DamagedObjectError(f"{uri} is not a JSON object: it holds a {type(parsed).__name__}")
+    return parsed
 
 
 def read_manifest(*, s3_client: Any, models_uri: str, version: int) -> dict[str, Any]:
@@ -340,7 +355,13 @@ def read_manifest_and_sha256(*, s3_client: Any, models_uri: str, version: int) -
 
 
 def list_versions(*, s3_client: Any, models_uri: str) -> list[dict[str, Any]]:
-    """One row per published version (a directory with a manifest), oldest first."""
+    """One row per published version (a directory with a manifest), oldest first.
+
+    A version whose manifest cannot be read is listed too, flagged: its row's
+    `error` says which object and why, its other fields are None. One damaged
+    manifest never hides the others. (A damaged latest.json raises
+    DamagedObjectError naming it: which version is latest is then unknown.)
+    """
     bucket, prefix = split_s3_dir(models_uri)
     versions = []
     paginator = s3_client.get_paginator("list_objects_v2")
@@ -353,23 +374,37 @@ def list_versions(*, s3_client: Any, models_uri: str) -> list[dict[str, Any]]:
     latest = read_latest(s3_client=s3_client, models_uri=models_uri)
     rows = []
     for version in sorted(versions):
+        is_latest = latest is not None and latest["version"] == version
         try:
             manifest = read_manifest(s3_client=s3_client, models_uri=models_uri, version=version)
+            row = _version_row(manifest)
         except VersionNotFoundError:
             continue
-        rows.append(
-            {
-                "version": version,
-                "created_at": manifest["created_at"],
-                **trained_with(manifest),
-                "accuracy": manifest["metrics"].get("accuracy"),
-                "passed": gate_passed(manifest["metrics"]),
-                "data_sha256": manifest["data"].get("data_sha256"),
-                "run_id": manifest["run_id"],
-                "is_latest": latest is not None and latest["version"] == version,
-            }
-        )
+        except (PublishVerificationError, KeyError, TypeError, AttributeError) as err:
+            key = version_prefix(models_uri, version) + MANIFEST_FILE
+            error = str(err) if isinstance(err, PublishVerificationError) else f"s3://{bucket}/{key} lacks {err}"
+            row = {**dict.fromkeys(_ROW_FIELDS), "version": version, "error": error}
+        rows.append({**row, "is_latest": is_latest})
     return rows
+
+
+def _version_row(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "error": None,
+        "version": manifest["version"],
+        "created_at": manifest["created_at"],
+        **trained_with(manifest),
+        "accuracy": manifest["metrics"].get("accuracy"),
+        "passed": gate_passed(manifest["metrics"]),
+        "data_sha256": manifest["data"].get("data_sha256"),
+        "run_id": manifest["run_id"],
+    }
+
+
+# The keys of list_versions' rows, but is_latest.
+_ROW_FIELDS = (
+    "error", "version", "created_at", "architecture", "augment", "accuracy", "passed", "data_sha256", "run_id"
+)
 
 
 def _verify(

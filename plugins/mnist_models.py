@@ -47,7 +47,7 @@ def render_page(*, rows: list[dict[str, Any]], models_uri: str) -> str:
         .render(
             dag_id=DAG_ID,
             models_uri=models_uri,
-            rows=[{**row, "model": training_label(row)} for row in reversed(rows)],
+            rows=[{**row, "model": None if row["error"] else training_label(row)} for row in reversed(rows)],
         )
     )
 
@@ -113,7 +113,7 @@ def _registry_access() -> tuple[Any, str]:
 
 
 def _models_page() -> str:
-    """The page's HTML; 502 when the registry cannot be read."""
+    """The page's HTML; 502, naming the object, when the registry or its latest.json cannot be read."""
     from botocore.exceptions import BotoCoreError, ClientError
     from fastapi import HTTPException
 
@@ -122,7 +122,7 @@ def _models_page() -> str:
     s3_client, models_uri = _registry_access()
     try:
         rows = registry.list_versions(s3_client=s3_client, models_uri=models_uri)
-    except (BotoCoreError, ClientError) as err:
+    except (BotoCoreError, ClientError, registry.DamagedObjectError) as err:
         raise HTTPException(502, f"cannot read the models in {models_uri}: {err}") from err
     return render_page(rows=rows, models_uri=models_uri)
 

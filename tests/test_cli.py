@@ -151,7 +151,9 @@ def test_a_malformed_latest_json_is_a_one_line_error(s3_client, s3_endpoint, mon
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     code, _, err = run(["models", "list", "--models-uri", MODELS_URI], capsys)
     assert code == 2
-    assert err.startswith("error: Expecting property name") and "JSONDecodeError" in err
+    # It names the object, so a person knows what to mend (#19: it used to say only "Expecting property name").
+    assert err.startswith(f"error: s3://{MODELS_BUCKET}/mnist/latest.json is not valid JSON: Expecting property name")
+    assert "Traceback" not in err
 
 
 def test_predict_refuses_a_directory_without_images_before_loading_any_model(tmp_path, capsys):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from mnist_tasks.publish import build_manifest, publish_model
 from mnist_tasks.registry import (
+    DamagedObjectError,
     GateNotPassedError,
     LatestMovedError,
     ModelReference,
@@ -126,10 +128,46 @@ def test_list_versions_has_one_row_per_published_version_oldest_first(
     assert [r["run_id"] for r in rows] == [f"scheduled__{v}" for v in (V1, V2, V3)]
     assert [r["data_sha256"] for r in rows] == [f"{v:064d}" for v in (V1, V2, V3)]
     assert set(rows[0]) == {
-        "version", "created_at", "architecture", "augment", "accuracy", "passed", "data_sha256", "run_id", "is_latest"
+        "error", "version", "created_at", "architecture", "augment", "accuracy", "passed", "data_sha256", "run_id",
+        "is_latest",
     }
+    assert all(r["error"] is None for r in rows)
     # These manifests predate the architecture Params: such versions were the dense model, unaugmented.
     assert {(r["architecture"], r["augment"]) for r in rows} == {("dense", "off")}
+
+
+@pytest.mark.parametrize(
+    ("stored", "error"),
+    [
+        (b"{not json", r"s3://models/mnist/20261123020000/manifest\.json is not valid JSON"),
+        (b"[1, 2]", r"s3://models/mnist/20261123020000/manifest\.json is not a JSON object"),
+        (
+            json.dumps({"version": V1, "files": {"model.keras": {}}}).encode(),
+            r"s3://models/mnist/20261123020000/manifest\.json lacks 'created_at'",
+        ),
+    ],
+    ids=["not JSON", "not an object", "fields missing"],
+)
+def test_a_damaged_manifest_is_listed_flagged_and_hides_no_other_version(
+    s3_client, bucket: str, tmp_path: Path, stored: bytes, error: str
+) -> None:
+    _publish(s3_client, tmp_path, V1)
+    _publish(s3_client, tmp_path, V2)
+    s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V1}/manifest.json", Body=stored)
+
+    damaged, intact = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
+
+    assert damaged["version"] == V1 and re.match(error, damaged["error"])
+    assert damaged["run_id"] is None and damaged["is_latest"] is False
+    assert (intact["version"], intact["error"], intact["is_latest"]) == (V2, None, True)
+
+
+def test_a_damaged_latest_json_is_an_error_that_names_it(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V1)
+    s3_client.put_object(Bucket=BUCKET, Key="mnist/latest.json", Body=b"{not json")
+
+    with pytest.raises(DamagedObjectError, match=r"^s3://models/mnist/latest\.json is not valid JSON"):
+        read_latest(s3_client=s3_client, models_uri=MODELS_URI)
 
 
 def test_read_manifest_of_an_unknown_version_names_it(s3_client, bucket: str, tmp_path: Path) -> None:

@@ -205,3 +205,20 @@ def test_the_write_up_recipe_is_a_valid_trigger(dag):
 
     for name, value in WRITE_UP_RECIPE.items():
         assert dag.params.get_param(name).resolve(value) == value
+
+
+def test_an_artifact_handed_over_damaged_or_gone_fails_the_task_without_retries(monkeypatch):
+    # A retry reads the same store: only the task that made the artifact can make it again.
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_tasks.artifacts import ArtifactIntegrityError, ArtifactMissingError, ArtifactUnusableError
+
+    monkeypatch.syspath_prepend(str(REPO / "plugins"))
+    from mnist_dags import not_retried
+
+    for error in (
+        ArtifactMissingError("s3://b/runs/model.keras is not in the artifact store"),
+        ArtifactIntegrityError("s3://b/runs/model.keras", expected="a" * 64, actual="b" * 64),
+    ):
+        with pytest.raises(AirflowFailException, match="s3://b/runs/model.keras"), not_retried(ArtifactUnusableError):
+            raise error

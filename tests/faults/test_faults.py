@@ -154,6 +154,31 @@ def test_an_array_corrupted_in_the_store_fails_training_at_once_by_name(
     ledger.audit(s3_client, MODELS_URI)
 
 
+def test_a_damaged_latest_json_fails_the_run_at_once_and_publishes_nothing(
+    pipeline_env, monkeypatch, s3_client, ledger
+):
+    dag = _retrying_dag(monkeypatch)
+    assert str(dag.test(logical_date=datetime(2026, 11, 20, 2, tzinfo=UTC), run_conf=PASSING_CONF).state) == "success"
+    ledger.audit(s3_client, MODELS_URI)
+    pointer = s3_client.get_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json")["Body"].read()
+    s3_client.put_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json", Body=pointer[: len(pointer) // 2])
+    versions_before = _versions(s3_client)
+
+    dag_run = dag.test(logical_date=datetime(2026, 11, 21, 2, tzinfo=UTC), run_conf=PASSING_CONF)
+
+    assert str(dag_run.state) == "failed"
+    assert _tries(dag_run)["evaluate"] == ("failed", 1)  # waiting cannot mend the pointer: no retry
+    assert _versions(s3_client) == versions_before
+    s3_client.put_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json", Body=pointer)  # mended, for the audit
+    ledger.scenario("latest.json cut in half", bad_inputs=1)
+    ledger.audit(s3_client, MODELS_URI)
+
+
+def _versions(s3_client) -> set[str]:
+    listing = s3_client.list_objects_v2(Bucket=MODELS_BUCKET, Prefix="mnist/", Delimiter="/")
+    return {p["Prefix"] for p in listing.get("CommonPrefixes", [])}
+
+
 def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_path, ledger):
     """Run A is evaluated against the champion of the moment; run B publishes a newer model
     before A's publish (a retry after an outage, a second scheduler). A must not move latest."""

@@ -172,6 +172,28 @@ def test_an_unreadable_registry_is_an_error_naming_it(client, token, registry, m
     assert "s3://no-such-bucket/mnist/" in response.json()["detail"]
 
 
+def test_a_damaged_manifest_is_flagged_by_name_and_the_other_versions_still_listed(client, token, registry, tmp_path):
+    _publish(registry, tmp_path, OLD, run_id="scheduled__old")
+    _publish(registry, tmp_path, NEW, run_id="scheduled__new")
+    registry.put_object(Bucket=BUCKET, Key=f"mnist/{OLD}/manifest.json", Body=b"{not json")
+
+    response = client.get(PAGE, headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 200
+    assert f"unreadable: s3://{BUCKET}/mnist/{OLD}/manifest.json is not valid JSON" in response.text
+    assert "scheduled__new" in response.text
+
+
+def test_a_damaged_latest_json_is_an_error_naming_it(client, token, registry, tmp_path):
+    _publish(registry, tmp_path, NEW, run_id="scheduled__new")
+    registry.put_object(Bucket=BUCKET, Key="mnist/latest.json", Body=b"{not json")
+
+    response = client.get(PAGE, headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 502
+    assert f"s3://{BUCKET}/mnist/latest.json is not valid JSON" in response.json()["detail"]
+
+
 def test_a_report_is_served_when_it_matches_its_manifest(client, token, registry, tmp_path):
     _publish(registry, tmp_path, NEW, run_id="manual__a")
 
