@@ -121,6 +121,13 @@ test: $(VENV)/.installed-test
 
 # api-server, scheduler, dag-processor and triggerer in the background (logs in .local/),
 # with the embedded object store and the mirror; unpauses mnist_retraining.
+# The scheduler's and the triggerer's log servers (Airflow's defaults, 8793 and 8794):
+# Airflow 3.3.2 binds them to every interface, and they answer only requests signed with
+# this installation's [api] secret_key.
+AIRFLOW_WORKER_LOG_PORT ?= 8793
+AIRFLOW_TRIGGERER_LOG_PORT ?= 8794
+airflow: export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT := $(AIRFLOW_WORKER_LOG_PORT)
+airflow: export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT := $(AIRFLOW_TRIGGERER_LOG_PORT)
 airflow: mirror
 	$(STORE) $(BIN)/python scripts/local_airflow.py start --port $(AIRFLOW_PORT) --state-dir $(STATE)
 

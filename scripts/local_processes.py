@@ -44,13 +44,19 @@ def running(pid_file: Path) -> int | None:
     """The pid in `pid_file` if that process still runs and leads its session, else None.
 
     A stale file (the process is gone, or the pid now belongs to something else)
-    is removed.
+    is removed. When the leader died (a crash, a SIGKILL) while processes it
+    started still run in its session (a scheduler's log server holding its port,
+    LocalExecutor workers), those are stopped first: they belong to no running
+    component, and a new one started in its place would meet them.
     """
     if not pid_file.exists():
         return None
     pid = int(pid_file.read_text())
     stat = _stat(pid)
-    if stat is None or stat[0] == "Z" or stat[1] != pid:
+    if stat is None or stat[0] == "Z":
+        stop(pid_file, grace_seconds=10)  # removes the file, with or without leftovers
+        return None
+    if stat[1] != pid:  # the pid was reused: the session it led is gone (Linux keeps a session's id)
         pid_file.unlink()
         return None
     return pid

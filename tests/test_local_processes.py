@@ -90,6 +90,25 @@ def test_a_stale_pid_file_is_removed(processes, tmp_path):
     assert not pid_file.exists()
 
 
+def test_what_a_crashed_leader_left_running_is_stopped_before_anything_starts_in_its_place(processes, tmp_path):
+    # The scheduler killed with SIGKILL: its log server and executor workers lived on, holding
+    # the log server's port, and `make stop` no longer found them once the pid file was replaced.
+    pid_file, grandchild_file = tmp_path / "tree.pid", tmp_path / "grandchild"
+    script = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + TREE
+    proc = processes.spawn(
+        [sys.executable, "-c", script, str(grandchild_file)], pid_file=pid_file, log_file=tmp_path / "tree.log"
+    )
+    _wait_for(grandchild_file)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=5)
+    assert len(_alive(proc.pid)) == 1  # the grandchild, orphaned in the dead leader's session
+
+    assert processes.running(pid_file) is None
+
+    assert _alive(proc.pid) == []
+    assert not pid_file.exists()
+
+
 def test_a_pid_that_does_not_lead_its_session_is_not_ours(processes, tmp_path):
     # A recycled pid: alive, but not the session leader `spawn` started.
     pid_file = tmp_path / "recycled.pid"
