@@ -45,6 +45,17 @@ def _wait_for(path: Path) -> None:
         time.sleep(0.05)
 
 
+def _tree_that_ignores_sigterm(processes, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """TREE, spawned, its leader ignoring SIGTERM, once its grandchild runs: (the leader, its pid file)."""
+    pid_file, grandchild_file = tmp_path / "tree.pid", tmp_path / "grandchild"
+    script = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + TREE
+    proc = processes.spawn(
+        [sys.executable, "-c", script, str(grandchild_file)], pid_file=pid_file, log_file=tmp_path / "tree.log"
+    )
+    _wait_for(grandchild_file)
+    return proc, pid_file
+
+
 def test_stop_ends_the_whole_session_including_other_process_groups(processes, tmp_path):
     pid_file, grandchild_file = tmp_path / "tree.pid", tmp_path / "grandchild"
     proc = processes.spawn(
@@ -93,12 +104,7 @@ def test_a_stale_pid_file_is_removed(processes, tmp_path):
 def test_what_a_crashed_leader_left_running_is_stopped_before_anything_starts_in_its_place(processes, tmp_path):
     # The scheduler killed with SIGKILL: its log server and executor workers lived on, holding
     # the log server's port, and `make stop` no longer found them once the pid file was replaced.
-    pid_file, grandchild_file = tmp_path / "tree.pid", tmp_path / "grandchild"
-    script = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + TREE
-    proc = processes.spawn(
-        [sys.executable, "-c", script, str(grandchild_file)], pid_file=pid_file, log_file=tmp_path / "tree.log"
-    )
-    _wait_for(grandchild_file)
+    proc, pid_file = _tree_that_ignores_sigterm(processes, tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=5)
     assert len(_alive(proc.pid)) == 1  # the grandchild, orphaned in the dead leader's session
@@ -124,12 +130,7 @@ def test_a_pid_that_does_not_lead_its_session_is_not_ours(processes, tmp_path):
 
 def test_kill_ends_the_whole_session_at_once_sigterm_or_not(processes, tmp_path):
     # What the cluster test does to a worker: no grace, nothing gets to clean up.
-    pid_file, grandchild_file = tmp_path / "tree.pid", tmp_path / "grandchild"
-    script = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + TREE
-    proc = processes.spawn(
-        [sys.executable, "-c", script, str(grandchild_file)], pid_file=pid_file, log_file=tmp_path / "tree.log"
-    )
-    _wait_for(grandchild_file)
+    proc, pid_file = _tree_that_ignores_sigterm(processes, tmp_path)
 
     assert processes.kill(pid_file) is True
 

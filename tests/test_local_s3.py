@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -146,21 +146,29 @@ def test_the_pipeline_identity_reaches_the_project_buckets_only(store: EmbeddedS
     admin.delete_bucket(Bucket="someone-elses")
 
 
-def test_concurrent_claimers_of_one_version_exactly_one_wins(store: EmbeddedStore) -> None:
-    s3 = store.client()
-    runs = [f"manual__{n}" for n in range(12)]
-    barrier = threading.Barrier(len(runs))
+def _winners(attempt: Callable[[Any], None], contenders: list, *, refused: type[Exception]) -> list:
+    """The contenders whose `attempt` was not refused, all attempting at once (a barrier lets them go together)."""
+    barrier = threading.Barrier(len(contenders))
 
-    def claim(run: str) -> str:
+    def one(contender: Any) -> bool:
         barrier.wait()
         try:
-            claim_version(s3_client=s3, models_uri=MODELS_URI, version=VERSION, manifest=_manifest(run_id=run))
-            return run
-        except VersionConflictError:
-            return ""
+            attempt(contender)
+            return True
+        except refused:
+            return False
 
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        winners = [run for run in pool.map(claim, runs) if run]
+    with ThreadPoolExecutor(max_workers=len(contenders)) as pool:
+        return [contender for contender, won in zip(contenders, pool.map(one, contenders), strict=True) if won]
+
+
+def test_concurrent_claimers_of_one_version_exactly_one_wins(store: EmbeddedStore) -> None:
+    s3 = store.client()
+
+    def claim(run: str) -> None:
+        claim_version(s3_client=s3, models_uri=MODELS_URI, version=VERSION, manifest=_manifest(run_id=run))
+
+    winners = _winners(claim, [f"manual__{n}" for n in range(12)], refused=VersionConflictError)
 
     assert len(winners) == 1
     claim_key = f"mnist/{VERSION}/claim.json"
@@ -169,19 +177,11 @@ def test_concurrent_claimers_of_one_version_exactly_one_wins(store: EmbeddedStor
 
 def test_concurrent_publishers_of_one_version_leave_one_complete_version(store: EmbeddedStore, tmp_path) -> None:
     s3 = store.client()
-    runs = [f"manual__{n}" for n in range(4)]
-    barrier = threading.Barrier(len(runs))
 
-    def publish(run: str) -> str:
-        barrier.wait()
-        try:
-            _publish(s3, tmp_path, VERSION, run_id=run)
-            return run
-        except VersionConflictError:
-            return ""
+    def publish(run: str) -> None:
+        _publish(s3, tmp_path, VERSION, run_id=run)
 
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        winners = [run for run in pool.map(publish, runs) if run]
+    winners = _winners(publish, [f"manual__{n}" for n in range(4)], refused=VersionConflictError)
 
     assert len(winners) == 1
     manifest = verify_version(s3_client=s3, models_uri=MODELS_URI, version=VERSION)  # nothing mixed in
@@ -195,22 +195,16 @@ def test_concurrent_movers_of_latest_from_one_state_exactly_one_wins(store: Embe
     for version in versions:
         _publish(s3, tmp_path, version)
     _, etag = read_latest_state(s3_client=s3, models_uri=MODELS_URI)
-    barrier = threading.Barrier(len(versions))
+    manifests = {v: read_manifest_and_sha256(s3_client=s3, models_uri=MODELS_URI, version=v) for v in versions}
 
-    def move(version: int) -> int | None:
-        manifest, sha256 = read_manifest_and_sha256(s3_client=s3, models_uri=MODELS_URI, version=version)
-        barrier.wait()
-        try:
-            move_latest(
-                s3_client=s3, models_uri=MODELS_URI, manifest=manifest, manifest_sha256=sha256,
-                expected_etag=etag, moved_by="test", reason="race",
-            )
-            return version
-        except LatestMovedError:
-            return None
+    def move(version: int) -> None:
+        manifest, sha256 = manifests[version]
+        move_latest(
+            s3_client=s3, models_uri=MODELS_URI, manifest=manifest, manifest_sha256=sha256,
+            expected_etag=etag, moved_by="test", reason="race",
+        )
 
-    with ThreadPoolExecutor(max_workers=len(versions)) as pool:
-        winners = [v for v in pool.map(move, versions) if v is not None]
+    winners = _winners(move, versions, refused=LatestMovedError)
 
     assert len(winners) == 1
     latest = read_latest(s3_client=s3, models_uri=MODELS_URI)
