@@ -87,6 +87,12 @@ def _models_show(args: argparse.Namespace) -> dict:
     return read_manifest(s3_client=_s3_client_if(True), models_uri=args.models_uri, version=args.version)
 
 
+def _models_repair(args: argparse.Namespace) -> dict:
+    from mnist_tasks.registry import repair_latest
+
+    return repair_latest(s3_client=_s3_client_if(True), models_uri=args.models_uri)
+
+
 def _models_promote(args: argparse.Namespace) -> dict:
     from mnist_tasks.registry import promote
 
@@ -325,7 +331,7 @@ def _add_predict_command(commands: Any, models_uri: dict[str, Any]) -> None:
 
 
 def _add_models_commands(commands: Any, models_uri: dict[str, Any]) -> None:
-    sub = _command(commands, "models", None, "The published models: list, show, promote, download.")
+    sub = _command(commands, "models", None, "The published models: list, show, promote, repair, download.")
     models = sub.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     for name, run, help_text in [
         ("list", _models_list, "List published versions and which one is latest."),
@@ -335,6 +341,12 @@ def _add_models_commands(commands: Any, models_uri: dict[str, Any]) -> None:
             _models_promote,
             "Point latest at an existing, verified version that passed its gate (rollback); "
             "records who moved it, when and why.",
+        ),
+        (
+            "repair",
+            _models_repair,
+            "Recreate a missing latest.json for the newest version that verifies and passed its gate "
+            "(runs refuse to compare or publish while it is missing); an existing one is left as it is.",
         ),
         (
             "download",
@@ -349,7 +361,7 @@ def _add_models_commands(commands: Any, models_uri: dict[str, Any]) -> None:
         if name == "download":
             action.add_argument("version", type=_version_or_latest, help="a version number, or latest")
             action.add_argument("--out", type=Path, required=True, help="directory to write the files into")
-        elif name != "list":
+        elif name not in ("list", "repair"):
             action.add_argument("version", type=_version)
         if name == "promote":
             action.add_argument("--reason", help="why latest moves; recorded in latest.json")

@@ -34,6 +34,7 @@ from mnist_tasks.registry import (
     move_latest,
     read_latest_state,
     read_manifest_and_sha256,
+    refuse_missing_pointer,
     verify_version,
     version_prefix,
     write_serving_copy,
@@ -321,6 +322,8 @@ def _advance_latest(
     """
     version = manifest["version"]
     current, etag = read_latest_state(s3_client=s3_client, models_uri=models_uri)
+    if current is None:
+        refuse_missing_pointer(s3_client=s3_client, models_uri=models_uri, besides=version)
     if current is not None and (current["version"], current["manifest_sha256"]) == (version, manifest_sha256):
         # An earlier attempt of this run moved it; its serving copy may not have been finished.
         write_serving_copy(s3_client=s3_client, models_uri=models_uri, manifest=manifest)

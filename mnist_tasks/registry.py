@@ -87,6 +87,10 @@ class DamagedObjectError(PublishVerificationError):
     """A registry object (a manifest, latest.json) that cannot be parsed: rewriting it takes a person, not a retry."""
 
 
+class PointerMissingError(PublishVerificationError):
+    """latest.json is gone while versions are published: who the champion is, is unknown until it is repaired."""
+
+
 class VersionConflictError(RuntimeError):
     """The version belongs to another run, or was published with other bytes: versions are immutable."""
 
@@ -362,18 +366,10 @@ def list_versions(*, s3_client: Any, models_uri: str) -> list[dict[str, Any]]:
     manifest never hides the others. (A damaged latest.json raises
     DamagedObjectError naming it: which version is latest is then unknown.)
     """
-    bucket, prefix = split_s3_dir(models_uri)
-    versions = []
-    paginator = s3_client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-        for common in page.get("CommonPrefixes", []):
-            name = common["Prefix"][len(prefix) :].rstrip("/")
-            if _VERSION_DIR.fullmatch(name):
-                versions.append(int(name))
-
+    bucket, _ = split_s3_dir(models_uri)
     latest = read_latest(s3_client=s3_client, models_uri=models_uri)
     rows = []
-    for version in sorted(versions):
+    for version in _version_dirs(s3_client, models_uri):
         is_latest = latest is not None and latest["version"] == version
         try:
             manifest = read_manifest(s3_client=s3_client, models_uri=models_uri, version=version)
@@ -386,6 +382,64 @@ def list_versions(*, s3_client: Any, models_uri: str) -> list[dict[str, Any]]:
             row = {**dict.fromkeys(_ROW_FIELDS), "version": version, "error": error}
         rows.append({**row, "is_latest": is_latest})
     return rows
+
+
+def _version_dirs(s3_client: Any, models_uri: str) -> list[int]:
+    """The version numbers that have a directory under models_uri, oldest first (a manifest or not)."""
+    bucket, prefix = split_s3_dir(models_uri)
+    versions = []
+    paginator = s3_client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            name = common["Prefix"][len(prefix) :].rstrip("/")
+            if _VERSION_DIR.fullmatch(name):
+                versions.append(int(name))
+    return sorted(versions)
+
+
+def refuse_missing_pointer(*, s3_client: Any, models_uri: str, besides: int | None = None) -> None:
+    """PointerMissingError when versions (other than `besides`) are published though latest.json is absent.
+
+    Called where "no latest.json" would otherwise mean "nothing published yet", so
+    that a deleted pointer never waives the champion: evaluate would compare with
+    nobody, and publish would make any passing model latest.
+    """
+    bucket, _ = split_s3_dir(models_uri)
+    for version in reversed(_version_dirs(s3_client, models_uri)):
+        key = version_prefix(models_uri, version) + MANIFEST_FILE
+        if version != besides and _get_bytes(s3_client, bucket, key) is not None:
+            raise PointerMissingError(
+                f"{models_uri}{LATEST_FILE} is missing, yet version {version} (and maybe others) is published: "
+                "the champion is unknown, so nothing is compared or published. "
+                "`python -m mnist_tasks models repair` points latest at the newest version that passed its gate"
+            )
+
+
+def repair_latest(*, s3_client: Any, models_uri: str) -> dict[str, Any]:
+    """Recreate a missing latest.json for the newest version that verifies and passed its gate; return the pointer.
+
+    A latest.json that exists is returned as it is (promote moves it on purpose).
+    NothingPublishedError when no version qualifies.
+    """
+    current, _ = read_latest_state(s3_client=s3_client, models_uri=models_uri)
+    if current is not None:
+        return current
+    for version in reversed(_version_dirs(s3_client, models_uri)):
+        try:
+            manifest, manifest_sha256 = _verify(s3_client, models_uri, version, None)
+        except (VersionNotFoundError, PublishVerificationError):
+            continue
+        if gate_passed(manifest.get("metrics", {})) is True:
+            return move_latest(
+                s3_client=s3_client,
+                models_uri=models_uri,
+                manifest=manifest,
+                manifest_sha256=manifest_sha256,
+                expected_etag=None,
+                moved_by=f"{getpass.getuser()}@{socket.gethostname()}",
+                reason=f"repaired: {LATEST_FILE} was missing; the newest verified version that passed its gate",
+            )
+    raise NothingPublishedError(f"no version in {models_uri} verifies and passed its gate: nothing to point latest at")
 
 
 def _version_row(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -650,6 +704,7 @@ def download_files(
     if version is None:
         latest, latest_etag = read_latest_state(s3_client=s3_client, models_uri=models_uri)
         if latest is None:
+            refuse_missing_pointer(s3_client=s3_client, models_uri=models_uri)
             raise NothingPublishedError(f"nothing published yet in {models_uri}: no {LATEST_FILE}")
         version, pinned_sha = latest["version"], latest["manifest_sha256"]
     manifest, _ = _load_manifest(s3_client, models_uri, version, pinned_sha)

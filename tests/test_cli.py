@@ -156,6 +156,14 @@ def test_a_malformed_latest_json_is_a_one_line_error(s3_client, s3_endpoint, mon
     assert "Traceback" not in err
 
 
+def test_models_repair_on_a_registry_with_its_pointer_is_a_no_op(s3_client, s3_endpoint, monkeypatch, capsys):
+    s3_client.create_bucket(Bucket=MODELS_BUCKET)
+    s3_client.put_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json", Body=b'{"version": 20261123020000}')
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    code, out, _ = run(["models", "repair", "--models-uri", MODELS_URI], capsys)
+    assert (code, json.loads(out)) == (0, {"version": 20261123020000})
+
+
 def test_predict_refuses_a_directory_without_images_before_loading_any_model(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("no images")
     code, out, err = run(["predict", "--model", str(tmp_path / "absent.keras"), str(tmp_path)], capsys)

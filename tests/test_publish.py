@@ -24,6 +24,7 @@ from mnist_tasks.publish import (
 )
 from mnist_tasks.registry import (
     LatestMovedError,
+    PointerMissingError,
     PublishVerificationError,
     list_versions,
     read_latest,
@@ -321,6 +322,23 @@ def test_latest_moves_only_from_the_state_evaluate_compared_with(s3_client, buck
             s3_client=s3_client, models_uri=MODELS_URI, version=VERSION + 1, files=_files(tmp_path / "f"),
             manifest=_manifest(version=VERSION + 1, run_id="scheduled__f"), compared_latest_etag=None,
         )
+
+
+def test_publish_refuses_to_make_latest_while_the_pointer_is_missing(s3_client, bucket: str, tmp_path: Path) -> None:
+    earlier = VERSION - 1_000_000
+    publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=earlier, files=_files(tmp_path / "e"),
+        manifest=_manifest(version=earlier, run_id="scheduled__e"),
+    )
+    s3_client.delete_object(Bucket=BUCKET, Key="mnist/latest.json")
+
+    # Without latest.json this candidate met no champion; it must not become one.
+    with pytest.raises(PointerMissingError, match=rf"latest\.json is missing, yet version {earlier}"):
+        publish_model(
+            s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "c"),
+            manifest=_manifest(),
+        )
+    assert "mnist/latest.json" not in _bucket_state(s3_client)
 
 
 def test_another_run_may_not_overwrite_an_existing_version(s3_client, bucket: str, tmp_path: Path) -> None:

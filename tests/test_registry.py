@@ -16,6 +16,8 @@ from mnist_tasks.registry import (
     LatestMovedError,
     ModelReference,
     ModelReferenceError,
+    NothingPublishedError,
+    PointerMissingError,
     PublishVerificationError,
     VersionNotFoundError,
     download_model,
@@ -28,6 +30,7 @@ from mnist_tasks.registry import (
     read_latest,
     read_manifest,
     read_manifest_and_sha256,
+    repair_latest,
     verify_version,
 )
 
@@ -175,6 +178,38 @@ def test_read_manifest_of_an_unknown_version_names_it(s3_client, bucket: str, tm
     assert read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=V1)["run_id"] == f"scheduled__{V1}"
     with pytest.raises(VersionNotFoundError, match=rf"no version 123 .*s3://{BUCKET}/mnist/123/manifest.json"):
         read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=123)
+
+
+def test_a_deleted_latest_json_never_waives_the_champion(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V1)
+    s3_client.delete_object(Bucket=BUCKET, Key="mnist/latest.json")
+
+    # What evaluate asks for the champion, and batch predictions for the model to use.
+    with pytest.raises(PointerMissingError, match=r"s3://models/mnist/latest\.json is missing, yet version 2026"):
+        download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "champion")
+
+
+def test_repair_points_latest_at_the_newest_version_that_verifies_and_passed(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    _publish(s3_client, tmp_path, V1)
+    _publish(s3_client, tmp_path, V2, passed=False)  # newer, but its gate failed
+    s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V3}/model.keras", Body=b"partial")  # no manifest
+    s3_client.delete_object(Bucket=BUCKET, Key="mnist/latest.json")
+
+    pointer = repair_latest(s3_client=s3_client, models_uri=MODELS_URI)
+
+    assert pointer["version"] == V1 and pointer["reason"].startswith("repaired: latest.json was missing")
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) == pointer
+    # A pointer that exists is not touched: moving it on purpose is promote's job.
+    assert repair_latest(s3_client=s3_client, models_uri=MODELS_URI) == pointer
+
+
+def test_repair_with_nothing_that_qualifies_says_so(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V2, passed=False)
+    s3_client.delete_object(Bucket=BUCKET, Key="mnist/latest.json")
+    with pytest.raises(NothingPublishedError, match="no version in s3://models/mnist/ verifies and passed"):
+        repair_latest(s3_client=s3_client, models_uri=MODELS_URI)
 
 
 def test_promote_rolls_latest_back_to_an_older_verified_version(s3_client, bucket: str, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from mnist_tasks import pipeline
 from mnist_tasks.artifacts import ArtifactStore
-from mnist_tasks.registry import LatestMovedError, read_latest
+from mnist_tasks.registry import LatestMovedError, read_latest, repair_latest
 from tests.e2e.conftest import ARTIFACTS_BUCKET, MODELS_BUCKET, MODELS_URI, load_dag_for_test
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -171,6 +171,31 @@ def test_a_damaged_latest_json_fails_the_run_at_once_and_publishes_nothing(
     assert _versions(s3_client) == versions_before
     s3_client.put_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json", Body=pointer)  # mended, for the audit
     ledger.scenario("latest.json cut in half", bad_inputs=1)
+    ledger.audit(s3_client, MODELS_URI)
+
+
+def test_a_deleted_latest_json_never_waives_the_champion_until_it_is_repaired(
+    pipeline_env, monkeypatch, s3_client, ledger
+):
+    dag = _retrying_dag(monkeypatch)
+    assert str(dag.test(logical_date=datetime(2026, 11, 20, 2, tzinfo=UTC), run_conf=PASSING_CONF).state) == "success"
+    ledger.audit(s3_client, MODELS_URI)
+    pointer = read_latest(s3_client=s3_client, models_uri=MODELS_URI)
+    s3_client.delete_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json")
+    versions_before = _versions(s3_client)
+
+    # A worse model that clears the threshold: with the pointer gone it must meet no empty throne.
+    worse = {**PASSING_CONF, "epochs": 1, "accuracy_threshold": 0.1}
+    dag_run = dag.test(logical_date=datetime(2026, 11, 21, 2, tzinfo=UTC), run_conf=worse)
+
+    assert str(dag_run.state) == "failed"
+    assert _tries(dag_run)["evaluate"] == ("failed", 1)  # refused at once, and alerted: a person must repair
+    assert _versions(s3_client) == versions_before
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) is None
+
+    repaired = repair_latest(s3_client=s3_client, models_uri=MODELS_URI)
+    assert (repaired["version"], repaired["manifest_sha256"]) == (pointer["version"], pointer["manifest_sha256"])
+    ledger.scenario("latest.json deleted while versions are published", bad_inputs=1)
     ledger.audit(s3_client, MODELS_URI)
 
 
