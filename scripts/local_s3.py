@@ -55,6 +55,7 @@ INTERNAL_PORTS = ("master", "master.grpc", "volume", "volume.grpc", "filer", "fi
 STARTUP_SECONDS = 120  # generous: a busy machine (a training task on every core) is slow, not broken
 HEALTH_BUCKET = "store-health"  # the admin's, for start's probe that the store keeps what it is given
 TLS_NAME = "mnist-store"  # the common name of the certificate every internal gRPC peer must show
+FILER_METADATA = "data/master/filerldb2"  # the filer's LevelDB: every object's name, metadata and chunks
 
 
 class Identity(TypedDict):
@@ -86,6 +87,8 @@ def start(port: int, state_dir: Path) -> Credentials:
             _write_private(root / "credentials.json", creds)
             _write_private(root / "identities.json", _identities(creds))
             _write_security(root)
+            # Where weed kept its metadata so far by default; said here, so no filer.toml of the machine's applies.
+            (root / "filer.toml").write_text(_toml("leveldb2", {"enabled": True, "dir": str(root / FILER_METADATA)}))
             _spawn_and_wait(port, root)
         elif creds["endpoint"] != endpoint_url(port):
             sys.exit(f"the store of {state_dir} is running on {creds['endpoint']}; `make stop` first")
@@ -95,7 +98,7 @@ def start(port: int, state_dir: Path) -> Credentials:
 
 def _spawn_and_wait(port: int, root: Path) -> None:
     # Its working directory and HOME are its own: weed reads security.toml and filer.toml from
-    # ".", then ~/.seaweedfs and /etc/seaweedfs, and must find ours, not the machine's.
+    # ".", then ~/.seaweedfs and /etc/seaweedfs, and finds ours first.
     proc = spawn(
         _command(port, root),
         pid_file=root / "weed.pid",
