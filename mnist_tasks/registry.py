@@ -424,21 +424,12 @@ def repair_latest(*, s3_client: Any, models_uri: str) -> dict[str, Any]:
     current, _ = read_latest_state(s3_client=s3_client, models_uri=models_uri)
     if current is not None:
         return current
+    reason = f"repaired: {LATEST_FILE} was missing; the newest verified version that passed its gate"
     for version in reversed(_version_dirs(s3_client, models_uri)):
         try:
-            manifest, manifest_sha256 = _verify(s3_client, models_uri, version, None)
-        except (VersionNotFoundError, PublishVerificationError):
-            continue
-        if gate_passed(manifest.get("metrics", {})) is True:
-            return move_latest(
-                s3_client=s3_client,
-                models_uri=models_uri,
-                manifest=manifest,
-                manifest_sha256=manifest_sha256,
-                expected_etag=None,
-                moved_by=f"{getpass.getuser()}@{socket.gethostname()}",
-                reason=f"repaired: {LATEST_FILE} was missing; the newest verified version that passed its gate",
-            )
+            return promote(s3_client=s3_client, models_uri=models_uri, version=version, reason=reason)
+        except (VersionNotFoundError, PublishVerificationError, GateNotPassedError):
+            continue  # no manifest, damaged, or its gate failed
     raise NothingPublishedError(f"no version in {models_uri} verifies and passed its gate: nothing to point latest at")
 
 

@@ -30,6 +30,14 @@ def _retrying_dag(monkeypatch):
     return load_dag_for_test("mnist_retraining", keep_retries=True)
 
 
+def _first_run_published(monkeypatch, s3_client, ledger):
+    """mnist_retraining with its real retries, after a first run that published and passed the audit."""
+    dag = _retrying_dag(monkeypatch)
+    assert str(dag.test(logical_date=datetime(2026, 11, 20, 2, tzinfo=UTC), run_conf=PASSING_CONF).state) == "success"
+    ledger.audit(s3_client, MODELS_URI)
+    return dag
+
+
 def _tries(dag_run) -> dict[str, tuple[str, int]]:
     return {ti.task_id: (str(ti.state), ti.try_number) for ti in dag_run.get_task_instances()}
 
@@ -116,9 +124,7 @@ def _stored_array(s3_client, name: str) -> str:
 
 
 def test_an_array_replaced_in_the_store_is_rebuilt_by_prepare(pipeline_env, monkeypatch, s3_client, ledger):
-    dag = _retrying_dag(monkeypatch)
-    assert str(dag.test(logical_date=datetime(2026, 11, 20, 2, tzinfo=UTC), run_conf=PASSING_CONF).state) == "success"
-    ledger.audit(s3_client, MODELS_URI)
+    dag = _first_run_published(monkeypatch, s3_client, ledger)
     key = _stored_array(s3_client, "/x_train.npy")
     good = s3_client.get_object(Bucket=ARTIFACTS_BUCKET, Key=key)["Body"].read()
     s3_client.put_object(Bucket=ARTIFACTS_BUCKET, Key=key, Body=b"\x93NUMPY replaced by something else")
@@ -135,9 +141,7 @@ def test_an_array_replaced_in_the_store_is_rebuilt_by_prepare(pipeline_env, monk
 def test_an_array_corrupted_in_the_store_fails_training_at_once_by_name(
     pipeline_env, monkeypatch, s3_client, ledger
 ):
-    dag = _retrying_dag(monkeypatch)
-    assert str(dag.test(logical_date=datetime(2026, 11, 20, 2, tzinfo=UTC), run_conf=PASSING_CONF).state) == "success"
-    ledger.audit(s3_client, MODELS_URI)
+    dag = _first_run_published(monkeypatch, s3_client, ledger)
     key = _stored_array(s3_client, "/x_train.npy")
     head = s3_client.head_object(Bucket=ARTIFACTS_BUCKET, Key=key)
     corrupted = bytearray(s3_client.get_object(Bucket=ARTIFACTS_BUCKET, Key=key)["Body"].read())
@@ -157,9 +161,7 @@ def test_an_array_corrupted_in_the_store_fails_training_at_once_by_name(
 def test_a_damaged_latest_json_fails_the_run_at_once_and_publishes_nothing(
     pipeline_env, monkeypatch, s3_client, ledger
 ):
-    dag = _retrying_dag(monkeypatch)
-    assert str(dag.test(logical_date=datetime(2026, 11, 20, 2, tzinfo=UTC), run_conf=PASSING_CONF).state) == "success"
-    ledger.audit(s3_client, MODELS_URI)
+    dag = _first_run_published(monkeypatch, s3_client, ledger)
     pointer = s3_client.get_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json")["Body"].read()
     s3_client.put_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json", Body=pointer[: len(pointer) // 2])
     versions_before = _versions(s3_client)
@@ -177,9 +179,7 @@ def test_a_damaged_latest_json_fails_the_run_at_once_and_publishes_nothing(
 def test_a_deleted_latest_json_never_waives_the_champion_until_it_is_repaired(
     pipeline_env, monkeypatch, s3_client, ledger
 ):
-    dag = _retrying_dag(monkeypatch)
-    assert str(dag.test(logical_date=datetime(2026, 11, 20, 2, tzinfo=UTC), run_conf=PASSING_CONF).state) == "success"
-    ledger.audit(s3_client, MODELS_URI)
+    dag = _first_run_published(monkeypatch, s3_client, ledger)
     pointer = read_latest(s3_client=s3_client, models_uri=MODELS_URI)
     s3_client.delete_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json")
     versions_before = _versions(s3_client)
