@@ -14,6 +14,7 @@ its store on port 9300) and then here, after one unmeasured run in each.
 
 Wall times of the whole commands, Python's start-up included; medians and
 ranges. The machines are shared: read ratios and ranges, not single times.
+moto's server comes with the test requirements (`make test` installs them).
 """
 
 from __future__ import annotations
