@@ -51,8 +51,10 @@ def _prepare(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> dict:
+    from mnist_tasks.dataset import check_prepared
     from mnist_tasks.train import train_model
 
+    check_prepared(args.cache_dir, "train")
     return train_model(
         cache_dir=args.cache_dir,
         out_dir=args.out,
@@ -61,9 +63,11 @@ def _train(args: argparse.Namespace) -> dict:
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
+    from mnist_tasks.dataset import check_prepared
     from mnist_tasks.evaluate import evaluate_model
     from mnist_tasks.storage import sha256_file
 
+    check_prepared(args.cache_dir, "test")
     return evaluate_model(
         model_path=args.model,
         # A model file named on the command line is trusted as given; the DAG

@@ -37,6 +37,7 @@ from mnist_tasks.storage import (
     ChecksumMismatchError,
     atomic_dir,
     atomic_path,
+    check_file_sha256,
     check_sha256,
     directory_uri,
     sha256_file,
@@ -440,6 +441,24 @@ def _cache_intact(cache_dir: Path) -> bool:
         (cache_dir / f"{name}.npy").is_file() and sha256_file(cache_dir / f"{name}.npy") == sha256
         for name, sha256 in recorded.items()
     )
+
+
+def check_prepared(cache_dir: Path, split: str) -> None:
+    """DataChecksumError unless `split`'s arrays in a directory `prepare` wrote have the sha256s of its dataset.json.
+
+    For a directory named by hand (the CLI's --cache-dir): an array changed after it was
+    written would silently change what trains or what the gate measures. The DAG's tasks
+    read the artifact store's copies instead, each checked as it is fetched.
+    """
+    info_path = cache_dir / DATASET_INFO
+    if not info_path.is_file():
+        raise DataIntegrityError(f"{cache_dir} is not a directory `prepare` wrote: it has no {DATASET_INFO}")
+    recorded = json.loads(info_path.read_text()).get("arrays") or {}
+    for name in (f"x_{split}", f"y_{split}"):
+        if name not in recorded:
+            raise DataIntegrityError(f"{info_path} records no checksum for {name}.npy")
+        path = cache_dir / f"{name}.npy"
+        check_file_sha256(path, expected=recorded[name], source=str(info_path), error=DataChecksumError)
 
 
 def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,10 @@ against moto's S3 server. What each printed is checked against what it wrote.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import mnist_tasks.dataset
@@ -98,6 +100,22 @@ def test_train_writes_the_model_and_its_history_and_prints_their_checksums(prepa
     assert printed["params"]["augment"] == "off"  # auto, for the dense model
     assert printed["train_count"] == TRAIN_COUNT
     assert set(printed["final"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+def test_evaluate_and_train_refuse_arrays_changed_after_prepare_wrote_them(prepared, tmp_path, capsys):  # noqa: F811
+    damaged = tmp_path / "prepared"
+    shutil.copytree(prepared, damaged)
+    x_test = np.load(damaged / "x_test.npy")
+    x_test[:20] = 0  # 20 test images blanked after the checksums were recorded
+    np.save(damaged / "x_test.npy", x_test)
+    model = str(tmp_path / "model.keras")
+
+    code, out, err = run(["evaluate", "--model", model, "--cache-dir", str(damaged), "--out", str(tmp_path)], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: checksum mismatch for {damaged / 'x_test.npy'}: expected")
+    (damaged / "dataset.json").unlink()
+    code, _, err = run(["train", "--cache-dir", str(damaged), "--out", str(tmp_path / "out"), *FAST_ARGS], capsys)
+    assert code == 2 and err.startswith(f"error: {damaged} is not a directory `prepare` wrote")
 
 
 def test_evaluate_prints_the_metrics_and_the_gate_verdict(trained, prepared, tmp_path, capsys):  # noqa: F811

@@ -24,8 +24,11 @@ def write_prepared(
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     for name, array in arrays.items():
         np.save(directory / f"{name}.npy", array)
+    checksums = {name: sha256_file(directory / f"{name}.npy") for name in arrays}
     (directory / "dataset.json").write_text(
-        json.dumps({"data_sha256": "0" * 64, "train_count": len(y_train), "test_count": len(y_test)})
+        json.dumps(
+            {"data_sha256": "0" * 64, "train_count": len(y_train), "test_count": len(y_test), "arrays": checksums}
+        )
     )
     return directory
 
