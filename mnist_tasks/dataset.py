@@ -436,11 +436,12 @@ def _write_cache(raw_dir: Path, roles: dict, cache_dir: Path, info: dict) -> Non
 
 def _cache_intact(cache_dir: Path) -> bool:
     """Whether every array in the cache still has the sha256 recorded when it was written."""
-    recorded = json.loads((cache_dir / DATASET_INFO).read_text()).get("arrays") or {}
-    return set(recorded) == set(ARRAY_NAMES) and all(
-        (cache_dir / f"{name}.npy").is_file() and sha256_file(cache_dir / f"{name}.npy") == sha256
-        for name, sha256 in recorded.items()
-    )
+    try:
+        for split in ("train", "test"):
+            check_prepared(cache_dir, split)
+    except (DataIntegrityError, FileNotFoundError):
+        return False
+    return True
 
 
 def check_prepared(cache_dir: Path, split: str) -> None:

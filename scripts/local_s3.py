@@ -108,7 +108,7 @@ def _spawn_and_wait(port: int, root: Path) -> None:
     )
     wait_until(
         # Ours, not another store's on the same port.
-        lambda: proc.poll() is None and answers(f"{endpoint_url(port)}/healthz", ok_only=True),
+        lambda: proc.poll() is None and answers(f"{endpoint_url(port)}/healthz"),
         alive=lambda: proc.poll() is None,
         timeout=STARTUP_SECONDS,
         failure=f"the object store did not start on {endpoint_url(port)}; see {root / 'weed.log'}",

@@ -3,16 +3,15 @@ ships for end-to-end runs), both on 127.0.0.1, and credentials that can only eve
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,13 +109,7 @@ class EmbeddedStore:
 
     def kill(self) -> None:
         """SIGKILL, as a crash or a power cut of the process (not of the machine) would end it."""
-        pid_file = self.state_dir / "s3" / "weed.pid"
-        pid = int(pid_file.read_text())
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while _alive(pid):
-            assert time.monotonic() < deadline, f"store {pid} still runs after SIGKILL"
-            time.sleep(0.1)
+        assert script_module("local_processes").kill(self.state_dir / "s3" / "weed.pid")
 
     @property
     def credentials(self) -> dict:
@@ -127,8 +120,8 @@ class EmbeddedStore:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, identity: str = "pipeline", *, secret: str | None = None):
+        """A boto3 client as `identity` of credentials.json (the pipeline's: what Airflow's connection has)."""
         import boto3
-        from botocore.config import Config
 
         keys = self.credentials[identity]
         return boto3.client(
@@ -137,8 +130,6 @@ class EmbeddedStore:
             region_name="us-east-1",
             aws_access_key_id=keys["access_key"],
             aws_secret_access_key=secret or keys["secret_key"],
-            # A stopped store should fail a call at once, not after botocore's retries.
-            config=Config(retries={"max_attempts": 1}),
         )
 
     def client_environment(self) -> dict[str, str]:
@@ -155,12 +146,11 @@ class EmbeddedStore:
                     admin.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"  # a zombie runs nothing; it waits for its parent
+def script_module(name: str):
+    """A module of scripts/, imported as the scripts import each other."""
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.insert(0, str(REPO / "scripts"))
+    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="session")
@@ -173,9 +163,12 @@ def embedded_store() -> Iterator[EmbeddedStore]:
     try:
         yield store
     finally:
-        pid = int((root / "s3" / "weed.pid").read_text()) if (root / "s3" / "weed.pid").exists() else None
+        pid_file = root / "s3" / "weed.pid"
+        session = pid_file.read_text() if pid_file.exists() else None
         store.stop()
-        assert pid is None or not _alive(pid)
+        if session:  # any state but Z: an exited process that awaits its reaper runs nothing
+            left = subprocess.run(["pgrep", "--runstates", "R,S,D,T,t", "-s", session], capture_output=True)
+            assert left.returncode == 1, f"the store still runs after stop: {left.stdout!r}"
         shutil.rmtree(root)
 
 

@@ -9,7 +9,6 @@ test-artifacts/airflow-ui/. Stopping the stack must leave no process behind.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, api_session, free_port_block, run_checked
+from tests.conftest import REPO, EmbeddedStore, api_session, free_port_block, run_checked
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -54,7 +53,7 @@ class Stack:
     url: str
     user: str
     password: str
-    s3_endpoint: str
+    store: EmbeddedStore
     state_dir: Path
 
     def logs(self) -> str:
@@ -73,9 +72,8 @@ def stack() -> Iterator[Stack]:
     state = root / "state"
     sessions: list[str] = []
     # The store takes its S3 port and the seven after it; the others follow.
-    s3_port = free_port_block(8 + 3)
-    ui_port, worker_log_port, triggerer_log_port = range(s3_port + 8, s3_port + 11)
-    s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    store = EmbeddedStore(state, free_port_block(8 + 3))
+    ui_port, worker_log_port, triggerer_log_port = range(store.port + 8, store.port + 11)
     # What `make airflow` exports, pointed at this test's own ports and directories.
     env = {
         **os.environ,
@@ -94,9 +92,8 @@ def stack() -> Iterator[Stack]:
     }
     python = sys.executable
     try:
-        run_checked([python, "scripts/local_s3.py", "start", "--port", s3_port, "--state-dir", state], env)
-        # What `make` gives the commands it runs under $(STORE): the store's limited identity.
-        env.update(json.loads(run_checked([python, "scripts/local_s3.py", "env", "--json", "--state-dir", state], env)))
+        store.start()
+        env.update(store.client_environment())  # what `make` gives the commands it runs under $(STORE)
         run_checked([python, "-m", "mnist_tasks", "mirror", "--to", MIRROR_URI, "--work-dir", root / "wheel"], env)
         start = [python, "scripts/local_airflow.py", "start", "--port", ui_port, "--state-dir", state]
         printed = run_checked(start, env)
@@ -106,11 +103,11 @@ def stack() -> Iterator[Stack]:
         login = re.search(r"Airflow UI: (http://\S+) +\(user (\S+), password (\S+)\)", printed)
         assert login, printed
         assert login[1] == f"http://127.0.0.1:{ui_port}"
-        yield Stack(url=login[1], user=login[2], password=login[3], s3_endpoint=s3_endpoint, state_dir=state)
+        yield Stack(url=login[1], user=login[2], password=login[3], store=store, state_dir=state)
     finally:
         sessions = sessions or [p.read_text().strip() for p in state.glob("**/*.pid")]
         run_checked([python, "scripts/local_airflow.py", "stop", "--state-dir", state], env)
-        run_checked([python, "scripts/local_s3.py", "stop", "--state-dir", state], env)
+        store.stop()
         if sessions:
             # Any state but Z: an exited process stays a zombie until its parent (here
             # init, which takes its time) reaps it, and a zombie runs nothing.
@@ -272,19 +269,9 @@ def test_a_run_triggered_from_the_form_publishes_a_model_shown_in_the_models_vie
     page.screenshot(path=SCREENSHOTS / "07-report-pictures.png")
 
     # What trained is what the form asked for: the manifest records the run's Params.
-    import boto3
-
     from mnist_tasks.registry import read_manifest
 
-    keys = json.loads((stack.state_dir / "s3" / "credentials.json").read_text())["pipeline"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=stack.s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=keys["access_key"],
-        aws_secret_access_key=keys["secret_key"],
-    )
-    manifest = read_manifest(s3_client=s3, models_uri=MODELS_URI, version=version)
+    manifest = read_manifest(s3_client=stack.store.client(), models_uri=MODELS_URI, version=version)
     assert manifest["run_id"] == run["dag_run_id"]
     assert manifest["params"]["epochs"] == 1
 

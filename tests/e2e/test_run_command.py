@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, free_port_block
+from tests.conftest import REPO, EmbeddedStore, free_port_block
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -28,7 +28,6 @@ def _make(target: str, make_vars: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_make_run_publishes_a_model_that_passes_the_gate_and_stays_the_champion_after_stop(tmp_path):
-    import boto3
 
     s3_port = free_port_block(8)
     make_vars = [
@@ -45,11 +44,7 @@ def test_make_run_publishes_a_model_that_passes_the_gate_and_stays_the_champion_
         assert summary["model_uri"] == f"s3://mnist-models/mnist/{summary['model_version']}/model.keras"
         # TensorFlow Serving's layout, in the endpoint make run left up: serving/<version>/saved_model.pb.
         assert summary["serving_uri"] == f"s3://mnist-models/mnist/serving/{summary['model_version']}/"
-        keys = json.loads((tmp_path / "local" / "s3" / "credentials.json").read_text())["pipeline"]
-        s3 = boto3.client(
-            "s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name="us-east-1",
-            aws_access_key_id=keys["access_key"], aws_secret_access_key=keys["secret_key"],
-        )
+        s3 = EmbeddedStore(tmp_path / "local", s3_port).client()  # the store make run left up
         s3.head_object(Bucket="mnist-models", Key=f"mnist/serving/{summary['model_version']}/saved_model.pb")
         assert set(summary["task_seconds"]) == {"download", "prepare", "train", "evaluate", "publish"}
         assert summary["champion_accuracy"] is None  # the first model of an empty store

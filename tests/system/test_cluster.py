@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import os
 import re
 import shutil
@@ -29,7 +28,7 @@ from types import ModuleType
 import pytest
 import requests
 
-from tests.conftest import REPO, api_session, free_port_block, run_checked
+from tests.conftest import REPO, EmbeddedStore, api_session, free_port_block, run_checked
 
 # The first test also pays for starting the cluster and for the nightly run.
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -64,7 +63,7 @@ class Cluster:
     url: str
     user: str
     password: str
-    s3_endpoint: str
+    store: EmbeddedStore
     state_dir: Path
     start_command: list[str]
     env: dict[str, str]
@@ -133,7 +132,7 @@ def cluster(scripts) -> Iterator[Cluster]:
         url="",
         user="",
         password="",
-        s3_endpoint=f"http://127.0.0.1:{s3}",
+        store=EmbeddedStore(state, s3),
         state_dir=state,
         start_command=start,
         env=env,
@@ -180,17 +179,7 @@ def api(cluster) -> requests.Session:
 
 @pytest.fixture(scope="module")
 def s3(cluster):
-    import boto3
-
-    # The identity Airflow's connection has, limited to the project's buckets.
-    keys = json.loads((cluster.state_dir / "s3" / "credentials.json").read_text())["pipeline"]
-    return boto3.client(
-        "s3",
-        endpoint_url=cluster.s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=keys["access_key"],
-        aws_secret_access_key=keys["secret_key"],
-    )
+    return cluster.store.client()  # the identity Airflow's connection has, limited to the project's buckets
 
 
 def _trigger(api, cluster, conf: dict) -> dict:
