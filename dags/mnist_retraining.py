@@ -161,7 +161,8 @@ def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict
     dag_run = context["dag_run"]
     # LatestMovedError: another run moved `latest` after evaluate compared with it; a retry
     # would meet the same, only re-running evaluate compares with the new champion.
-    # DamagedObjectError: a latest.json or manifest that cannot be parsed stays so until someone mends it.
+    # DamagedObjectError: a latest.json or manifest that cannot be parsed, or a latest.json gone while
+    # versions exist (PointerMissingError), stays so until someone mends it (`models repair`).
     with not_retried(
         ArtifactUnusableError, GateFailedError, VersionConflictError, LatestMovedError, DamagedObjectError
     ):

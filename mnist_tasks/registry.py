@@ -84,10 +84,13 @@ class PublishChecksumError(ChecksumMismatchError, PublishVerificationError):
 
 
 class DamagedObjectError(PublishVerificationError):
-    """A registry object (a manifest, latest.json) that cannot be parsed: rewriting it takes a person, not a retry."""
+    """A registry object (a manifest, latest.json) a person must mend: a retry meets it the same.
+
+    Raised as such for one that cannot be parsed; PointerMissingError for latest.json gone.
+    """
 
 
-class PointerMissingError(PublishVerificationError):
+class PointerMissingError(DamagedObjectError):
     """latest.json is gone while versions are published: who the champion is, is unknown until it is repaired."""
 
 

@@ -222,3 +222,17 @@ def test_an_artifact_handed_over_damaged_or_gone_fails_the_task_without_retries(
     ):
         with pytest.raises(AirflowFailException, match="s3://b/runs/model.keras"), not_retried(ArtifactUnusableError):
             raise error
+
+
+def test_a_registry_object_a_person_must_mend_fails_publish_without_retries(monkeypatch):
+    # latest.json deleted between evaluate and publish: waiting 300-600 s cannot bring it back.
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_tasks.registry import DamagedObjectError, PointerMissingError
+
+    monkeypatch.syspath_prepend(str(REPO / "plugins"))
+    from mnist_dags import not_retried
+
+    for error in (DamagedObjectError("s3://b/mnist/latest.json is not valid JSON"), PointerMissingError("gone")):
+        with pytest.raises(AirflowFailException), not_retried(DamagedObjectError):
+            raise error
