@@ -40,10 +40,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, Param, dag, task
 
 # plugins/: Airflow puts the plugins folder on sys.path in all its processes.
-from mnist_dags import airflow_param, default_args, not_retried, published_model_asset, s3_client
+from mnist_dags import PastCronTimetable, airflow_param, default_args, not_retried, published_model_asset, s3_client
 
 from mnist_tasks.params import BATCH_PREDICT_PARAMS
 from mnist_tasks.settings import Settings
@@ -58,7 +58,7 @@ PUBLISHED_MODEL = published_model_asset(_SETTINGS)
     description="Predicts the digits in the images under an S3 prefix with the latest published MNIST model.",
     doc_md=__doc__,
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 6 * * *", timezone="UTC"), assets=PUBLISHED_MODEL
+        timetable=PastCronTimetable("0 6 * * *", timezone="UTC"), assets=PUBLISHED_MODEL
     ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,

@@ -61,7 +61,15 @@ from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, dag, ta
 
 # plugins/: Airflow puts the plugins folder on sys.path in all its processes.
 from mnist_alerting import alert_run_failure, alert_run_overdue, alert_run_success
-from mnist_dags import airflow_param, artifact_store, default_args, not_retried, published_model_asset, s3_client
+from mnist_dags import (
+    PastCronTimetable,
+    airflow_param,
+    artifact_store,
+    default_args,
+    not_retried,
+    published_model_asset,
+    s3_client,
+)
 
 from mnist_tasks.params import GATE_PARAMS, TRAINING_PARAMS
 from mnist_tasks.settings import Settings
@@ -185,7 +193,7 @@ def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict
     dag_id="mnist_retraining",
     description="Nightly MNIST retraining with an accuracy gate; publishes passing models to S3.",
     doc_md=__doc__,
-    schedule="0 2 * * *",
+    schedule=PastCronTimetable("0 2 * * *", timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -9,7 +9,8 @@ intensity-weighted centre of mass sits at (14, 14). Photos, scans and drawings l
 like that, so every image goes through the same steps before the model sees it:
 
 1. open it upright (EXIF orientation), refusing oversized files before decoding pixels;
-2. greyscale, with any transparency flattened onto white (black under light ink);
+2. greyscale, with any transparency flattened onto white (black under light ink), averaged
+   down to at most WORK_PIXELS: a digit needs no more, and the work below stays bounded;
 3. polarity: the border tells the background; dark ink on light paper is inverted;
 4. crop to the ink, ignoring specks much smaller than the digit (blank -> no digit);
 5. scale into a 20x20 box, thickening pen strokes that would shrink to a faint hairline;
@@ -18,6 +19,13 @@ like that, so every image goes through the same steps before the model sees it:
 
 `multi` (`predict --multi`) splits an image into digits (connected strokes, broken strokes
 merged by column) and reads them left to right.
+
+What one image may cost is bounded before the work starts, so a hostile file (a 60 KB PNG
+of a 6000x6000 checkerboard, a grid of dots) gets its own error and never costs the other
+files their result: the file's bytes and the canvas its header declares (refused unread),
+the pixels worked on (averaged down), the ink's row runs, which the connected-component
+search visits (refused above MAX_RUNS: noise, not strokes), and the digits read from one
+image (refused above MAX_DIGITS). Each digit is then worked on inside its own box.
 """
 
 from __future__ import annotations
@@ -32,8 +40,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mnist_tasks.model import IMAGE_SHAPE
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-MAX_PIXELS = 40_000_000
+MAX_PIXELS = 40_000_000  # decoded canvas, checked on the header: a 48-megapixel phone photo is 8000x6000
 MAX_FILE_BYTES = 50 * 1024 * 1024  # larger files are refused unread (and batch predict does not download them)
+# Pixels the steps after greyscale work on; larger images are averaged down by a whole factor.
+# A 300 dpi A4 scan (8.7 megapixels) keeps half its resolution, strokes of a few pixels.
+WORK_PIXELS = 4_000_000
+# Row runs of strong ink (a stroke crossing a row is one run): a page of handwriting has tens
+# of thousands; a checkerboard or fine noise has millions, each a node of the component search.
+MAX_RUNS = 200_000
+MAX_DIGITS = 100  # digits `multi` reads from one image: a line of a form, not a page of dots
 
 BOX = 20  # side of the box the digit is scaled into, pixels
 CENTRE = IMAGE_SHAPE[0] / 2  # 14.0: where the centre of mass goes, in pixel-index coordinates (row, column)
@@ -123,8 +138,7 @@ def preprocess_image(image: Image.Image) -> np.ndarray | None:
     if ink is None:
         return None
     parts = _parts(ink > STRONG)
-    keep = np.flatnonzero(parts.area >= SPECK_FRACTION * parts.area.max()) + 1
-    return _mnist_field(ink, np.isin(parts.labels, keep))
+    return _mnist_field(ink, parts, _kept(parts))
 
 
 def split_digits(image: Image.Image) -> list[np.ndarray]:
@@ -137,18 +151,21 @@ def split_digits(image: Image.Image) -> list[np.ndarray]:
     if ink is None:
         return []
     parts = _parts(ink > STRONG)
-    kept = np.flatnonzero(parts.area >= SPECK_FRACTION * parts.area.max())
-    groups: list[tuple[int, int, list[int]]] = []  # (left, right, part indices) per digit
-    for i in sorted(kept, key=lambda i: parts.left[i]):
-        left, right = int(parts.left[i]), int(parts.right[i])
+    kept = _kept(parts)
+    kept = kept[np.argsort(parts.left[kept], kind="stable")]
+    groups: list[list[int]] = []  # [left, right, part index, part index, ...] per digit
+    for i, left, right in zip(kept.tolist(), parts.left[kept].tolist(), parts.right[kept].tolist(), strict=True):
         if groups:
-            g_left, g_right, members = groups[-1]
-            shared = min(right, g_right) - max(left, g_left) + 1
-            if shared >= MERGE_OVERLAP * min(right - left + 1, g_right - g_left + 1):
-                groups[-1] = (min(left, g_left), max(right, g_right), [*members, i])
+            group = groups[-1]
+            shared = min(right, group[1]) - max(left, group[0]) + 1
+            if shared >= MERGE_OVERLAP * min(right - left + 1, group[1] - group[0] + 1):
+                group[:2] = min(left, group[0]), max(right, group[1])
+                group.append(i)
                 continue
-        groups.append((left, right, [i]))
-    return [_mnist_field(ink, np.isin(parts.labels, np.array(members) + 1)) for _, _, members in groups]
+        if len(groups) == MAX_DIGITS:
+            raise ImageError(f"too many separate marks: more than {MAX_DIGITS} digits in one image")
+        groups.append([left, right, i])
+    return [_mnist_field(ink, parts, np.array(group[2:])) for group in groups]
 
 
 class _Parts(NamedTuple):
@@ -156,6 +173,13 @@ class _Parts(NamedTuple):
     area: np.ndarray  # pixels per part
     left: np.ndarray  # first column per part
     right: np.ndarray  # last column per part
+    top: np.ndarray  # first row per part
+    bottom: np.ndarray  # last row per part
+
+
+def _kept(parts: _Parts) -> np.ndarray:
+    """Indices of the parts that are not dust (specks much smaller than the largest part)."""
+    return np.flatnonzero(parts.area >= SPECK_FRACTION * parts.area.max())
 
 
 def _gray(image: Image.Image) -> np.ndarray:
@@ -171,6 +195,20 @@ def _gray(image: Image.Image) -> np.ndarray:
     except ValueError as exc:
         raise ImageError(f"cannot convert image mode {image.mode} to greyscale: {exc}") from exc
     return np.asarray(gray, dtype=np.float32) / 255
+
+
+def _averaged_down(gray: np.ndarray, max_pixels: int = WORK_PIXELS) -> np.ndarray:
+    """gray with each factor x factor block averaged, the smallest whole factor that fits max_pixels.
+
+    Rows and columns beyond the last whole block (fewer than `factor`) are dropped.
+    """
+    height, width = gray.shape
+    factor = min(math.ceil(math.sqrt(height * width / max_pixels)), height, width)
+    if factor <= 1:
+        return gray
+    rows, cols = height // factor, width // factor
+    blocks = gray[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
 
 
 def _flattened(rgba: Image.Image) -> Image.Image:
@@ -193,7 +231,7 @@ def _flattened(rgba: Image.Image) -> Image.Image:
 
 def _ink(image: Image.Image) -> np.ndarray | None:
     """float32 (H, W): 0 where the background is, 1 at the strongest ink; None if no ink."""
-    gray = _gray(image)
+    gray = _averaged_down(_gray(image))
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))
     # Ink is what differs from the background; if that is mostly darker, the ink is dark.
@@ -215,6 +253,8 @@ def _parts(mask: np.ndarray) -> _Parts:
     stride = width + 2  # > any column, so row * stride + column sorts runs row by row
     steps = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
     row, start = np.nonzero(steps == 1)
+    if len(start) > MAX_RUNS:
+        raise ImageError(f"too much scattered ink: {len(start)} stroke runs, limit {MAX_RUNS} (noise, not digits)")
     _, stop = np.nonzero(steps == -1)  # exclusive
     # Runs in the row above that touch run i, including diagonally, are first[i]:last[i].
     first = np.searchsorted(row * stride + stop, (row - 1) * stride + start, side="left")
@@ -240,11 +280,14 @@ def _parts(mask: np.ndarray) -> _Parts:
     pixels = np.repeat(row * width + start - offset, length) + np.arange(int(length.sum()))
     labels = np.zeros((height, width), dtype=np.int32)
     labels.reshape(-1)[pixels] = np.repeat(run_part + 1, length)
-    left = np.full(count, width)
-    right = np.full(count, -1)
+    left, top = np.full(count, width), np.full(count, height)
+    right, bottom = np.full(count, -1), np.full(count, -1)
     np.minimum.at(left, run_part, start)
     np.maximum.at(right, run_part, stop - 1)
-    return _Parts(labels, np.bincount(run_part, weights=length, minlength=count), left, right)
+    np.minimum.at(top, run_part, row)
+    np.maximum.at(bottom, run_part, row)
+    area = np.bincount(run_part, weights=length, minlength=count)
+    return _Parts(labels, area, left, right, top, bottom)
 
 
 def _grow(values: np.ndarray, radius: int) -> np.ndarray:
@@ -275,8 +318,14 @@ def _fit(ink: np.ndarray, box: int, resample: Image.Resampling) -> np.ndarray:
     return scaled / scaled.max()
 
 
-def _mnist_field(ink: np.ndarray, strokes: np.ndarray) -> np.ndarray:
-    """The digit made of `strokes` (mask of its parts) scaled into the box and centred by mass."""
+def _mnist_field(ink: np.ndarray, parts: _Parts, members: np.ndarray) -> np.ndarray:
+    """The digit made of the parts `members` (indices) scaled into the box and centred by mass."""
+    # Only the digit's own box, widened by the edge radius, is looked at: the work per digit
+    # does not grow with the image, however many digits share it.
+    top, left = (max(int(edge[members].min()) - EDGE_RADIUS, 0) for edge in (parts.top, parts.left))
+    bottom, right = (int(edge[members].max()) + EDGE_RADIUS + 1 for edge in (parts.bottom, parts.right))
+    ink = ink[top:bottom, left:right]
+    strokes = np.isin(parts.labels[top:bottom, left:right], members + 1)
     # Faint anti-aliased edges near the strokes belong to the digit; other ink (dust, the
     # neighbouring digits of a number) does not.
     region = _grow(strokes, EDGE_RADIUS) & (ink > FAINT)

@@ -35,6 +35,7 @@ from mnist_tasks.registry import (
     read_latest_state,
     read_manifest_and_sha256,
     refuse_missing_pointer,
+    seal_manifest,
     verify_version,
     version_prefix,
     write_serving_copy,
@@ -169,7 +170,7 @@ def publish_model(
     manifest: dict[str, Any],
     compared_latest_etag: str | None = FROM_CURRENT_LATEST,
 ) -> Published:
-    """Publish `files` (name -> local path) as `version`: claim it, upload, write the manifest, verify, move `latest`.
+    """Publish `files` (name -> local path) as `version`: claim, upload, seal the manifest, verify, move `latest`.
 
     A version belongs to the run that claims it first (`claim.json`, written
     with If-None-Match: *): another run gets VersionConflictError and writes
@@ -197,6 +198,7 @@ def publish_model(
     manifest_sha256 = _complete_manifest_sha256(s3_client, models_uri, version, manifest)
     if manifest_sha256 is None:
         manifest_sha256 = _upload(s3_client, models_uri, version, files, manifest)
+    seal_manifest(s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256)
     verified = verify_version(
         s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256
     )
@@ -277,7 +279,7 @@ def _complete_manifest_sha256(s3_client: Any, models_uri: str, version: int, man
     """
     try:
         existing, existing_sha256 = read_manifest_and_sha256(
-            s3_client=s3_client, models_uri=models_uri, version=version
+            s3_client=s3_client, models_uri=models_uri, version=version, sealed=False
         )
     except VersionNotFoundError:
         return None

@@ -6,12 +6,21 @@ Layout under `models_uri` (s3://bucket/prefix/):
     prefix/<version>/model.keras, metrics.json, ...   uploaded by that run only
     prefix/<version>/saved_model/saved_model.pb, ...  the SavedModel export (versions published before it had none)
     prefix/<version>/manifest.json                     written last and once: the version is complete
+    prefix/<version>/manifest.sha256                   its seal, written once right after it (`sha256sum -c` reads it)
     prefix/serving/<version>/saved_model.pb, ...       TensorFlow Serving's copy of the export, for versions made latest
     prefix/latest.json                                 the pointer, moved only to a verified version
 
 `<version>` is a plain integer. A directory without a manifest is an unfinished
 publish and is not a version; `latest` only ever points at a version whose
 every file matches its manifest (`verify_version`).
+
+Every reader checks a manifest against its seal, so an edited manifest is noticed
+for any version, not only the one latest.json vouches for. A version without a
+seal (published before seals existed, or its seal deleted) is read only where
+latest.json pins its manifest's checksum; listing flags it, promote refuses it.
+The seal guards against accidents and a careless edit, not against someone who
+may rewrite both objects: that takes the bucket's own protection (versioning or
+object lock), which the README's Guarantees names.
 
 `serving/` is TensorFlow Serving's base path: it serves the highest numbered
 directory there. So a version's export is copied there only as `latest` moves
@@ -55,6 +64,7 @@ from mnist_tasks.storage import (
 )
 
 MANIFEST_FILE = "manifest.json"
+SEAL_FILE = "manifest.sha256"
 LATEST_FILE = "latest.json"
 CLAIM_FILE = "claim.json"
 
@@ -258,14 +268,16 @@ def _get_bytes(s3_client: Any, bucket: str, key: str) -> bytes | None:
 
 
 def _load_manifest(
-    s3_client: Any, models_uri: str, version: int, manifest_sha256: str | None = None
+    s3_client: Any, models_uri: str, version: int, manifest_sha256: str | None = None, *, sealed: bool = True
 ) -> tuple[dict[str, Any], str]:
     """(manifest, sha256 of its stored bytes) for a version.
 
-    VersionNotFoundError when it has none. With `manifest_sha256` (publish knows
-    what it uploaded, `latest.json` names what it vouches for) the stored bytes
-    must have exactly that checksum, and the manifest must describe this version
-    and list a model.
+    VersionNotFoundError when it has none. The stored bytes must match the
+    version's seal, and `manifest_sha256` when given (publish knows what it
+    uploaded, `latest.json` names what it vouches for). Without a seal the
+    manifest is refused, unless `manifest_sha256` pins it or not `sealed` (publish
+    finishing its own version). The manifest must describe this version and list
+    a model.
     """
     bucket, _ = split_s3_dir(models_uri)
     key = version_prefix(models_uri, version) + MANIFEST_FILE
@@ -275,6 +287,15 @@ def _load_manifest(
     sha = hashlib.sha256(raw).hexdigest()
     if manifest_sha256 is not None:
         check_sha256(f"s3://{bucket}/{key}", expected=manifest_sha256, actual=sha, error=PublishChecksumError)
+    seal = read_seal(s3_client=s3_client, models_uri=models_uri, version=version)
+    seal_uri = f"s3://{bucket}/{version_prefix(models_uri, version)}{SEAL_FILE}"
+    if seal is not None:
+        check_sha256(f"s3://{bucket}/{key}", expected=seal, actual=sha, source=seal_uri, error=PublishChecksumError)
+    elif sealed and manifest_sha256 is None:
+        raise PublishVerificationError(
+            f"s3://{bucket}/{key} is not sealed: {seal_uri} does not exist, so nothing vouches for it "
+            "(published before seals existed, or its seal was deleted)"
+        )
     manifest = _parse_json(raw, f"s3://{bucket}/{key}")
     if manifest.get("version") != version:
         raise PublishVerificationError(
@@ -283,6 +304,44 @@ def _load_manifest(
     if MODEL_FILE not in manifest.get("files", {}):
         raise PublishVerificationError(f"s3://{bucket}/{key}: lists no {MODEL_FILE}")
     return manifest, sha
+
+
+def read_seal(*, s3_client: Any, models_uri: str, version: int) -> str | None:
+    """The sha256 a version's seal records for its manifest, or None when it has no seal."""
+    bucket, _ = split_s3_dir(models_uri)
+    key = version_prefix(models_uri, version) + SEAL_FILE
+    raw = _get_bytes(s3_client, bucket, key)
+    if raw is None:
+        return None
+    seal = re.fullmatch(rf"([0-9a-f]{{64}})  {re.escape(MANIFEST_FILE)}\n", raw.decode(errors="replace"))
+    if seal is None:
+        raise DamagedObjectError(f"s3://{bucket}/{key} is not a seal: expected '<sha256>  {MANIFEST_FILE}'")
+    return seal[1]
+
+
+def seal_manifest(*, s3_client: Any, models_uri: str, version: int, manifest_sha256: str) -> None:
+    """Write the version's seal once (If-None-Match: *), in `sha256sum` format.
+
+    A seal that is already there must record this very manifest (a retry of the
+    publish that wrote it); one that records another raises PublishChecksumError.
+    """
+    bucket, _ = split_s3_dir(models_uri)
+    key = version_prefix(models_uri, version) + SEAL_FILE
+    body = f"{manifest_sha256}  {MANIFEST_FILE}\n".encode()
+    try:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/plain", IfNoneMatch="*")
+        return
+    except ClientError as err:
+        if not is_condition_failed(err):
+            raise
+    sealed = read_seal(s3_client=s3_client, models_uri=models_uri, version=version)
+    check_sha256(
+        f"s3://{bucket}/{version_prefix(models_uri, version)}{MANIFEST_FILE}",
+        expected=sealed or "no seal",
+        actual=manifest_sha256,
+        source=f"s3://{bucket}/{key}",
+        error=PublishChecksumError,
+    )
 
 
 def claim_version(*, s3_client: Any, models_uri: str, version: int, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -356,9 +415,11 @@ def read_manifest(*, s3_client: Any, models_uri: str, version: int) -> dict[str,
     return _load_manifest(s3_client, models_uri, version)[0]
 
 
-def read_manifest_and_sha256(*, s3_client: Any, models_uri: str, version: int) -> tuple[dict[str, Any], str]:
-    """(the manifest of one version, the sha256 of its stored bytes)."""
-    return _load_manifest(s3_client, models_uri, version)
+def read_manifest_and_sha256(
+    *, s3_client: Any, models_uri: str, version: int, sealed: bool = True
+) -> tuple[dict[str, Any], str]:
+    """(the manifest of one version, the sha256 of its stored bytes); see _load_manifest for `sealed`."""
+    return _load_manifest(s3_client, models_uri, version, sealed=sealed)
 
 
 def list_versions(*, s3_client: Any, models_uri: str) -> list[dict[str, Any]]:

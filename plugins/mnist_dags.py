@@ -1,8 +1,10 @@
-"""Airflow glue that both MNIST DAGs share: S3 client, artifact store, errors not retried, defaults, Params.
+"""Airflow glue that both MNIST DAGs share: schedule, S3 client, artifact store, errors not retried, defaults, Params.
 
 In plugins/ for the reason mnist_alerting.py gives: Airflow puts this folder on
-sys.path in all its processes, the Celery workers' included. It defines no
-AirflowPlugin and imports nothing heavy at module level (DAG files import it).
+sys.path in all its processes, the Celery workers' included. Its one AirflowPlugin
+registers the DAGs' timetable, which the scheduler and the API server must be able
+to rebuild from the serialized DAGs. It imports nothing heavy at module level (DAG
+files import it).
 """
 
 from __future__ import annotations
@@ -12,14 +14,57 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import Asset, Param
+from airflow.timetables.trigger import CronTriggerTimetable
 from mnist_alerting import alert_task_failure
 
 from mnist_tasks.params import ParamSpec
 from mnist_tasks.settings import Settings
 
 if TYPE_CHECKING:
+    from airflow.timetables.base import DataInterval
+    from pendulum import DateTime
+
     from mnist_tasks.artifacts import ArtifactStore
+
+# How far ahead of the API server's clock a manual run's logical date may be: the
+# browser that filled in the trigger form's "now" may run a little ahead.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class PastCronTimetable(CronTriggerTimetable):
+    """A cron schedule whose manual runs may not have a logical date in the future.
+
+    Airflow 3.3.2 accepts any logical date on a trigger, but its scheduler does not
+    schedule the tasks of a running run whose logical date is still ahead: it logs
+    "Logical date is in future" every loop, and with max_active_runs=1 every later
+    run, the nightly included, queues behind it until dagrun_timeout fails it.
+    Such a trigger is refused instead: the REST API (the UI's Trigger button) and
+    `airflow dags trigger` both ask the timetable for the run's data interval
+    first, and answer its ValueError with 400 and this message. Refusing beats
+    failing fast: nothing is created, so nothing waits or alerts, and the person who
+    typed the date reads why at once. A run without a logical date is unaffected.
+    """
+
+    def infer_manual_data_interval(self, *, run_after: DateTime) -> DataInterval:
+        from airflow.sdk import timezone
+
+        now = timezone.utcnow()
+        if run_after > now + CLOCK_SKEW:
+            raise ValueError(
+                f"logical date {run_after.isoformat()} is in the future (now {now.isoformat(timespec='seconds')}): "
+                "Airflow would hold the run, and every later run of this DAG behind it, until then. "
+                "Trigger without a logical date, or with one that has passed"
+            )
+        return super().infer_manual_data_interval(run_after=run_after)
+
+
+class MnistSchedulesPlugin(AirflowPlugin):
+    """Registers PastCronTimetable: only registered custom timetables can be deserialized."""
+
+    name = "mnist_schedules"
+    timetables = [PastCronTimetable]
 
 
 def published_model_asset(settings: Settings) -> Asset:

@@ -178,6 +178,7 @@ def test_publish_uploads_the_version_then_points_latest_at_it(
         base + "model.keras",
         base + "metrics.json",
         base + "manifest.json",
+        base + "manifest.sha256",
         prefix + "latest.json",
     }
     assert json.loads(stored[base + "claim.json"])["run_id"] == "scheduled__a"
@@ -190,6 +191,7 @@ def test_publish_uploads_the_version_then_points_latest_at_it(
     assert manifest["run_id"] == "scheduled__a"
 
     manifest_sha = hashlib.sha256(stored[base + "manifest.json"]).hexdigest()
+    assert stored[base + "manifest.sha256"] == f"{manifest_sha}  manifest.json\n".encode()  # sha256sum -c reads it
     latest = json.loads(stored[prefix + "latest.json"])
     assert latest["version"] == VERSION
     assert latest["manifest_key"] == base + "manifest.json"
@@ -233,6 +235,25 @@ def test_a_retry_of_the_same_run_completes_the_same_version(s3_client, bucket: s
     assert {k.split("/")[1] for k in stored} == {str(VERSION), "latest.json"}
     assert again["manifest_sha256"] == result["manifest_sha256"]
     assert json.loads(stored["mnist/latest.json"])["manifest_sha256"] == result["manifest_sha256"]
+    assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=VERSION)["run_id"] == "scheduled__a"
+
+
+def test_a_retry_seals_a_manifest_its_first_attempt_wrote_but_did_not_seal(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    first = publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
+    )
+    # The first attempt died between the manifest and its seal: the version is not yet readable.
+    for key in (f"mnist/{VERSION}/manifest.sha256", "mnist/latest.json"):
+        s3_client.delete_object(Bucket=BUCKET, Key=key)
+    with pytest.raises(PublishVerificationError, match="is not sealed"):
+        verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=VERSION)
+
+    retried = publish_model(
+        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "2"), manifest=_manifest()
+    )
+    assert retried["manifest_sha256"] == first["manifest_sha256"] and retried["latest_moved"]
     assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=VERSION)["run_id"] == "scheduled__a"
 
 

@@ -96,7 +96,14 @@ def _write_failed_version(s3_client, run_dir: Path, version: int, manifest: dict
     }
     for name, body in files.items():
         s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{version}/{name}", Body=body)
-    s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{version}/manifest.json", Body=json.dumps(manifest).encode())
+    _store_sealed_manifest(s3_client, version, json.dumps(manifest).encode())
+
+
+def _store_sealed_manifest(s3_client, version: int, body: bytes) -> None:
+    """A manifest written from outside publish, with the seal publish would give it."""
+    s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{version}/manifest.json", Body=body)
+    seal = f"{hashlib.sha256(body).hexdigest()}  manifest.json\n"
+    s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{version}/manifest.sha256", Body=seal.encode())
 
 
 def _latest_bytes(s3_client) -> bytes:
@@ -156,13 +163,58 @@ def test_a_damaged_manifest_is_listed_flagged_and_hides_no_other_version(
 ) -> None:
     _publish(s3_client, tmp_path, V1)
     _publish(s3_client, tmp_path, V2)
-    s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V1}/manifest.json", Body=stored)
+    _store_sealed_manifest(s3_client, V1, stored)  # sealed: its content, not its seal, is what is wrong
 
     damaged, intact = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
 
     assert damaged["version"] == V1 and re.match(error, damaged["error"])
     assert damaged["run_id"] is None and damaged["is_latest"] is False
     assert (intact["version"], intact["error"], intact["is_latest"]) == (V2, None, True)
+
+
+def test_an_edited_manifest_of_a_version_that_is_not_latest_is_noticed_everywhere(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    """Only latest.json vouched for a manifest, so an older one could be edited unseen (issue 19, case 9)."""
+    _publish(s3_client, tmp_path, V1, accuracy=0.9)
+    _publish(s3_client, tmp_path, V2)
+    key = f"mnist/{V1}/manifest.json"
+    manifest = json.loads(s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    manifest["metrics"]["accuracy"] = 0.999
+    s3_client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(manifest).encode())
+    mismatch = rf"^checksum mismatch for s3://{BUCKET}/{key}: expected \w+ \(from s3://{BUCKET}/mnist/{V1}/manifest\.sha256\)"
+
+    edited, intact = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
+    assert re.match(mismatch, edited["error"]) and edited["accuracy"] is None
+    assert intact["error"] is None
+    for refused in (verify_version, read_manifest, promote):
+        with pytest.raises(PublishVerificationError, match=mismatch):
+            refused(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == V2
+
+
+def test_a_version_without_a_seal_is_flagged_and_never_promoted_but_a_pinned_latest_still_serves(
+    s3_client, bucket: str, tmp_path: Path
+) -> None:
+    _publish(s3_client, tmp_path, V1)
+    _publish(s3_client, tmp_path, V2)
+    for version in (V1, V2):  # as published before seals existed
+        s3_client.delete_object(Bucket=BUCKET, Key=f"mnist/{version}/manifest.sha256")
+    unsealed = rf"^s3://{BUCKET}/mnist/{V1}/manifest\.json is not sealed: s3://{BUCKET}/mnist/{V1}/manifest\.sha256"
+
+    rows = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
+    assert re.match(unsealed, rows[0]["error"])
+    with pytest.raises(PublishVerificationError, match=unsealed):
+        promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+    # latest.json pins V2's manifest by its sha256: that is what vouches for it.
+    assert download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "d")
+
+
+def test_a_seal_that_is_not_one_is_named(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V1)
+    s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V1}/manifest.sha256", Body=b"garbage")
+    with pytest.raises(DamagedObjectError, match=rf"^s3://{BUCKET}/mnist/{V1}/manifest\.sha256 is not a seal"):
+        verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
 
 
 def test_a_damaged_latest_json_is_an_error_that_names_it(s3_client, bucket: str, tmp_path: Path) -> None:
@@ -291,7 +343,7 @@ def test_download_model_refuses_a_manifest_changed_after_latest_vouched_for_it(
     key = f"mnist/{V1}/manifest.json"
     manifest = json.loads(s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
     manifest["metrics"]["accuracy"] = 0.999
-    s3_client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(manifest).encode())
+    _store_sealed_manifest(s3_client, V1, json.dumps(manifest).encode())  # resealed: latest.json still tells
 
     with pytest.raises(PublishVerificationError, match=rf"checksum mismatch for s3://{BUCKET}/{key}: expected "):
         download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "dest")

@@ -20,13 +20,14 @@ def test_dag_parses_without_import_errors(dagbag):
 
 
 def test_runs_when_a_model_is_published_or_daily_at_six(dag, dagbag):
-    from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable
+    from airflow.sdk import Asset, AssetOrTimeSchedule
+    from mnist_dags import PastCronTimetable
 
     schedule = dag.timetable
     assert isinstance(schedule, AssetOrTimeSchedule)
-    assert isinstance(schedule.timetable, CronTriggerTimetable)
-    assert schedule.timetable.expression == "0 6 * * *"
-    assert str(schedule.timetable.timezone) == "UTC"
+    assert isinstance(schedule.timetable, PastCronTimetable)
+    assert schedule.timetable.serialize()["expression"] == "0 6 * * *"
+    assert schedule.timetable.serialize()["timezone"] == "UTC"
     # The very Asset that mnist_retraining's publish task updates.
     [published] = dagbag.dags["mnist_retraining"].get_task("publish").outlets
     assert isinstance(schedule.asset_condition, Asset)

@@ -39,13 +39,28 @@ def test_task_graph_is_exactly_the_pipeline(dag):
 
 
 def test_schedule_and_run_limits(dag):
-    assert dag.schedule == "0 2 * * *"
+    assert dag.timetable.serialize()["expression"] == "0 2 * * *"
     assert str(dag.timezone) == "UTC"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert dag.dagrun_timeout == timedelta(hours=3)
     assert "Nightly MNIST retraining" in dag.doc_md
     assert {"mnist", "retraining"} <= set(dag.tags)
+
+
+@pytest.mark.parametrize("dag_id", [DAG_ID, "mnist_batch_predict"])
+def test_a_manual_run_with_a_future_logical_date_is_refused_by_the_serialized_dag(dagbag, dag_id):
+    """As the scheduler and the API server load it: a run dated ahead would hold every later run (issue 19, case 8)."""
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+    from mnist_dags import CLOCK_SKEW
+
+    served = DagSerialization.from_dict(json.loads(json.dumps(DagSerialization.to_dict(dagbag.dags[dag_id]))))
+    now = pendulum.now("UTC")
+    for allowed in (now - timedelta(days=365), now, now + CLOCK_SKEW - timedelta(seconds=30)):
+        assert served.timetable.infer_manual_data_interval(run_after=allowed).end == allowed
+    with pytest.raises(ValueError, match=r"^logical date 2099-01-01T00:00:00\+00:00 is in the future"):
+        served.timetable.infer_manual_data_interval(run_after=pendulum.datetime(2099, 1, 1, tz="UTC"))
 
 
 def test_every_task_has_retries_timeout_and_owner(dag):

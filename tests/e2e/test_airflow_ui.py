@@ -276,6 +276,17 @@ def test_a_run_triggered_from_the_form_publishes_a_model_shown_in_the_models_vie
     assert manifest["params"]["epochs"] == 1
 
 
+def test_a_trigger_dated_in_the_future_is_refused_with_its_reason_and_creates_no_run(stack, api):
+    """The scheduler would hold such a run, and every later one behind it (issue 19, case 8)."""
+    before = {run["dag_run_id"] for run in _runs(api, stack)}
+    answer = api.post(
+        f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": "2099-01-01T00:00:00Z"}, timeout=30
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["detail"].startswith("logical date 2099-01-01T00:00:00+00:00 is in the future")
+    assert {run["dag_run_id"] for run in _runs(api, stack)} == before
+
+
 def test_the_models_view_needs_a_login(stack, api):
     refused = requests.get(f"{stack.url}/mnist-models/", timeout=30)
     assert refused.status_code == 401

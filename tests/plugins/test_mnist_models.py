@@ -180,7 +180,7 @@ def test_a_damaged_manifest_is_flagged_by_name_and_the_other_versions_still_list
     response = client.get(PAGE, headers={"Authorization": f"Bearer {token}"})
 
     assert response.status_code == 200
-    assert f"unreadable: s3://{BUCKET}/mnist/{OLD}/manifest.json is not valid JSON" in response.text
+    assert f"unreadable: checksum mismatch for s3://{BUCKET}/mnist/{OLD}/manifest.json" in response.text
     assert "scheduled__new" in response.text
 
 
