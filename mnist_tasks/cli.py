@@ -97,6 +97,12 @@ def _models_repair(args: argparse.Namespace) -> dict:
     return repair_latest(s3_client=_s3_client_if(True), models_uri=args.models_uri)
 
 
+def _models_seal(args: argparse.Namespace) -> dict:
+    from mnist_tasks.registry import seal_version
+
+    return seal_version(s3_client=_s3_client_if(True), models_uri=args.models_uri, version=args.version)
+
+
 def _models_promote(args: argparse.Namespace) -> dict:
     from mnist_tasks.registry import promote
 
@@ -335,7 +341,7 @@ def _add_predict_command(commands: Any, models_uri: dict[str, Any]) -> None:
 
 
 def _add_models_commands(commands: Any, models_uri: dict[str, Any]) -> None:
-    sub = _command(commands, "models", None, "The published models: list, show, promote, repair, download.")
+    sub = _command(commands, "models", None, "The published models: list, show, promote, repair, seal, download.")
     models = sub.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     for name, run, help_text in [
         ("list", _models_list, "List published versions and which one is latest."),
@@ -351,6 +357,12 @@ def _add_models_commands(commands: Any, models_uri: dict[str, Any]) -> None:
             _models_repair,
             "Recreate a missing latest.json for the newest version that verifies and passed its gate "
             "(runs refuse to compare or publish while it is missing); an existing one is left as it is.",
+        ),
+        (
+            "seal",
+            _models_seal,
+            "Seal a version published before seals existed (manifest.sha256), once every file verifies against its "
+            "manifest: you vouch for that manifest as it is. A sealed version is left as it is.",
         ),
         (
             "download",

@@ -31,6 +31,7 @@ image (refused above MAX_DIGITS). Each digit is then worked on inside its own bo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -153,19 +154,26 @@ def split_digits(image: Image.Image) -> list[np.ndarray]:
     parts = _parts(ink > STRONG)
     kept = _kept(parts)
     kept = kept[np.argsort(parts.left[kept], kind="stable")]
-    groups: list[list[int]] = []  # [left, right, part index, part index, ...] per digit
+    digits: list[_Digit] = []
     for i, left, right in zip(kept.tolist(), parts.left[kept].tolist(), parts.right[kept].tolist(), strict=True):
-        if groups:
-            group = groups[-1]
-            shared = min(right, group[1]) - max(left, group[0]) + 1
-            if shared >= MERGE_OVERLAP * min(right - left + 1, group[1] - group[0] + 1):
-                group[:2] = min(left, group[0]), max(right, group[1])
-                group.append(i)
+        if digits:
+            last = digits[-1]
+            shared = min(right, last.right) - max(left, last.left) + 1
+            if shared >= MERGE_OVERLAP * min(right - left + 1, last.right - last.left + 1):
+                last.left, last.right = min(left, last.left), max(right, last.right)
+                last.parts.append(i)
                 continue
-        if len(groups) == MAX_DIGITS:
+        if len(digits) == MAX_DIGITS:
             raise ImageError(f"too many separate marks: more than {MAX_DIGITS} digits in one image")
-        groups.append([left, right, i])
-    return [_mnist_field(ink, parts, np.array(group[2:])) for group in groups]
+        digits.append(_Digit(left, right, [i]))
+    return [_mnist_field(ink, parts, np.array(digit.parts)) for digit in digits]
+
+
+@dataclass
+class _Digit:
+    left: int  # first column
+    right: int  # last column
+    parts: list[int]  # indices of its parts
 
 
 class _Parts(NamedTuple):
@@ -198,17 +206,21 @@ def _gray(image: Image.Image) -> np.ndarray:
 
 
 def _averaged_down(gray: np.ndarray, max_pixels: int = WORK_PIXELS) -> np.ndarray:
-    """gray with each factor x factor block averaged, the smallest whole factor that fits max_pixels.
+    """gray with each block of pixels averaged, the smallest whole blocks that bring it to at most max_pixels.
 
-    Rows and columns beyond the last whole block (fewer than `factor`) are dropped.
+    Blocks are square where the image allows; a strip too thin for that (2 x 20,000,000)
+    is averaged along its length only. Pixels beyond the last whole block are dropped.
     """
     height, width = gray.shape
-    factor = min(math.ceil(math.sqrt(height * width / max_pixels)), height, width)
-    if factor <= 1:
+    if height * width <= max_pixels:
         return gray
-    rows, cols = height // factor, width // factor
-    blocks = gray[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor)
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
+    factor = math.ceil(math.sqrt(height * width / max_pixels))
+    short, long = sorted((height, width))
+    short_factor = min(factor, short)
+    long_factor = math.ceil(long / (max_pixels // (short // short_factor)))
+    rows, cols = (short_factor, long_factor) if height <= width else (long_factor, short_factor)
+    kept = gray[: height // rows * rows, : width // cols * cols]
+    return kept.reshape(height // rows, rows, width // cols, cols).mean(axis=(1, 3), dtype=np.float32)
 
 
 def _flattened(rgba: Image.Image) -> Image.Image:
@@ -322,10 +334,11 @@ def _mnist_field(ink: np.ndarray, parts: _Parts, members: np.ndarray) -> np.ndar
     """The digit made of the parts `members` (indices) scaled into the box and centred by mass."""
     # Only the digit's own box, widened by the edge radius, is looked at: the work per digit
     # does not grow with the image, however many digits share it.
-    top, left = (max(int(edge[members].min()) - EDGE_RADIUS, 0) for edge in (parts.top, parts.left))
-    bottom, right = (int(edge[members].max()) + EDGE_RADIUS + 1 for edge in (parts.bottom, parts.right))
-    ink = ink[top:bottom, left:right]
-    strokes = np.isin(parts.labels[top:bottom, left:right], members + 1)
+    first_row, first_col = (max(int(edge[members].min()) - EDGE_RADIUS, 0) for edge in (parts.top, parts.left))
+    end_row, end_col = (int(edge[members].max()) + EDGE_RADIUS + 1 for edge in (parts.bottom, parts.right))
+    box = (slice(first_row, end_row), slice(first_col, end_col))
+    ink = ink[box]
+    strokes = np.isin(parts.labels[box], members + 1)
     # Faint anti-aliased edges near the strokes belong to the digit; other ink (dust, the
     # neighbouring digits of a number) does not.
     region = _grow(strokes, EDGE_RADIUS) & (ink > FAINT)

@@ -17,7 +17,8 @@ every file matches its manifest (`verify_version`).
 Every reader checks a manifest against its seal, so an edited manifest is noticed
 for any version, not only the one latest.json vouches for. A version without a
 seal (published before seals existed, or its seal deleted) is read only where
-latest.json pins its manifest's checksum; listing flags it, promote refuses it.
+latest.json pins its manifest's checksum; listing flags it, promote refuses it,
+until a person seals it (`seal_version`, `models seal`).
 The seal guards against accidents and a careless edit, not against someone who
 may rewrite both objects: that takes the bucket's own protection (versioning or
 object lock), which the README's Guarantees names.
@@ -294,7 +295,8 @@ def _load_manifest(
     elif sealed and manifest_sha256 is None:
         raise PublishVerificationError(
             f"s3://{bucket}/{key} is not sealed: {seal_uri} does not exist, so nothing vouches for it "
-            "(published before seals existed, or its seal was deleted)"
+            "(published before seals existed, or its seal was deleted; `python -m mnist_tasks models seal "
+            f"{version}` seals it once its files verify)"
         )
     manifest = _parse_json(raw, f"s3://{bucket}/{key}")
     if manifest.get("version") != version:
@@ -517,12 +519,12 @@ _ROW_FIELDS = (
 
 
 def _verify(
-    s3_client: Any, models_uri: str, version: int, manifest_sha256: str | None
+    s3_client: Any, models_uri: str, version: int, manifest_sha256: str | None, *, sealed: bool = True
 ) -> tuple[dict[str, Any], str]:
     """verify_version, also returning the sha256 of the manifest bytes it checked against."""
     bucket, _ = split_s3_dir(models_uri)
     base = version_prefix(models_uri, version)
-    manifest, sha = _load_manifest(s3_client, models_uri, version, manifest_sha256)
+    manifest, sha = _load_manifest(s3_client, models_uri, version, manifest_sha256, sealed=sealed)
     for name, expected in manifest["files"].items():
         _check_object(s3_client, bucket, base + name, expected)
     return manifest, sha
@@ -569,6 +571,20 @@ def verify_version(
     naming the key, what was expected and what the bucket holds.
     """
     return _verify(s3_client, models_uri, version, manifest_sha256)[0]
+
+
+def seal_version(*, s3_client: Any, models_uri: str, version: int) -> dict[str, Any]:
+    """Seal a version published before seals existed, once every file verifies against its manifest.
+
+    A person vouches for the manifest as it stands, as with promote. A version
+    already sealed is left as it is (its seal must match). Returns
+    {"version", "manifest_sha256", "seal_uri"}.
+    """
+    _, manifest_sha256 = _verify(s3_client, models_uri, version, None, sealed=False)
+    seal_manifest(s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256)
+    bucket, _ = split_s3_dir(models_uri)
+    seal_uri = f"s3://{bucket}/{version_prefix(models_uri, version)}{SEAL_FILE}"
+    return {"version": version, "manifest_sha256": manifest_sha256, "seal_uri": seal_uri}
 
 
 def promote(

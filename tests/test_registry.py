@@ -31,6 +31,7 @@ from mnist_tasks.registry import (
     read_manifest,
     read_manifest_and_sha256,
     repair_latest,
+    seal_version,
     verify_version,
 )
 
@@ -208,6 +209,20 @@ def test_a_version_without_a_seal_is_flagged_and_never_promoted_but_a_pinned_lat
         promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
     # latest.json pins V2's manifest by its sha256: that is what vouches for it.
     assert download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "d")
+
+    sealed = seal_version(s3_client=s3_client, models_uri=MODELS_URI, version=V1)  # a person vouches for it
+    assert sealed["seal_uri"] == f"s3://{BUCKET}/mnist/{V1}/manifest.sha256"
+    assert promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1)["version"] == V1
+    assert seal_version(s3_client=s3_client, models_uri=MODELS_URI, version=V1) == sealed  # sealed once
+
+
+def test_seal_refuses_a_version_whose_files_do_not_verify(s3_client, bucket: str, tmp_path: Path) -> None:
+    _publish(s3_client, tmp_path, V1)
+    s3_client.delete_object(Bucket=BUCKET, Key=f"mnist/{V1}/manifest.sha256")
+    s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V1}/model.keras", Body=b"tampered")
+    with pytest.raises(PublishVerificationError, match=rf"mnist/{V1}/model\.keras"):
+        seal_version(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+    assert s3_client.list_objects_v2(Bucket=BUCKET, Prefix=f"mnist/{V1}/manifest.sha256")["KeyCount"] == 0
 
 
 def test_a_seal_that_is_not_one_is_named(s3_client, bucket: str, tmp_path: Path) -> None:

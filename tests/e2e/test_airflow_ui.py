@@ -287,6 +287,24 @@ def test_a_trigger_dated_in_the_future_is_refused_with_its_reason_and_creates_no
     assert {run["dag_run_id"] for run in _runs(api, stack)} == before
 
 
+def test_a_future_run_the_timetable_never_saw_fails_as_it_starts(stack, api):
+    """A trigger that brings its own data interval (as `airflow dags trigger` skips the logical date) gets past the
+    timetable; the scheduler's listener fails the run at once, so it never holds the nightly behind it."""
+    interval = {"data_interval_start": "2098-12-31T00:00:00Z", "data_interval_end": "2099-01-01T00:00:00Z"}
+    answer = api.post(
+        f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns",
+        json={"dag_run_id": "from-the-future", "logical_date": "2099-01-01T00:00:00Z", **interval},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+
+    assert _final_state(api, stack, "from-the-future") == "failed"
+    run = api.get(f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns/from-the-future", timeout=30).json()
+    assert run["note"].startswith("Failed as it started: logical date 2099-01-01T00:00:00+00:00 is in the future")
+    tasks = api.get(f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns/from-the-future/taskInstances", timeout=30).json()
+    assert {ti["state"] for ti in tasks["task_instances"]} <= {None}  # nothing ran
+
+
 def test_the_models_view_needs_a_login(stack, api):
     refused = requests.get(f"{stack.url}/mnist-models/", timeout=30)
     assert refused.status_code == 401
