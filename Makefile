@@ -34,13 +34,13 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # that reach it run under $(STORE), which gives them its credentials: the identity
 # limited to the project's buckets, as AWS_* and Airflow's aws_default connection.
 STORE := $(BIN)/python scripts/local_s3.py exec --state-dir $(STATE) --
-LOCAL_TARGETS := run bench bench-handwriting mirror airflow
+LOCAL_TARGETS := run bench bench-handwriting bench-batch mirror airflow
 $(LOCAL_TARGETS): export MNIST_DATA_DIR := $(DATA_DIR)
 $(LOCAL_TARGETS): export MNIST_MIRRORS := $(MIRROR_URI)
 $(LOCAL_TARGETS): export MNIST_MODELS_URI := $(MODELS_URI)
 $(LOCAL_TARGETS): export MNIST_ARTIFACTS_URI := $(ARTIFACTS_URI)
 
-.PHONY: help run bench bench-handwriting airflow cluster test stop mirror s3-up clean
+.PHONY: help run bench bench-handwriting bench-batch airflow cluster test stop mirror s3-up clean
 
 help:
 	@echo "make run    set up and run the retraining DAG once (CONF='{\"epochs\": 1}' to change Params)"
@@ -48,6 +48,7 @@ help:
 	@echo "make cluster  the production topology natively: PostgreSQL, Redis, Airflow on Celery with two workers (UI on http://127.0.0.1:$(CLUSTER_PORT))"
 	@echo "make bench  time training and the whole run against the original write-up's script"
 	@echo "make bench-handwriting  train dense and cnn, then score predict on digits rendered from handwriting fonts"
+	@echo "make bench-batch  batch predictions at 10,000 and 100,000 images on the embedded store: images/s, peak RSS"
 	@echo "make test   run the whole test suite"
 	@echo "make stop   stop everything make run, make airflow and make cluster started"
 	@echo "make clean  stop, then delete the virtualenv, data, local Airflow home and the object store's data (every published model)"
@@ -90,6 +91,20 @@ run: mirror $(AIRFLOW_HOME)/airflow.db
 # run against the original write-up's script, alternating (about 7 minutes).
 bench: mirror $(AIRFLOW_HOME)/airflow.db
 	$(STORE) $(BIN)/python scripts/benchmark.py
+
+# Batch predictions on the embedded store: end-to-end images/s, the model's own, peak RSS, at
+# 10,000 and 100,000 images (stored once as PNGs in s3://mnist-inbox/bench-batch/). Scores with
+# the dense model trained on the local stack's MNIST, kept in .data/bench-batch/model/.
+BENCH_BATCH_DIR := $(DATA_DIR)/bench-batch
+bench-batch: mirror
+	@set -euo pipefail; \
+	$(STORE) $(BIN)/python -m mnist_tasks download --data-dir $(DATA_DIR) > /dev/null; \
+	prepared=$$($(BIN)/python -m mnist_tasks prepare --data-dir $(DATA_DIR) \
+		| $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["cache_dir"])'); \
+	if [ ! -f $(BENCH_BATCH_DIR)/model/model.keras ]; then \
+		$(BIN)/python -m mnist_tasks train --cache-dir $$prepared --out $(BENCH_BATCH_DIR)/model > /dev/null; \
+	fi; \
+	$(STORE) $(BIN)/python scripts/benchmark_batch.py --cache-dir $$prepared --model $(BENCH_BATCH_DIR)/model/model.keras
 
 # Trains the dense and the cnn model on the local stack's MNIST (as `make run` downloads it), then
 # scores `predict` with both on digits rendered from handwriting fonts (a few minutes). The

@@ -2,34 +2,40 @@
 ### MNIST batch predictions
 
 Reads the digit in every image under an S3 prefix with the current `latest`
-model and writes the predictions as CSV and JSON.
+model, in shards that any worker may score, and writes the predictions as
+Parquet, CSV and JSON.
 
 Runs whenever `mnist_retraining` publishes a model (the Asset named by the
 registry's `latest.json` URI) **and** every day at 06:00 UTC, whichever comes first.
 
-`predict`, the one task:
-- loads the model `latest.json` points at (either architecture) once its
-  sha256 matches the manifest;
-- downloads the images under `input_uri` (the first `max_images` by key);
-- preprocesses them like MNIST's own digits (mnist_tasks/preprocess.py's
-  docstring has the steps) and predicts them in one batch;
-- writes `predictions.csv` and `predictions.json` under
-  `$MNIST_PREDICTIONS_URI/<run id>/`.
+1. `list_images` lists `input_uri` once (the first `max_images` by key), pins the
+   model `latest.json` points at (checked against its manifest) and cuts the
+   images into shards of `shard_size`.
+2. `score` runs once per shard (dynamic task mapping, on the training queue):
+   it streams the shard's images (bounded concurrent GETs), preprocesses them
+   like MNIST's own digits (mnist_tasks/preprocess.py's docstring has the steps),
+   predicts them in batches and writes its part of the rows. Its log shows the
+   images done, the rate and the ETA. Images below `min_confidence`, and blank
+   ones, are copied to `$MNIST_REVIEW_URI/<run id>/` with the model's top 3.
+3. `combine` writes `predictions.csv` and `predictions.json` (counts, images/s,
+   the model's provenance) beside the parts (`parts/*.parquet`, `parts/*.csv`)
+   under `$MNIST_PREDICTIONS_URI/<run id>/`, and alerts (email, webhook) when the
+   share of `low_confidence` images is above `max_low_confidence_share`.
 
 Each row has the file's `s3://` URI, the digit, its probability, a status
 (`ok`, `blank`: no ink, `low_confidence`: below `min_confidence`, `error`: not
-a readable image, with the reason) and the model version. A file that cannot be
-read does not stop the others. A re-run of the same run overwrites its own two
-files. The task's return value counts the images scored, skipped (over
-`max_images`) and ignored (no image suffix).
+a readable image, with the reason), the model version and (Parquet) the top 3.
+A file that cannot be read does not stop the others. A retried shard rewrites
+its own part; a re-run of the run replaces all its files.
 
 **Needs**
 - The Airflow connection `aws_default` (or `MNIST_AWS_CONN_ID`), reaching the
-  model bucket, the input prefix and the predictions bucket.
+  model bucket, the input prefix, the predictions bucket and the review prefix.
 - Environment: `MNIST_MODELS_URI` (default `s3://mnist-models/mnist/`),
   `MNIST_PREDICT_INPUT_URI` (default `s3://mnist-inbox/images/`),
   `MNIST_PREDICTIONS_URI` (default `s3://mnist-predictions/predictions/`),
-  `MNIST_DATA_DIR` (scratch space for the downloaded images).
+  `MNIST_REVIEW_URI` (default `s3://mnist-inbox/review/`),
+  `MNIST_DATA_DIR` (scratch space).
 
 **Trigger by hand** with *Trigger DAG*, optionally pointing `input_uri` at
 another prefix.
@@ -77,32 +83,69 @@ PUBLISHED_MODEL = published_model_asset(_SETTINGS)
     },
 )
 def mnist_batch_predict() -> None:
-    # Its result travels as one XCom (multiple_outputs=False), not also key by key.
-    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
-    def predict(**context) -> dict:
-        from mnist_tasks.batch_predict import predict_prefix
-        from mnist_tasks.predict import PredictError
-        from mnist_tasks.registry import ModelReferenceError, PublishVerificationError, VersionNotFoundError
-        from mnist_tasks.storage import ModelChecksumError, safe_name
+    @task(multiple_outputs=False)
+    def list_images(**context) -> list[dict]:
+        from mnist_tasks.batch_predict import NOT_RETRIED, list_shards
 
         settings = Settings.from_env()
         p = context["params"]
-        # No published model, a reference that names none, or a model that fails its checksums or
-        # does not load: a retry finds the same.
-        with not_retried(
-            VersionNotFoundError, ModelReferenceError, PublishVerificationError, ModelChecksumError, PredictError
-        ):
-            return predict_prefix(
+        with not_retried(*NOT_RETRIED):
+            return list_shards(
                 s3_client=s3_client(settings),
                 input_uri=p["input_uri"],
-                output_uri=f"{settings.predictions_uri.rstrip('/')}/{safe_name(context['run_id'])}/",
+                output_uri=_run_dir(settings.predictions_uri, context["run_id"]),
+                review_uri=_run_dir(settings.review_uri, context["run_id"]),
                 models_uri=settings.models_uri,
                 work_dir=settings.data_dir / "batch-predict",
                 max_images=p["max_images"],
-                min_confidence=p["min_confidence"],
+                shard_size=p["shard_size"],
             )
 
-    predict()
+    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
+    def score(shard: dict, **context) -> dict:
+        import logging
+
+        from mnist_tasks.batch_predict import NOT_RETRIED, score_shard
+
+        settings = Settings.from_env()
+        with not_retried(*NOT_RETRIED):
+            return score_shard(
+                s3_client=s3_client(settings),
+                models_uri=settings.models_uri,
+                shard=shard,
+                min_confidence=context["params"]["min_confidence"],
+                review_uri=_run_dir(settings.review_uri, context["run_id"]),
+                work_dir=settings.data_dir / "batch-predict",
+                progress=logging.getLogger("mnist_batch_predict").info,
+            )
+
+    @task(multiple_outputs=False)
+    def combine(shards: list[dict], scored: list[dict], **context) -> dict:
+        from mnist_alerting import alert_drift
+
+        from mnist_tasks.batch_predict import combine
+
+        settings = Settings.from_env()
+        p = context["params"]
+        result = combine(
+            s3_client=s3_client(settings),
+            shards=shards,
+            scored=list(scored),
+            min_confidence=p["min_confidence"],
+            review_uri=_run_dir(settings.review_uri, context["run_id"]),
+            work_dir=settings.data_dir / "batch-predict",
+        )
+        return {**result, "drift_alerted": alert_drift(context, result, bound=p["max_low_confidence_share"])}
+
+    shards = list_images()
+    combine(shards, score.expand(shard=shards))
+
+
+def _run_dir(base_uri: str, run_id: str) -> str:
+    """The run's own directory under a base URI (run ids hold ':' and '+': storage.safe_name keeps them apart)."""
+    from mnist_tasks.storage import safe_name
+
+    return f"{base_uri.rstrip('/')}/{safe_name(run_id)}/"
 
 
 mnist_batch_predict()

@@ -82,6 +82,26 @@ def overdue_alert(*, dag_id: str, run_id: str, minutes: int, state: str, url: st
     )
 
 
+def drift_alert(
+    *, dag_id: str, run_id: str, share: float, bound: float, images: int, model_version: int | None,
+    review_uri: str, url: str,
+) -> dict[str, Any]:
+    """A batch run's share of low_confidence images is above its bound: the inputs moved away from the model."""
+    return _alert(
+        subject=f"[{dag_id}] {share:.1%} of the images were low confidence (bound {bound:.1%}) in run {run_id}",
+        facts=[
+            ("DAG", dag_id),
+            ("Run", run_id),
+            ("Low-confidence share", f"{share:.4f} of {images} images scored"),
+            ("Bound", f"{bound:.4f} (max_low_confidence_share)"),
+            ("Model version", str(model_version)),
+            ("Review", f"{review_uri} (the unsure images, each with the model's top 3)"),
+            ("Meaning", "the inputs moved away from what the model knows; the run itself succeeded"),
+        ],
+        url=url,
+    )
+
+
 def success_alert(*, dag_id: str, run_id: str, url: str) -> dict[str, Any]:
     """The run succeeded (sent only when success notifications are switched on)."""
     return _alert(subject=f"[{dag_id}] run {run_id} succeeded", facts=[("DAG", dag_id), ("Run", run_id)], url=url)

@@ -204,6 +204,23 @@ BATCH_PREDICT_PARAMS = (
         minimum=0,
         maximum=1,
     ),
+    ParamSpec(
+        "shard_size",
+        int,
+        10_000,
+        "Images per shard: each shard is one task, on any worker, and writes its own part of the results.",
+        minimum=1,
+        maximum=100_000,
+    ),
+    ParamSpec(
+        "max_low_confidence_share",
+        float,
+        0.2,
+        "Alert (email, webhook) when a larger share of the images scored is low_confidence: the inputs moved "
+        "away from what the model knows. The run still succeeds.",
+        minimum=0,
+        maximum=1,
+    ),
 )
 
 PARAMS = {spec.name: spec for spec in (*TRAINING_PARAMS, *GATE_PARAMS, *BATCH_PREDICT_PARAMS)}

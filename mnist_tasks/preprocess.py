@@ -30,7 +30,9 @@ image (refused above MAX_DIGITS). Each digit is then worked on inside its own bo
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
@@ -91,13 +93,22 @@ def check_file_size(name: str | Path, size: int, *, max_bytes: int = MAX_FILE_BY
 
 def digits_in_file(path: Path, *, multi: bool) -> list[np.ndarray]:
     """The fields of the digit in the image file (none if blank), or with `multi` of every digit, left to right."""
-    image = load_image(path)
+    return _digits(load_image(path), path, multi=multi)
+
+
+def digits_in_bytes(data: bytes, *, name: str, multi: bool = False) -> list[np.ndarray]:
+    """digits_in_file for an image already in memory (an S3 object's body); errors name `name`."""
+    check_file_size(name, len(data))
+    return _digits(_opened(lambda: Image.open(io.BytesIO(data)), name), name, multi=multi)
+
+
+def _digits(image: Image.Image, name: str | Path, *, multi: bool) -> list[np.ndarray]:
     try:
         if multi:
             return split_digits(image)
         field = preprocess_image(image)
     except ImageError as exc:
-        raise ImageError(f"{path}: {exc}") from exc
+        raise ImageError(f"{name}: {exc}") from exc
     return [] if field is None else [field]
 
 
@@ -113,24 +124,29 @@ def load_image(path: Path, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX
     except OSError as exc:
         raise ImageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     check_file_size(path, size, max_bytes=max_bytes)
+    return _opened(lambda: Image.open(path), path, max_pixels=max_pixels)
+
+
+def _opened(open_header: Callable[[], Image.Image], name: str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The image `open_header` opens (reading its header only), decoded upright once its size is within limits."""
     try:
-        image = Image.open(path)  # reads the header only
+        image = open_header()
     except Image.DecompressionBombError as exc:
         # Pillow checks its own, higher limit while reading the header, before we see the size.
-        raise ImageError(f"{path}: image too large: {exc}") from exc
+        raise ImageError(f"{name}: image too large: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: not an image (no format Pillow can read)") from exc
+        raise ImageError(f"{name}: not an image (no format Pillow can read)") from exc
     except (OSError, ValueError) as exc:
-        raise ImageError(f"{path}: unreadable image: {exc}") from exc
+        raise ImageError(f"{name}: unreadable image: {exc}") from exc
     with image:
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageError(f"{path}: image too large: {width}x{height} = {width * height} pixels, limit {max_pixels}")
+            raise ImageError(f"{name}: image too large: {width}x{height} = {width * height} pixels, limit {max_pixels}")
         try:
             image.load()
             return ImageOps.exif_transpose(image)
         except (OSError, ValueError) as exc:  # truncated or corrupt data; Pillow raises both
-            raise ImageError(f"{path}: unreadable image: {exc}") from exc
+            raise ImageError(f"{name}: unreadable image: {exc}") from exc
 
 
 def preprocess_image(image: Image.Image) -> np.ndarray | None:

@@ -36,6 +36,8 @@ class Settings:
     """Where the batch-prediction DAG finds images to score: s3://bucket/prefix/."""
     predictions_uri: str
     """Where it writes predictions, one s3://…/<run>/ directory per run."""
+    review_uri: str
+    """Where it copies the images it was unsure of, for people to label, one s3://…/<run>/ directory per run."""
     alert_smtp_conn_id: str
     """SMTP connection for alert emails; without such a connection no email is sent."""
     alert_webhook_conn_id: str
@@ -73,6 +75,7 @@ class Settings:
             aws_conn_id=env.get("MNIST_AWS_CONN_ID", "aws_default"),
             predict_input_uri=env.get("MNIST_PREDICT_INPUT_URI", "s3://mnist-inbox/images/"),
             predictions_uri=env.get("MNIST_PREDICTIONS_URI", "s3://mnist-predictions/predictions/"),
+            review_uri=env.get("MNIST_REVIEW_URI", "s3://mnist-inbox/review/"),
             alert_smtp_conn_id=env.get("MNIST_ALERT_SMTP_CONN_ID", "mnist_alerts_smtp"),
             alert_webhook_conn_id=env.get("MNIST_ALERT_WEBHOOK_CONN_ID", "mnist_alerts_webhook"),
             alert_email_to=tuple(env.get("MNIST_ALERT_EMAIL_TO", "").replace(",", " ").split()),

@@ -117,6 +117,28 @@ def _alert_run_overdue(context: dict[str, Any], minutes: int) -> None:
     )
 
 
+def alert_drift(context: dict[str, Any], result: dict[str, Any], *, bound: float) -> bool:
+    """Alert when a batch run's low_confidence share is above `bound`; whether it did. Never fails the run."""
+    if result["images"] == 0 or result["low_confidence_share"] <= bound:
+        return False
+    dag_id, run_id = context["dag"].dag_id, context["run_id"]
+    alert = alerts.drift_alert(
+        dag_id=dag_id,
+        run_id=run_id,
+        share=result["low_confidence_share"],
+        bound=bound,
+        images=result["images"],
+        model_version=result["model_version"],
+        review_uri=result["review_uri"],
+        url=_run_url(dag_id, run_id),
+    )
+    try:
+        send_alert(alert, context)
+    except AlertDeliveryError as err:
+        log.error("%s", err)  # a signal, not the run's failure: the predictions are written
+    return True
+
+
 def send_alert(alert: dict[str, Any], context: dict[str, Any]) -> None:
     """Send the alert to every configured receiver; raise AlertDeliveryError naming each one that failed.
 

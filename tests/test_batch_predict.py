@@ -1,4 +1,4 @@
-"""predict_prefix against moto's S3 server: what is scored, skipped, ignored, and what is written."""
+"""Batch predictions in shards against moto's S3 server: listing, scoring each shard, combining, review."""
 
 from __future__ import annotations
 
@@ -7,16 +7,19 @@ import io
 import json
 
 import pytest
+from PIL import Image
 
 import mnist_tasks.batch_predict
-from mnist_tasks.batch_predict import predict_prefix
+from mnist_tasks.batch_predict import ShardingError, combine, list_shards, score_shard
 from mnist_tasks.params import ParamError
 from mnist_tasks.registry import NothingPublishedError
+from mnist_tasks.storage import ChecksumMismatchError
 from tests.test_cli import dark_digit, model_file, publish_test_model  # noqa: F401  (model_file: fixture)
 from tests.test_predict import model  # noqa: F401  (fixture)
 
 MODELS_URI = "s3://batch-models/mnist/"
 VERSION = 20261120020000
+REVIEW = "s3://inbox/review/r1/"
 
 
 @pytest.fixture
@@ -26,83 +29,195 @@ def buckets(s3_client):
     return s3_client
 
 
-def _written(s3_client, prefix: str) -> tuple[list[dict], dict]:
-    table = s3_client.get_object(Bucket="out", Key=prefix + "predictions.csv")["Body"].read().decode()
-    document = json.loads(s3_client.get_object(Bucket="out", Key=prefix + "predictions.json")["Body"].read())
-    return list(csv.DictReader(io.StringIO(table))), document
+def _list(s3_client, tmp_path, *, input_uri="s3://inbox/in/", output="s3://out/runs/r1/", **limits):
+    return list_shards(
+        s3_client=s3_client, input_uri=input_uri, output_uri=output, review_uri=REVIEW, models_uri=MODELS_URI,
+        work_dir=tmp_path / "work", **{"max_images": 10_000, "shard_size": 10_000, **limits},
+    )  # fmt: skip
 
 
-def test_max_images_must_be_positive(buckets, tmp_path):
+def _run(s3_client, tmp_path, *, min_confidence=0.5, **limits) -> tuple[dict, list[dict]]:
+    """list_shards, score_shard per shard, combine, as the DAG runs them: (the result, the CSV rows)."""
+    shards = _list(s3_client, tmp_path, **limits)
+    scored = [_score(s3_client, tmp_path, shard, min_confidence) for shard in shards]
+    result = combine(
+        s3_client=s3_client, shards=shards, scored=scored, min_confidence=min_confidence, review_uri=REVIEW,
+        work_dir=tmp_path / "work",
+    )  # fmt: skip
+    return result, _csv(s3_client, "runs/r1/predictions.csv")
+
+
+def _score(s3_client, tmp_path, shard, min_confidence=0.5, progress=lambda line: None):
+    return score_shard(
+        s3_client=s3_client, models_uri=MODELS_URI, shard=shard, min_confidence=min_confidence, review_uri=REVIEW,
+        work_dir=tmp_path / "work", progress=progress,
+    )  # fmt: skip
+
+
+def _csv(s3_client, key: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(s3_client.get_object(Bucket="out", Key=key)["Body"].read().decode())))
+
+
+def _keys(s3_client, bucket: str, prefix: str = "") -> list[str]:
+    return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+
+def test_bounds_are_checked_before_anything_is_read(buckets, tmp_path):
     with pytest.raises(ParamError, match="max_images must be at least 1, got 0"):
-        predict_prefix(
-            s3_client=buckets, input_uri="s3://inbox/", output_uri="s3://out/run/", models_uri=MODELS_URI,
-            work_dir=tmp_path, max_images=0,
-        )  # fmt: skip
+        _list(buckets, tmp_path, max_images=0)
+    with pytest.raises(ParamError, match="shard_size must be at most 100000, got 100001"):
+        _list(buckets, tmp_path, shard_size=100_001)
 
 
-def test_nothing_is_downloaded_or_written_without_a_published_model(buckets, tmp_path):
-    buckets.put_object(Bucket="inbox", Key="a.png", Body=b"x")
+def test_nothing_is_written_without_a_published_model(buckets, tmp_path):
+    buckets.put_object(Bucket="inbox", Key="in/a.png", Body=b"x")
     with pytest.raises(NothingPublishedError, match=f"nothing published yet in {MODELS_URI}"):
-        predict_prefix(
-            s3_client=buckets, input_uri="s3://inbox/", output_uri="s3://out/run/", models_uri=MODELS_URI,
-            work_dir=tmp_path / "work",
-        )  # fmt: skip
-    assert "Contents" not in buckets.list_objects_v2(Bucket="out")
-    assert not (tmp_path / "work").exists()
+        _list(buckets, tmp_path)
+    assert _keys(buckets, "out") == []
 
 
 @pytest.mark.slow
-def test_oversized_objects_are_reported_without_downloading_and_odd_keys_are_ignored(
+def test_more_shards_than_airflow_maps_are_refused_with_the_shard_size_that_fits(
     buckets, model_file, tmp_path, monkeypatch  # noqa: F811
 ):
     publish_test_model(buckets, model_file, models_uri=MODELS_URI, version=VERSION)
+    for i in range(5):
+        buckets.put_object(Bucket="inbox", Key=f"in/{i}.png", Body=b"x")
+    monkeypatch.setattr(mnist_tasks.batch_predict, "MAX_SHARDS", 2)
+    with pytest.raises(ShardingError, match="5 images in shards of 2 make 3 shards, .* shard_size at least 3"):
+        _list(buckets, tmp_path, shard_size=2)
+
+
+@pytest.fixture
+def inbox(buckets, model_file, tmp_path, monkeypatch):  # noqa: F811
+    """Seven objects under s3://inbox/in/: five images (one corrupt, one too large, one blank) and two others."""
+    publish_test_model(buckets, model_file, models_uri=MODELS_URI, version=VERSION)
     seven = dark_digit(tmp_path / "seven.png", 7)
     buckets.upload_file(str(seven), "inbox", "in/a.png")
-    buckets.upload_file(str(seven), "inbox", "in/../escape.png")  # a key, never a local path
+    buckets.put_object(Bucket="inbox", Key="in/b-corrupt.png", Body=b"\x89PNG not really")
+    buckets.upload_file(str(seven), "inbox", "in/c/../escape.png")  # a key, never a local path
     big = seven.stat().st_size + 1
-    buckets.put_object(Bucket="inbox", Key="in/b-big.png", Body=b"\0" * big)
+    buckets.put_object(Bucket="inbox", Key="in/d-big.png", Body=b"\0" * big)
+    Image.new("L", (60, 60), 255).save(tmp_path / "blank.png")
+    buckets.upload_file(str(tmp_path / "blank.png"), "inbox", "in/e-blank.png")
     buckets.put_object(Bucket="inbox", Key="in/folder/", Body=b"")  # a console's "folder"
-    buckets.put_object(Bucket="inbox", Key="in/.hidden.png", Body=b"x")
     buckets.put_object(Bucket="inbox", Key="in/notes.txt", Body=b"x")
     monkeypatch.setattr(mnist_tasks.batch_predict, "MAX_FILE_BYTES", big - 1)
-
-    result = predict_prefix(
-        s3_client=buckets, input_uri="s3://inbox/in", output_uri="s3://out/runs/r1", models_uri=MODELS_URI,
-        work_dir=tmp_path / "work",
-    )  # fmt: skip
-
-    assert result == {
-        "input_uri": "s3://inbox/in/",
-        "images": 3,
-        "skipped": 0,
-        "ignored": 2,
-        "counts": {"ok": 2, "blank": 0, "low_confidence": 0, "error": 1},
-        "predictions_csv": "s3://out/runs/r1/predictions.csv",
-        "predictions_json": "s3://out/runs/r1/predictions.json",
-        "model_version": VERSION,
-        "model_sha256": result["model_sha256"],
-        "model_architecture": "dense",
-        "model_augment": "off",
-    }
-    table, document = _written(buckets, "runs/r1/")
-    assert [(r["file"], r["digit"], r["status"]) for r in table] == [
-        ("s3://inbox/in/../escape.png", "7", "ok"),
-        ("s3://inbox/in/a.png", "7", "ok"),
-        ("s3://inbox/in/b-big.png", "", "error"),
-    ]
-    assert table[2]["error"] == f"s3://inbox/in/b-big.png: file too large: {big} bytes, limit {big - 1}"
-    assert document["model"]["model_sha256"] == result["model_sha256"]
-    assert list((tmp_path / "work").iterdir()) == []  # the scratch copies are gone
+    return big
 
 
 @pytest.mark.slow
-def test_an_empty_prefix_still_writes_empty_predictions(buckets, model_file, tmp_path):  # noqa: F811
-    publish_test_model(buckets, model_file, models_uri=MODELS_URI, version=VERSION)
-    result = predict_prefix(
-        s3_client=buckets, input_uri="s3://inbox/none/", output_uri="s3://out/r/", models_uri=MODELS_URI,
-        work_dir=tmp_path,
+def test_shards_of_two_give_the_rows_of_one_shard_in_key_order(buckets, inbox, tmp_path):
+    single, single_rows = _run(buckets, tmp_path)
+    sharded, rows = _run(buckets, tmp_path, shard_size=2)
+
+    assert rows == single_rows
+    assert [(r["file"], r["digit"], r["status"]) for r in rows] == [
+        ("s3://inbox/in/a.png", "7", "ok"),
+        ("s3://inbox/in/b-corrupt.png", "", "error"),
+        ("s3://inbox/in/c/../escape.png", "7", "ok"),
+        ("s3://inbox/in/d-big.png", "", "error"),
+        ("s3://inbox/in/e-blank.png", "", "blank"),
+    ]
+    assert rows[1]["error"].startswith("s3://inbox/in/b-corrupt.png: ")
+    assert rows[3]["error"] == f"s3://inbox/in/d-big.png: file too large: {inbox} bytes, limit {inbox - 1}"
+    assert (sharded["shards"], single["shards"]) == (3, 1)
+    assert {k: sharded[k] for k in ("images", "skipped", "ignored", "counts", "model_version")} == {
+        "images": 5, "skipped": 0, "ignored": 1, "counts": {"ok": 2, "blank": 1, "low_confidence": 0, "error": 2},
+        "model_version": VERSION,
+    }  # fmt: skip
+    assert sharded["images_per_second"] > 0
+    # The re-run with three shards replaced the single shard's outputs: no stale part is left.
+    assert _keys(buckets, "out", "runs/r1/parts/") == [
+        f"runs/r1/parts/part-{i:05d}.{kind}" for i in range(3) for kind in ("csv", "parquet")
+    ]
+    document = json.loads(buckets.get_object(Bucket="out", Key="runs/r1/predictions.json")["Body"].read())
+    assert document["model"]["version"] == VERSION and document["counts"] == sharded["counts"]
+
+
+@pytest.mark.slow
+def test_the_parquet_parts_hold_the_rows_with_their_top3(buckets, inbox, tmp_path):
+    import pyarrow.parquet as pq
+
+    _, rows = _run(buckets, tmp_path, shard_size=2)
+    tables = []
+    for key in _keys(buckets, "out", "runs/r1/parts/"):
+        if key.endswith(".parquet"):
+            body = buckets.get_object(Bucket="out", Key=key)["Body"].read()
+            tables.append(pq.read_table(io.BytesIO(body)).to_pylist())
+    parquet_rows = [row for table in tables for row in table]
+    assert [r["file"] for r in parquet_rows] == [r["file"] for r in rows]
+    first = parquet_rows[0]
+    assert first["digit"] == 7 and first["top3_digits"][0] == 7 and len(first["top3_probabilities"]) == 3
+    assert parquet_rows[1]["top3_digits"] == [] and parquet_rows[1]["status"] == "error"
+
+
+@pytest.mark.slow
+def test_unsure_and_blank_images_are_copied_to_review_with_what_the_model_thought(buckets, inbox, tmp_path):
+    result, rows = _run(buckets, tmp_path, min_confidence=1.0)  # nothing is sure enough
+
+    assert result["counts"] == {"ok": 0, "blank": 1, "low_confidence": 2, "error": 2}
+    reviewed = _keys(buckets, "inbox", "review/r1/")
+    assert reviewed == sorted(
+        f"review/r1/{name}{suffix}" for name in ("a.png", "c/../escape.png", "e-blank.png") for suffix in ("", ".json")
+    )
+    copy = buckets.get_object(Bucket="inbox", Key="review/r1/a.png")["Body"].read()
+    assert copy == buckets.get_object(Bucket="inbox", Key="in/a.png")["Body"].read()
+    facts = json.loads(buckets.get_object(Bucket="inbox", Key="review/r1/a.png.json")["Body"].read())
+    assert facts["source"] == "s3://inbox/in/a.png" and facts["status"] == "low_confidence"
+    assert facts["top3"][0][0] == 7 and facts["model_version"] == VERSION
+    assert rows[0]["digit"] == ""  # below min_confidence: no digit given
+
+
+@pytest.mark.slow
+def test_a_retried_shard_rewrites_only_its_own_part(buckets, inbox, tmp_path):
+    shards = _list(buckets, tmp_path, shard_size=2)
+    first = [_score(buckets, tmp_path, shard) for shard in shards]
+    parts = _keys(buckets, "out", "runs/r1/parts/")
+    parts_before = {k: buckets.head_object(Bucket="out", Key=k)["ETag"] for k in parts}
+    retried = _score(buckets, tmp_path, shards[1])  # the retry of a shard whose first try died mid-way
+
+    result = combine(
+        s3_client=buckets, shards=shards, scored=[first[0], retried, first[2]], min_confidence=0.5,
+        review_uri=REVIEW, work_dir=tmp_path / "work",
     )  # fmt: skip
-    assert (result["images"], result["skipped"], result["ignored"]) == (0, 0, 0)
-    table, document = _written(buckets, "r/")
-    assert table == []
-    assert document["predictions"] == []
+
+    rows = _csv(buckets, "runs/r1/predictions.csv")
+    assert len(rows) == len({r["file"] for r in rows}) == result["images"] == 5
+    parts_after = {k: buckets.head_object(Bucket="out", Key=k)["ETag"] for k in parts_before}
+    assert {k for k in parts_before if parts_before[k] != parts_after[k]} <= {
+        "runs/r1/parts/part-00001.csv", "runs/r1/parts/part-00001.parquet"
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_part_changed_after_its_shard_finished_is_refused_by_name(buckets, inbox, tmp_path):
+    shards = _list(buckets, tmp_path, shard_size=2)
+    scored = [_score(buckets, tmp_path, shard) for shard in shards]
+    buckets.put_object(Bucket="out", Key="runs/r1/parts/part-00001.csv", Body=b"file,digit\nforged,1\n")
+    with pytest.raises(ChecksumMismatchError, match="checksum mismatch for s3://out/runs/r1/parts/part-00001.csv"):
+        combine(
+            s3_client=buckets, shards=shards, scored=scored, min_confidence=0.5, review_uri=REVIEW,
+            work_dir=tmp_path / "work",
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_shard_logs_images_done_rate_and_eta(buckets, inbox, tmp_path, monkeypatch):
+    monkeypatch.setattr(mnist_tasks.batch_predict, "PROGRESS_SECONDS", 0.0)  # every batch
+    monkeypatch.setattr(mnist_tasks.batch_predict, "BATCH_SIZE", 2)
+    lines: list[str] = []
+    (shard,) = _list(buckets, tmp_path)
+    _score(buckets, tmp_path, shard, progress=lines.append)
+    assert [line.split(",")[0] for line in lines] == [
+        "shard 0: 2 of 5 images", "shard 0: 4 of 5 images", "shard 0: 5 of 5 images"
+    ]  # fmt: skip
+    assert all(" images/s, ETA " in line for line in lines)
+
+
+@pytest.mark.slow
+def test_an_empty_prefix_gets_one_empty_shard_and_empty_outputs(buckets, model_file, tmp_path):  # noqa: F811
+    publish_test_model(buckets, model_file, models_uri=MODELS_URI, version=VERSION)
+    result, rows = _run(buckets, tmp_path)
+    assert (result["images"], result["skipped"], result["ignored"], result["shards"]) == (0, 0, 0, 1)
+    assert rows == []

@@ -50,8 +50,10 @@ def test_the_asset_uri_is_where_publish_writes_the_latest_pointer(models_uri):
     assert settings.published_model_uri == f"s3://{bucket}/{prefix}{LATEST_FILE}"
 
 
-def test_one_task_with_retries_timeout_and_owner(dag):
-    assert [t.task_id for t in dag.tasks] == ["predict"]
+def test_list_then_score_each_shard_then_combine_each_task_with_retries_timeout_and_owner(dag):
+    edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
+    assert edges == {("list_images", "score"), ("list_images", "combine"), ("score", "combine")}
+    assert type(dag.get_task("score")).__name__ == "DecoratedMappedOperator"  # one task per shard
     for t in dag.tasks:
         assert t.retries >= 1
         assert t.retry_delay > timedelta(0)
@@ -64,6 +66,8 @@ def test_params_have_descriptions_and_defaults(dag):
         "input_uri": "s3://mnist-inbox/images/",
         "max_images": 10_000,
         "min_confidence": 0.5,
+        "shard_size": 10_000,
+        "max_low_confidence_share": 0.2,
     }
     for name, param in dag.params.items():
         assert param.description, name
@@ -78,6 +82,9 @@ def test_params_have_descriptions_and_defaults(dag):
         ("max_images", 1.5),
         ("min_confidence", -0.1),
         ("min_confidence", 1.1),
+        ("shard_size", 0),
+        ("shard_size", 100_001),
+        ("max_low_confidence_share", 1.5),
     ],
 )
 def test_params_reject_out_of_range_values(dag, name, value):

@@ -193,7 +193,11 @@ def test_tensorflow_tasks_run_on_the_training_queue_and_light_tasks_on_default()
         "evaluate": "training",
         "publish": "default",
     }
-    assert tasks["mnist_batch_predict"]["predict"][0] == "training"
+    assert {task: queue for task, (queue, _) in tasks["mnist_batch_predict"].items()} == {
+        "list_images": "default",
+        "score": "training",
+        "combine": "default",
+    }
     assert {delay for dag in tasks.values() for _, delay in dag.values()} == {7.0}
 
 

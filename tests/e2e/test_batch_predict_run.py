@@ -37,11 +37,13 @@ def batch_env(monkeypatch, tmp_path, s3_client, aws_connection, airflow_db):
     monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MNIST_MODELS_URI", MODELS_URI)
     monkeypatch.setenv("MNIST_PREDICTIONS_URI", f"s3://{PREDICTIONS}/predictions/")
+    monkeypatch.setenv("MNIST_REVIEW_URI", f"s3://{INBOX}/review/")
     ensure_buckets(s3_client, "mnist-models", INBOX, PREDICTIONS)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def dag():
+    # Parsed for each test: dag.test(run_conf=…) leaves the conf in the DAG's params for the next call.
     return load_dag_for_test("mnist_batch_predict")
 
 
@@ -79,17 +81,21 @@ def _predictions(s3_client) -> dict[str, bytes]:
     return {o["Key"]: s3_client.get_object(Bucket=PREDICTIONS, Key=o["Key"])["Body"].read() for o in listing}
 
 
-def test_a_run_scores_the_inbox_with_the_latest_model_and_a_rerun_replaces_its_output(
+def test_a_run_scores_the_inbox_in_shards_and_a_rerun_replaces_its_output(
     dag, inbox, model_file, s3_client  # noqa: F811
 ):
     publish_test_model(s3_client, model_file, models_uri=MODELS_URI, version=VERSION)
 
-    dag_run = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf={"input_uri": INPUT_URI})
+    conf = {"input_uri": INPUT_URI, "shard_size": 2}
+    dag_run = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=conf)
 
     assert str(dag_run.state) == "success", _states(dag_run)
     base = f"predictions/{safe_name(dag_run.run_id)}/"
     objects = _predictions(s3_client)
-    assert set(objects) == {base + "predictions.csv", base + "predictions.json"}
+    parts = {f"{base}parts/part-{i:05d}.{kind}" for i in range(3) for kind in ("csv", "parquet")}
+    shards = {f"{base}shards/shard-{i:05d}.json" for i in range(3)}
+    outputs = {base + "predictions.csv", base + "predictions.json", base + "listing.json"}
+    assert set(objects) == outputs | parts | shards
 
     table = list(csv.DictReader(io.StringIO(objects[base + "predictions.csv"].decode())))
     assert list(table[0]) == ["file", "digit", "probability", "status", "error", "model_version"]
@@ -109,18 +115,21 @@ def test_a_run_scores_the_inbox_with_the_latest_model_and_a_rerun_replaces_its_o
     document = json.loads(objects[base + "predictions.json"])
     assert document["model"]["version"] == VERSION
     assert document["model"]["verified_against"] == f"{MODELS_URI}{VERSION}/manifest.json"
-    assert (document["images"], document["skipped"], document["ignored"]) == (5, 0, 1)
+    assert (document["images"], document["skipped"], document["ignored"], document["shards"]) == (5, 0, 1, 3)
     assert document["counts"] == {"ok": 3, "blank": 1, "low_confidence": 0, "error": 1}
-    assert [(r["file"], r["digit"], r["status"]) for r in document["predictions"]] == expected
+    assert document["images_per_second"] > 0
+    # The blank image went to review, with what the model made of it.
+    review = f"review/{safe_name(dag_run.run_id)}/3-blank.png"
+    assert json.loads(s3_client.get_object(Bucket=INBOX, Key=review + ".json")["Body"].read())["status"] == "blank"
 
-    # The same run again, now capped at two images: its two files are replaced, nothing is added.
-    again = dag.test(
-        logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf={"input_uri": INPUT_URI, "max_images": 2}
-    )
+    # The same run again, now capped at two images: its files are replaced, nothing stale is left.
+    again = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf={**conf, "max_images": 2})
     assert str(again.state) == "success", _states(again)
     assert again.run_id == dag_run.run_id
     objects = _predictions(s3_client)
-    assert set(objects) == {base + "predictions.csv", base + "predictions.json"}
+    assert set(objects) == outputs | {f"{base}parts/part-00000.{kind}" for kind in ("csv", "parquet")} | {
+        f"{base}shards/shard-00000.json"
+    }
     table = list(csv.DictReader(io.StringIO(objects[base + "predictions.csv"].decode())))
     assert [(r["file"], r["digit"]) for r in table] == [
         (f"s3://{INBOX}/scans/0-seven.png", "7"),
@@ -128,11 +137,33 @@ def test_a_run_scores_the_inbox_with_the_latest_model_and_a_rerun_replaces_its_o
     ]
     document = json.loads(objects[base + "predictions.json"])
     assert (document["images"], document["skipped"], document["ignored"]) == (2, 3, 1)
+    assert s3_client.list_objects_v2(Bucket=INBOX, Prefix=review).get("KeyCount", 0) == 0  # not scored this time
+
+
+def test_a_share_of_unsure_images_above_the_bound_alerts_and_the_run_still_succeeds(
+    dag, inbox, model_file, s3_client, alert_receivers  # noqa: F811
+):
+    smtp, webhook = alert_receivers
+    publish_test_model(s3_client, model_file, models_uri=MODELS_URI, version=VERSION)
+    conf = {"input_uri": INPUT_URI, "min_confidence": 1.0, "max_low_confidence_share": 0.25}
+
+    dag_run = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=conf)
+
+    assert str(dag_run.state) == "success", _states(dag_run)
+    (message,) = smtp.messages
+    assert message["Subject"] == (
+        f"[mnist_batch_predict] 60.0% of the images were low confidence (bound 25.0%) in run {dag_run.run_id}"
+    )
+    body = message.get_body(("html",)).get_content()
+    assert "0.6000 of 5 images scored" in body and f"s3://{INBOX}/review/{safe_name(dag_run.run_id)}/" in body
+    assert str(VERSION) in body
+    (payload,) = webhook.payloads()
+    assert payload["blocks"][0]["text"]["text"].startswith("[mnist_batch_predict] 60.0% of the images")
 
 
 def test_without_a_published_model_the_run_fails_and_writes_nothing(dag, inbox, s3_client):
     dag_run = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf={"input_uri": INPUT_URI})
 
     assert str(dag_run.state) == "failed"
-    assert _states(dag_run) == {"predict": "failed"}
+    assert _states(dag_run) == {"list_images": "failed", "score": "upstream_failed", "combine": "upstream_failed"}
     assert _predictions(s3_client) == {}

@@ -1,0 +1,71 @@
+"""The review prefix: the images batch predictions were unsure of, for people to label.
+
+Each image below `min_confidence`, and each blank one, is copied server-side (no bytes
+through the worker) from the input prefix to the run's review directory, under the same
+key below the prefix, with a JSON file beside it of what the model thought and where the
+image came from:
+
+    <review_uri><key below the input prefix>        the image
+    <review_uri><key below the input prefix>.json   {"source", "status", "top3", "probability",
+                                                     "model_version", "reviewed_at"}
+
+`review_uri` is one directory per run (MNIST_REVIEW_URI/<run>/), so a re-run replaces
+its own copies. The labelling loop reads from here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from mnist_tasks.storage import split_s3_dir, split_s3_uri
+
+IN_FLIGHT = 32  # copies queued at most before submit waits for the oldest
+
+
+class Reviewer:
+    """Copies rows' images to the review directory in the background of a thread pool, boundedly."""
+
+    def __init__(self, s3_client: Any, *, review_uri: str, input_uri: str, pool: ThreadPoolExecutor) -> None:
+        self._s3 = s3_client
+        self._review_bucket, self._review_prefix = split_s3_dir(review_uri)
+        self._input_uri = input_uri
+        self._pool = pool
+        self._pending: deque[Future] = deque()
+        self.count = 0
+
+    def submit(self, row: dict) -> None:
+        """Queue the copy of one scored row's image (and its JSON) to the review directory."""
+        if len(self._pending) >= IN_FLIGHT:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._copy, row))
+        self.count += 1
+
+    def wait(self) -> None:
+        """Until every queued copy is made; the first that failed raises."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def _copy(self, row: dict) -> None:
+        bucket, key = split_s3_uri(row["file"])
+        key_in_review = self._review_prefix + row["file"].removeprefix(self._input_uri)
+        self._s3.copy_object(
+            Bucket=self._review_bucket, Key=key_in_review, CopySource={"Bucket": bucket, "Key": key}
+        )
+        facts = {
+            "source": row["file"],
+            "status": row["status"],
+            "probability": row["probability"],
+            "top3": row["top3"],
+            "model_version": row["model_version"],
+            "reviewed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self._s3.put_object(
+            Bucket=self._review_bucket,
+            Key=key_in_review + ".json",
+            Body=(json.dumps(facts, indent=2, allow_nan=False) + "\n").encode(),
+            ContentType="application/json",
+        )

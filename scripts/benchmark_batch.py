@@ -1,0 +1,233 @@
+"""Batch predictions' speed and memory on the embedded store, beside the model's own speed (`make bench-batch`).
+
+    python scripts/benchmark_batch.py --cache-dir DIR --model PATH.keras [--sizes 10000 100000]
+                                      [--rounds 2] [--baseline-checkout DIR --baseline-size 10000]
+
+Run under the embedded store's credentials (`make bench-batch` does: `scripts/local_s3.py exec`).
+MNIST's 10,000 test digits, from a `prepare`d --cache-dir, are stored as PNGs under
+s3://mnist-inbox/bench-batch/<size>/ (repeated under new keys up to each size; kept
+between runs), and --model is published to a registry of the benchmark's own
+(s3://mnist-artifacts/bench-batch/models/), never the product's.
+
+Each round and size, in a child process of its own (its peak RSS is the kernel's
+figure for that process): the DAG's three steps, list_shards, score_shard on one
+shard of every image, combine, on the default settings (FETCHES, BATCH_SIZE).
+Printed: end-to-end images/s (the three steps' wall time, the model's load included),
+the shard's own images/s, the model's bare images/s on the same arrays (predict_on_batch
+on the preprocessed test digits, batches of BATCH_SIZE), their ratio, and the peak RSS;
+medians and ranges over the rounds. With --baseline-checkout (e.g. `git worktree add
+/tmp/baseline <commit>` of a version before shards), the same images are scored there
+too, with its predict_prefix, in the same run. The machines are shared: read ratios
+and ranges, not single times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+INBOX = "mnist-inbox"
+BENCH_PREFIX = "bench-batch/"
+MODELS_URI = "s3://mnist-artifacts/bench-batch/models/"
+OUTPUT_URI = "s3://mnist-predictions/bench-batch/"
+REVIEW_URI = "s3://mnist-inbox/bench-batch-review/"
+VERSION = 1
+
+# The child's work: the DAG's three steps on one shard, timed; one JSON line on stdout.
+OURS = """
+import json, sys, time
+from pathlib import Path
+import boto3
+from mnist_tasks.batch_predict import combine, list_shards, score_shard
+size, input_uri, output_uri, review_uri, models_uri, work = sys.argv[1:7]
+s3 = boto3.client("s3")
+started = time.perf_counter()
+shards = list_shards(s3_client=s3, input_uri=input_uri, output_uri=output_uri, review_uri=review_uri,
+                     models_uri=models_uri, work_dir=Path(work), max_images=int(size), shard_size=int(size))
+scored = [score_shard(s3_client=s3, models_uri=models_uri, shard=shard, min_confidence=0.5, review_uri=review_uri,
+                      work_dir=Path(work)) for shard in shards]
+result = combine(s3_client=s3, shards=shards, scored=scored, min_confidence=0.5, review_uri=review_uri,
+                 work_dir=Path(work))
+print(json.dumps({"seconds": time.perf_counter() - started, "shard_seconds": scored[0]["seconds"],
+                  "images": result["images"], "counts": result["counts"]}))
+"""
+
+# The same images through a checkout from before shards: one call of its predict_prefix.
+BASELINE = """
+import json, sys, time
+from pathlib import Path
+import boto3
+from mnist_tasks.batch_predict import predict_prefix
+size, input_uri, output_uri, models_uri, work = sys.argv[1:6]
+started = time.perf_counter()
+result = predict_prefix(s3_client=boto3.client("s3"), input_uri=input_uri, output_uri=output_uri,
+                        models_uri=models_uri, work_dir=Path(work), max_images=int(size))
+print(json.dumps({"seconds": time.perf_counter() - started, "images": result["images"]}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", type=Path, required=True, help="a directory `prepare` wrote")
+    parser.add_argument("--model", type=Path, required=True, help="the .keras model to score with")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline-checkout", type=Path)
+    parser.add_argument("--baseline-size", type=int, default=10_000)
+    args = parser.parse_args()
+
+    import boto3
+
+    s3 = boto3.client("s3")
+    publish(s3, args.model)
+    for size in sorted({*args.sizes, args.baseline_size if args.baseline_checkout else args.sizes[0]}):
+        store_images(s3, args.cache_dir, size)
+    bare = bare_model_rate(args.model, args.cache_dir)
+    print(f"the model alone (predict_on_batch, batches of 256, {bare['images']:,} images): "
+          f"{bare['rate']:,.0f} images/s")  # fmt: skip
+    where_time_goes(s3, min(args.sizes))
+    baseline = None
+    if args.baseline_checkout is not None:
+        baseline = run_child(args.baseline_checkout, BASELINE, [
+            args.baseline_size, input_uri(args.baseline_size), OUTPUT_URI + "baseline/", MODELS_URI,
+        ])  # fmt: skip
+    rows = []
+    for size in args.sizes:
+        runs = [
+            run_child(REPO, OURS, [size, input_uri(size), OUTPUT_URI + f"{size}/", REVIEW_URI, MODELS_URI])
+            for _ in range(args.rounds)
+        ]
+        rows.append((size, runs))
+    report(rows, bare, baseline, args.baseline_size)
+
+
+def input_uri(size: int) -> str:
+    return f"s3://{INBOX}/{BENCH_PREFIX}{size}/"
+
+
+def publish(s3, model: Path) -> None:
+    """--model as version 1 of the benchmark's own registry (once; a published version never changes)."""
+    from mnist_tasks.publish import build_manifest, publish_model
+    from mnist_tasks.registry import VersionConflictError, read_latest
+
+    if read_latest(s3_client=s3, models_uri=MODELS_URI) is not None:
+        return
+    manifest = build_manifest(
+        version=VERSION, run_id="bench-batch", dag_id="bench-batch", params={}, data={},
+        metrics={"passed": True}, started_at=None,
+    )  # fmt: skip
+    with contextlib.suppress(VersionConflictError):  # an earlier run's model: the benchmark scores with it
+        publish_model(s3_client=s3, models_uri=MODELS_URI, version=VERSION, files={"model.keras": model},
+                      manifest=manifest)  # fmt: skip
+
+
+def store_images(s3, cache_dir: Path, size: int) -> None:
+    """MNIST's test digits as PNGs under the size's prefix, repeated under new keys up to `size` (once)."""
+    import numpy as np
+    from PIL import Image
+
+    prefix = f"{BENCH_PREFIX}{size}/"
+    present = sum(page.get("KeyCount", 0) for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=INBOX, Prefix=prefix))  # fmt: skip
+    if present == size:
+        return
+    digits = np.load(cache_dir / "x_test.npy")
+
+    def put(i: int) -> None:
+        png = io.BytesIO()
+        Image.fromarray(np.round(digits[i % len(digits)] * 255).astype(np.uint8)).save(png, format="PNG")
+        s3.put_object(Bucket=INBOX, Key=f"{prefix}{i:07d}.png", Body=png.getvalue())
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(size)))
+    print(f"stored {size:,} PNGs under s3://{INBOX}/{prefix} in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def where_time_goes(s3, size: int, count: int = 2_000) -> None:
+    """A shard's two other stages alone on `count` of the size's images: the GETs, and decoding + preprocessing."""
+    from mnist_tasks.batch_predict import FETCHES
+    from mnist_tasks.preprocess import digits_in_bytes
+
+    keys = [f"{BENCH_PREFIX}{size}/{i:07d}.png" for i in range(min(count, size))]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(FETCHES) as pool:
+        bodies = list(pool.map(lambda key: s3.get_object(Bucket=INBOX, Key=key)["Body"].read(), keys))
+    fetched = len(keys) / (time.perf_counter() - started)
+    cpu = time.process_time()
+    for key, body in zip(keys, bodies, strict=True):
+        digits_in_bytes(body, name=key)
+    preprocessed = len(keys) / (time.process_time() - cpu)
+    print(f"GETs alone ({FETCHES} threads, {len(keys):,} images): {fetched:,.0f} images/s; "
+          f"decode + preprocess alone (one thread, CPU time): {preprocessed:,.0f} images/s")
+
+
+def bare_model_rate(model_path: Path, cache_dir: Path) -> dict:
+    """The model's own images/s on the preprocessed test digits, in a child (TensorFlow stays out of this one)."""
+    code = """
+import json, sys, time
+import keras, numpy as np
+model = keras.models.load_model(sys.argv[1], safe_mode=True)
+x = np.load(sys.argv[2]).reshape((-1, *model.input_shape[1:]))
+model.predict_on_batch(x[:256])
+started = time.perf_counter()
+for start in range(0, len(x), 256):
+    model.predict_on_batch(x[start:start + 256])
+print(json.dumps({"images": len(x), "seconds": time.perf_counter() - started}))
+"""
+    measured = run_child(REPO, code, [model_path, cache_dir / "x_test.npy"])
+    return {"images": measured["images"], "rate": measured["images"] / measured["seconds"]}
+
+
+def run_child(checkout: Path, code: str, args: list) -> dict:
+    """The JSON a child Python prints, with its peak RSS (bytes, the kernel's) as "peak_rss"."""
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as work:
+        env = {**os.environ, "PYTHONPATH": str(checkout), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *map(str, args), work], cwd=checkout, env=env,
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child in {checkout} failed with status {proc.returncode}")
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss": usage.ru_maxrss * 1024}
+
+
+def spread(values: list[float], fmt: str) -> str:
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
+def report(rows: list, bare: dict, baseline: dict | None, baseline_size: int) -> None:
+    print()
+    print(f"{'images':>8}  {'end to end, images/s':>24}  {'shard alone, images/s':>24}  "
+          f"{'vs the model alone':>20}  {'peak RSS, GB':>20}")  # fmt: skip
+    for size, runs in rows:
+        end_to_end = [run["images"] / run["seconds"] for run in runs]
+        shard = [run["images"] / run["shard_seconds"] for run in runs]
+        ratio = [rate / bare["rate"] for rate in end_to_end]
+        rss = [run["peak_rss"] / 2**30 for run in runs]
+        print(f"{size:>8,}  {spread(end_to_end, ',.0f'):>24}  {spread(shard, ',.0f'):>24}  "
+              f"{spread(ratio, '.3f'):>20}  {spread(rss, '.2f'):>20}")  # fmt: skip
+    if baseline is not None:
+        rate = baseline["images"] / baseline["seconds"]
+        ours = [r["images"] / r["seconds"] for size, runs in rows if size == baseline_size for r in runs]
+        speedup = f", {statistics.median(ours) / rate:.1f}x faster here" if ours else ""
+        print(f"baseline (one predict_prefix call, {baseline_size:,} images): {rate:,.0f} images/s, "
+              f"peak RSS {baseline['peak_rss'] / 2**30:.2f} GB{speedup}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
