@@ -85,6 +85,8 @@ PUBLISHED_MODEL = published_model_asset(_SETTINGS)
 def mnist_batch_predict() -> None:
     @task(multiple_outputs=False)
     def list_images(**context) -> list[dict]:
+        from airflow.sdk.configuration import conf
+
         from mnist_tasks.batch_predict import NOT_RETRIED, list_shards
 
         settings = Settings.from_env()
@@ -99,19 +101,20 @@ def mnist_batch_predict() -> None:
                 work_dir=settings.data_dir / "batch-predict",
                 max_images=p["max_images"],
                 shard_size=p["shard_size"],
+                max_shards=conf.getint("core", "max_map_length"),
             )
 
     @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
     def score(shard: dict, **context) -> dict:
         import logging
 
-        from mnist_tasks.batch_predict import NOT_RETRIED, score_shard
+        from mnist_tasks.batch_predict import NOT_RETRIED
+        from mnist_tasks.batch_shard import score_shard
 
         settings = Settings.from_env()
         with not_retried(*NOT_RETRIED):
             return score_shard(
                 s3_client=s3_client(settings),
-                models_uri=settings.models_uri,
                 shard=shard,
                 min_confidence=context["params"]["min_confidence"],
                 review_uri=_run_dir(settings.review_uri, context["run_id"]),
@@ -123,19 +126,21 @@ def mnist_batch_predict() -> None:
     def combine(shards: list[dict], scored: list[dict], **context) -> dict:
         from mnist_alerting import alert_drift
 
-        from mnist_tasks.batch_predict import combine
+        from mnist_tasks.batch_predict import combine_shards
 
         settings = Settings.from_env()
         p = context["params"]
-        result = combine(
+        result = combine_shards(
             s3_client=s3_client(settings),
             shards=shards,
             scored=list(scored),
             min_confidence=p["min_confidence"],
+            max_low_confidence_share=p["max_low_confidence_share"],
             review_uri=_run_dir(settings.review_uri, context["run_id"]),
             work_dir=settings.data_dir / "batch-predict",
         )
-        return {**result, "drift_alerted": alert_drift(context, result, bound=p["max_low_confidence_share"])}
+        alert_drift(context, result)
+        return result
 
     shards = list_images()
     combine(shards, score.expand(shard=shards))

@@ -7,13 +7,10 @@ Three steps, each a task that may run on any worker and shares nothing but S3:
    shards of `shard_size` (at least one shard, so an empty prefix still gets its outputs).
    It writes the listing and the shards to `<output>`, and returns the shards' refs: the
    mapped tasks' input is URIs and checksums.
-2. `score_shard` streams one shard: GETs with bounded concurrency, each image decoded and
-   preprocessed in the fetching thread with `predict`'s own preprocessing, the model run on
-   fixed-size batches, rows appended to the shard's parts as they come. Memory depends on
-   the batch size and the concurrency, never on how many images there are. Each image the
-   model was unsure of (below `min_confidence`) or found blank is copied, server-side, to
-   the review prefix with what the model thought beside it (mnist_tasks/review.py).
-3. `combine` checks every part and writes the run's outputs.
+2. `batch_shard.score_shard` streams one shard's images through the model into its parts,
+   in memory that does not grow with the shard, and sends the images the model was unsure
+   of (below `min_confidence`) or found blank to review (mnist_tasks/review.py).
+3. `combine_shards` checks the parts it reads and writes the run's outputs.
 
 Under `output_uri` (one directory per run):
 
@@ -30,21 +27,14 @@ own part, and a re-run of the run replaces them all.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from mnist_tasks.params import PARAMS
-from mnist_tasks.predict import PredictError
-from mnist_tasks.preprocess import MAX_FILE_BYTES, ImageError, check_file_size, digits_in_bytes, is_image_name
+from mnist_tasks.preprocess import is_image_name
 from mnist_tasks.registry import (
     ModelReferenceError,
     ModelSource,
@@ -53,11 +43,12 @@ from mnist_tasks.registry import (
     fetch_model,
     parse_model_reference,
 )
-from mnist_tasks.review import Reviewer
 from mnist_tasks.storage import (
     ChecksumMismatchError,
+    UnloadableModelError,
     atomic_path,
     check_sha256,
+    directory_uri,
     scratch_dir,
     sha256_file,
     split_s3_dir,
@@ -65,17 +56,12 @@ from mnist_tasks.storage import (
 )
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
 CSV_COLUMNS = ("file", "digit", "probability", "status", "error", "model_version")
 STATUSES = ("ok", "blank", "low_confidence", "error")
-BATCH_SIZE = 256  # images per model call: large enough that the call's own cost vanishes
-FETCHES = 16  # S3 GETs (and decodes) in flight per shard
-PROGRESS_SECONDS = 30.0  # how often a shard logs its progress
-# No published model, a reference that names none, a model, shard list or part that fails its
-# checksum, or a model that does not load: a retry finds the same.
 MAX_SHARDS = 1024  # Airflow's default [core] max_map_length: the most tasks one mapping may make
 
 
@@ -83,8 +69,10 @@ class ShardingError(ValueError):
     """The images cannot be cut into shards Airflow can map, or a shard is missing at the end."""
 
 
+# No published model, a reference that names none, a model, shard list or part that fails its
+# checksum, a model that does not load, shards Airflow cannot map: a retry finds the same.
 NOT_RETRIED = (
-    VersionNotFoundError, ModelReferenceError, PublishVerificationError, ChecksumMismatchError, PredictError,
+    VersionNotFoundError, ModelReferenceError, PublishVerificationError, ChecksumMismatchError, UnloadableModelError,
     ShardingError,
 )  # fmt: skip
 
@@ -128,7 +116,6 @@ class ScoredShard(TypedDict):
     images: int
     counts: dict[str, int]
     seconds: float
-    reviewed: int
     parts: dict[str, Part]
     """{"parquet": …, "csv": …}"""
 
@@ -143,6 +130,9 @@ class BatchPrediction(TypedDict):
     counts: dict[str, int]
     """{status: images}, every status of STATUSES."""
     low_confidence_share: float
+    max_low_confidence_share: float
+    drift: bool
+    """The share is above its bound: the inputs moved away from what the model knows."""
     images_per_second: float
     """Images scored per second of the shards' own time, added up over the shards."""
     shards: int
@@ -167,43 +157,41 @@ def list_shards(
     work_dir: Path,
     max_images: int,
     shard_size: int,
+    max_shards: int = MAX_SHARDS,
 ) -> list[Shard]:
     """List `input_uri` once and cut the first `max_images` images into shards written under `output_uri`.
 
     Fails before anything is written when there is no intact model to score with
-    (the model `latest.json` points at is fetched and checked, not loaded), and when
-    the shards would be more than MAX_SHARDS. What an earlier attempt of the run
-    left under `output_uri` and `review_uri` (the run's own directories) is removed
-    first: a re-run with fewer shards leaves no stale part behind.
+    (the model `latest.json` points at is fetched and checked, not loaded), when
+    the input and the run's directories overlap, and when the shards would be more
+    than `max_shards` (Airflow's [core] max_map_length). What an earlier attempt of
+    the run left under `output_uri` and `review_uri` (the run's own directories) is
+    removed first: a re-run with fewer shards leaves no stale part behind.
     """
     PARAMS["max_images"].check(max_images)
     PARAMS["shard_size"].check(shard_size)
-    in_bucket, in_prefix = split_s3_dir(input_uri)
-    out_bucket, out_prefix = split_s3_dir(output_uri)
+    input_uri, output_uri, review_uri = (directory_uri(uri) for uri in (input_uri, output_uri, review_uri))
+    _refuse_overlap(input_uri, output_uri, review_uri)
     with scratch_dir(work_dir, "batch-model") as scratch:
         _, source = fetch_model(
             parse_model_reference("latest", models_uri=models_uri), s3_client=s3_client, dest_dir=scratch
         )
-    images, ignored = _list_images(s3_client, in_bucket, in_prefix)
-    scored = [{"key": obj["Key"], "size": obj["Size"]} for obj in images[:max_images]]
+    scored, skipped, ignored = _list_images(s3_client, input_uri, max_images)
     cuts = range(0, max(len(scored), 1), shard_size)
-    if len(cuts) > MAX_SHARDS:
+    if len(cuts) > max_shards:
         raise ShardingError(
             f"{len(scored)} images in shards of {shard_size} make {len(cuts)} shards, more than Airflow maps "
-            f"({MAX_SHARDS}, [core] max_map_length): make shard_size at least {-(-len(scored) // MAX_SHARDS)}"
+            f"({max_shards}, [core] max_map_length): make shard_size at least {-(-len(scored) // max_shards)}"
         )
     for directory in (output_uri, review_uri):
         _remove_directory(s3_client, directory)
     listing: Listing = {
-        "input_uri": f"s3://{in_bucket}/{in_prefix}",
-        "output_uri": f"s3://{out_bucket}/{out_prefix}",
-        "images": len(scored),
-        "skipped": len(images) - len(scored),
-        "ignored": ignored,
-        "shards": len(cuts),
-        "model": source,
-    }
+        "input_uri": input_uri, "output_uri": output_uri, "images": len(scored), "skipped": skipped,
+        "ignored": ignored, "shards": len(cuts), "model": source,
+    }  # fmt: skip
+    out_bucket, out_prefix = split_s3_dir(output_uri)
     listing_ref = _put_json(s3_client, out_bucket, out_prefix + "listing.json", listing)
+    in_bucket, _ = split_s3_dir(input_uri)
     shards = []
     for index, start in enumerate(cuts):
         objects = scored[start : start + shard_size]
@@ -214,6 +202,16 @@ def list_shards(
     return shards
 
 
+def _refuse_overlap(input_uri: str, output_uri: str, review_uri: str) -> None:
+    """ShardingError when the input holds the run's directories or lies in them: a run would score its own copies."""
+    for name, directory in (("output", output_uri), ("review", review_uri)):
+        if directory.startswith(input_uri) or input_uri.startswith(directory):
+            raise ShardingError(
+                f"the input {input_uri} and the run's {name} directory {directory} overlap: the run would "
+                "score its own files; choose an input prefix outside both"
+            )
+
+
 def _remove_directory(s3_client: Any, uri: str) -> None:
     """Delete every object under s3://bucket/prefix/ (a run's own directory; never a whole bucket)."""
     bucket, prefix = split_s3_dir(uri)
@@ -221,8 +219,12 @@ def _remove_directory(s3_client: Any, uri: str) -> None:
         raise ShardingError(f"{uri} is a whole bucket, not a run's directory: nothing is removed from it")
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
-        if keys:
-            s3_client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        if not keys:
+            continue
+        failed = s3_client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True}).get("Errors", [])
+        if failed:
+            problems = ", ".join(f"s3://{bucket}/{e['Key']}: {e.get('Code')} {e.get('Message', '')}" for e in failed)
+            raise RuntimeError(f"could not remove the run's earlier outputs: {problems}")
 
 
 def _put_json(s3_client: Any, bucket: str, key: str, value: Any) -> Part:
@@ -231,7 +233,7 @@ def _put_json(s3_client: Any, bucket: str, key: str, value: Any) -> Part:
     return {"uri": f"s3://{bucket}/{key}", "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)}
 
 
-def _get_json(s3_client: Any, ref: Part) -> Any:
+def get_json(s3_client: Any, ref: Part) -> Any:
     """The JSON object `ref` names, once its bytes match the sha256 they were handed over with."""
     bucket, key = split_s3_uri(ref["uri"])
     body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -239,223 +241,40 @@ def _get_json(s3_client: Any, ref: Part) -> Any:
     return json.loads(body)
 
 
-def _list_images(s3_client: Any, bucket: str, prefix: str) -> tuple[list[dict], int]:
-    """(objects whose names have an image suffix, in key order; how many other objects there are)."""
-    images, ignored = [], 0
+def _list_images(s3_client: Any, input_uri: str, max_images: int) -> tuple[list[dict], int, int]:
+    """(the first max_images images by key, as {"key", "size", "etag"}; how many images beyond; other objects).
+
+    Only the images to score are kept: the listing's memory does not grow with the prefix.
+    """
+    bucket, prefix = split_s3_dir(input_uri)
+    images, skipped, ignored = [], 0, 0
     # S3 lists keys in ascending UTF-8 byte order, page after page.
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             if obj["Key"].endswith("/"):
                 continue  # a "folder" placeholder made by consoles, not a file
-            if is_image_name(PurePosixPath(obj["Key"]).name):
-                images.append(obj)
-            else:
+            if not is_image_name(PurePosixPath(obj["Key"]).name):
                 ignored += 1
-    return images, ignored
+            elif len(images) < max_images:
+                images.append({"key": obj["Key"], "size": obj["Size"], "etag": obj["ETag"]})
+            else:
+                skipped += 1
+    return images, skipped, ignored
 
 
-def score_shard(
-    *,
-    s3_client: Any,
-    models_uri: str,
-    shard: Shard,
-    min_confidence: float,
-    review_uri: str,
-    work_dir: Path,
-    progress: Callable[[str], None] = lambda line: None,
-) -> ScoredShard:
-    """Score one shard with the model its listing pinned; write its parts; return its counts.
-
-    `review_uri` is this run's review directory (s3://…/<run>/). `progress` gets a line
-    (images done, rate, ETA) every PROGRESS_SECONDS.
-    """
-    from mnist_tasks.predict import load_model_for_prediction
-
-    PARAMS["min_confidence"].check(min_confidence)
-    listing: Listing = _get_json(s3_client, shard["listing"])
-    listed = _get_json(s3_client, shard)
-    objects, bucket = listed["objects"], listed["bucket"]
-    pinned = listing["model"]
-    # The version latest pointed at when the run listed its images, whatever latest is now.
-    model, loaded = load_model_for_prediction(model=str(pinned["version"]), models_uri=models_uri, s3_client=s3_client)
-    check_sha256(loaded["model_uri"], expected=pinned["model_sha256"], actual=loaded["model_sha256"])
-    meter = _Meter(len(objects), shard["index"], progress)
-    counts: Counter[str] = Counter()
-    with scratch_dir(work_dir, f"shard-{shard['index']:05d}") as scratch, ThreadPoolExecutor(FETCHES) as pool:
-        reviewer = Reviewer(s3_client, review_uri=review_uri, input_uri=listing["input_uri"], pool=pool)
-        with _PartWriter(scratch) as writer:
-            for chunk in _chunks(_fetched(s3_client, bucket, objects, pool), BATCH_SIZE):
-                rows = _scored(model, chunk, min_confidence=min_confidence, version=pinned["version"])
-                writer.write(rows)
-                for row in rows:
-                    counts[row["status"]] += 1
-                    if row["status"] in ("low_confidence", "blank"):
-                        reviewer.submit(row)
-                meter.advance(len(rows))
-        reviewer.wait()
-        parts = _upload_parts(s3_client, listing["output_uri"], shard["index"], writer.paths)
-    return {
-        "index": shard["index"],
-        "images": len(objects),
-        "counts": {status: counts.get(status, 0) for status in STATUSES},
-        "seconds": round(meter.elapsed(), 3),
-        "reviewed": reviewer.count,
-        "parts": parts,
-    }
-
-
-def _fetched(
-    s3_client: Any, bucket: str, objects: list[dict], pool: ThreadPoolExecutor
-) -> Iterator[tuple[str, np.ndarray | None | ImageError]]:
-    """(URI, its field, None when blank, or its ImageError) per object, in order, at most FETCHES in flight."""
-    pending: deque[tuple[str, Future]] = deque()
-    remaining = iter(objects)
-    for obj in islice(remaining, FETCHES):
-        pending.append((f"s3://{bucket}/{obj['key']}", pool.submit(_read_field, s3_client, bucket, obj)))
-    while pending:
-        uri, future = pending.popleft()
-        for obj in islice(remaining, 1):
-            pending.append((f"s3://{bucket}/{obj['key']}", pool.submit(_read_field, s3_client, bucket, obj)))
-        yield uri, future.result()
-
-
-def _read_field(s3_client: Any, bucket: str, obj: dict) -> np.ndarray | None | ImageError:
-    """One object's field (None when blank), or the ImageError that names it; S3 errors propagate."""
-    uri = f"s3://{bucket}/{obj['key']}"
-    try:
-        check_file_size(uri, obj["size"], max_bytes=MAX_FILE_BYTES)  # refused unread
-        fields = digits_in_bytes(s3_client.get_object(Bucket=bucket, Key=obj["key"])["Body"].read(), name=uri)
-    except ImageError as err:
-        return err
-    return fields[0] if fields else None
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-def _scored(model: Any, chunk: list[tuple[str, Any]], *, min_confidence: float, version: int | None) -> list[dict]:
-    """The rows of a chunk of fetched images, in its order, with the model run once on its fields."""
-    import numpy as np
-
-    from mnist_tasks.predict import classify, read_digit
-
-    fields = [field for _, field in chunk if isinstance(field, np.ndarray)]
-    probabilities = iter(classify(model, fields))
-    rows = []
-    for uri, field in chunk:
-        row = {"file": uri, "digit": None, "probability": None, "top3": [], "error": None, "model_version": version}
-        if isinstance(field, ImageError):
-            row.update(status="error", error=str(field))
-        elif field is None:
-            row.update(status="blank")
-        else:
-            row.update(read_digit(next(probabilities), min_confidence=min_confidence))
-        rows.append(row)
-    return rows
-
-
-class _Meter:
-    """Counts a shard's images and reports done, rate and ETA every PROGRESS_SECONDS."""
-
-    def __init__(self, total: int, index: int, report: Callable[[str], None]) -> None:
-        self.total, self.index, self.report = total, index, report
-        self.done = 0
-        self.start = self.last = time.monotonic()
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_SECONDS or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate else float("inf")
-            self.report(
-                f"shard {self.index}: {self.done:,} of {self.total:,} images, {rate:,.0f} images/s, ETA {eta:,.0f} s"
-            )
-
-
-class _PartWriter:
-    """The shard's rows appended to a local Parquet file and a CSV file as they come."""
-
-    def __init__(self, directory: Path) -> None:
-        self.paths = {"parquet": directory / "part.parquet", "csv": directory / "part.csv"}
-        self._parquet = None
-
-    def __enter__(self) -> _PartWriter:
-        import pyarrow.parquet as pq
-
-        self._csv_file = self.paths["csv"].open("w", newline="")
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        self._csv.writeheader()
-        self._parquet = pq.ParquetWriter(self.paths["parquet"], _row_schema())
-        return self
-
-    def write(self, rows: list[dict]) -> None:
-        import pyarrow as pa
-
-        self._csv.writerows(rows)
-        columns = {
-            **{name: [row[name] for row in rows] for name in CSV_COLUMNS},
-            "top3_digits": [[digit for digit, _ in row["top3"]] for row in rows],
-            "top3_probabilities": [[p for _, p in row["top3"]] for row in rows],
-        }
-        self._parquet.write_table(pa.table(columns, schema=_row_schema()))
-
-    def __exit__(self, *exc: object) -> None:
-        self._csv_file.close()
-        self._parquet.close()
-
-
-def _row_schema() -> Any:
-    """The Parquet parts' columns: CSV_COLUMNS, then the top 3 guesses as two lists.
-
-    Built when rows are written: pyarrow is imported only there.
-    """
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("file", pa.string()),
-            ("digit", pa.int8()),
-            ("probability", pa.float32()),
-            ("status", pa.string()),
-            ("error", pa.string()),
-            ("model_version", pa.int64()),
-            ("top3_digits", pa.list_(pa.int8())),
-            ("top3_probabilities", pa.list_(pa.float32())),
-        ]
-    )
-
-
-def _upload_parts(s3_client: Any, output_uri: str, index: int, paths: dict[str, Path]) -> dict[str, Part]:
-    """Upload the shard's parts under their fixed names (a retry replaces them); their refs."""
-    bucket, prefix = split_s3_dir(output_uri)
-    parts = {}
-    for kind, path in paths.items():
-        key = f"{prefix}parts/part-{index:05d}.{kind}"
-        sha256 = sha256_file(path)
-        s3_client.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}})
-        parts[kind] = {"uri": f"s3://{bucket}/{key}", "sha256": sha256, "bytes": path.stat().st_size}
-    return parts
-
-
-def combine(
+def combine_shards(
     *,
     s3_client: Any,
     shards: list[Shard],
     scored: list[ScoredShard],
     min_confidence: float,
+    max_low_confidence_share: float,
     review_uri: str,
     work_dir: Path,
 ) -> BatchPrediction:
-    """Check every shard's parts, write predictions.csv (the parts' rows in key order) and predictions.json."""
-    listing: Listing = _get_json(s3_client, shards[0]["listing"])
+    """Write predictions.csv (the shards' CSV parts, each checked against its sha256, in key order) and
+    predictions.json; `drift` says whether the share of low_confidence images is above its bound."""
+    listing: Listing = get_json(s3_client, shards[0]["listing"])
     by_index = {shard["index"]: shard for shard in scored}
     missing = sorted(set(range(listing["shards"])) - set(by_index))
     if missing:
@@ -470,13 +289,17 @@ def combine(
     counts = {status: sum(shard["counts"][status] for shard in ordered) for status in STATUSES}
     seconds = sum(shard["seconds"] for shard in ordered)
     source = listing["model"]
+    share = round(counts["low_confidence"] / listing["images"], 4) if listing["images"] else 0.0
     summary = {
         "input_uri": listing["input_uri"],
         "images": listing["images"],
         "skipped": listing["skipped"],
         "ignored": listing["ignored"],
         "counts": counts,
-        "low_confidence_share": round(counts["low_confidence"] / listing["images"], 4) if listing["images"] else 0.0,
+        "low_confidence_share": share,
+        "max_low_confidence_share": max_low_confidence_share,
+        "drift": share > max_low_confidence_share,
+        # Per second of the shards' own scoring time, added up: what one worker does.
         "images_per_second": round(listing["images"] / seconds, 1) if seconds else 0.0,
         "shards": len(ordered),
     }

@@ -23,26 +23,32 @@ from typing import Any
 
 from mnist_tasks.storage import split_s3_dir, split_s3_uri
 
+COPIERS = 4  # copies in flight: threads of their own, so they never hold back the shard's GETs
 IN_FLIGHT = 32  # copies queued at most before submit waits for the oldest
 
 
 class Reviewer:
-    """Copies rows' images to the review directory in the background of a thread pool, boundedly."""
+    """Copies rows' images to the review directory in the background, boundedly (a context manager)."""
 
-    def __init__(self, s3_client: Any, *, review_uri: str, input_uri: str, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, s3_client: Any, *, review_uri: str, input_uri: str) -> None:
         self._s3 = s3_client
         self._review_bucket, self._review_prefix = split_s3_dir(review_uri)
         self._input_uri = input_uri
-        self._pool = pool
+        self._pool = ThreadPoolExecutor(COPIERS)
         self._pending: deque[Future] = deque()
-        self.count = 0
+
+    def __enter__(self) -> Reviewer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # On an error, queued copies are dropped: the retry of the shard makes them all again.
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, row: dict) -> None:
         """Queue the copy of one scored row's image (and its JSON) to the review directory."""
         if len(self._pending) >= IN_FLIGHT:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(self._copy, row))
-        self.count += 1
 
     def wait(self) -> None:
         """Until every queued copy is made; the first that failed raises."""
@@ -51,6 +57,7 @@ class Reviewer:
 
     def _copy(self, row: dict) -> None:
         bucket, key = split_s3_uri(row["file"])
+        # Below the input prefix, as list_shards found it (so never empty, never outside it).
         key_in_review = self._review_prefix + row["file"].removeprefix(self._input_uri)
         self._s3.copy_object(
             Bucket=self._review_bucket, Key=key_in_review, CopySource={"Bucket": bucket, "Key": key}

@@ -117,16 +117,20 @@ def _alert_run_overdue(context: dict[str, Any], minutes: int) -> None:
     )
 
 
-def alert_drift(context: dict[str, Any], result: dict[str, Any], *, bound: float) -> bool:
-    """Alert when a batch run's low_confidence share is above `bound`; whether it did. Never fails the run."""
-    if result["images"] == 0 or result["low_confidence_share"] <= bound:
-        return False
+def alert_drift(context: dict[str, Any], result: dict[str, Any]) -> None:
+    """Alert with a batch run's figures when its low_confidence share is above the bound (result["drift"]).
+
+    An alert that cannot be delivered is logged, not raised: the predictions are written,
+    and the drift is a signal about the inputs, not the run's failure.
+    """
+    if not result["drift"]:
+        return
     dag_id, run_id = context["dag"].dag_id, context["run_id"]
     alert = alerts.drift_alert(
         dag_id=dag_id,
         run_id=run_id,
         share=result["low_confidence_share"],
-        bound=bound,
+        bound=result["max_low_confidence_share"],
         images=result["images"],
         model_version=result["model_version"],
         review_uri=result["review_uri"],
@@ -135,8 +139,7 @@ def alert_drift(context: dict[str, Any], result: dict[str, Any], *, bound: float
     try:
         send_alert(alert, context)
     except AlertDeliveryError as err:
-        log.error("%s", err)  # a signal, not the run's failure: the predictions are written
-    return True
+        log.error("%s", err)
 
 
 def send_alert(alert: dict[str, Any], context: dict[str, Any]) -> None:

@@ -9,8 +9,8 @@ s3://mnist-inbox/bench-batch/<size>/ (repeated under new keys up to each size; k
 between runs), and --model is published to a registry of the benchmark's own
 (s3://mnist-artifacts/bench-batch/models/), never the product's.
 
-Each round and size, in a child process of its own (its peak RSS is the kernel's
-figure for that process): the DAG's three steps, list_shards, score_shard on one
+Each round and size, in a child process of its own (which reports its own peak RSS,
+VmHWM): the DAG's three steps, list_shards, score_shard on one
 shard of every image, combine, on the default settings (FETCHES, BATCH_SIZE).
 Printed: end-to-end images/s (the three steps' wall time, the model's load included),
 the shard's own images/s, the model's bare images/s on the same arrays (predict_on_batch
@@ -49,18 +49,20 @@ OURS = """
 import json, sys, time
 from pathlib import Path
 import boto3
-from mnist_tasks.batch_predict import combine, list_shards, score_shard
+from mnist_tasks.batch_predict import combine_shards, list_shards
+from mnist_tasks.batch_shard import score_shard
 size, input_uri, output_uri, review_uri, models_uri, work = sys.argv[1:7]
 s3 = boto3.client("s3")
 started = time.perf_counter()
 shards = list_shards(s3_client=s3, input_uri=input_uri, output_uri=output_uri, review_uri=review_uri,
                      models_uri=models_uri, work_dir=Path(work), max_images=int(size), shard_size=int(size))
-scored = [score_shard(s3_client=s3, models_uri=models_uri, shard=shard, min_confidence=0.5, review_uri=review_uri,
-                      work_dir=Path(work)) for shard in shards]
-result = combine(s3_client=s3, shards=shards, scored=scored, min_confidence=0.5, review_uri=review_uri,
-                 work_dir=Path(work))
+scored = [score_shard(s3_client=s3, shard=shard, min_confidence=0.5, review_uri=review_uri, work_dir=Path(work))
+          for shard in shards]
+result = combine_shards(s3_client=s3, shards=shards, scored=scored, min_confidence=0.5,
+                        max_low_confidence_share=1.0, review_uri=review_uri, work_dir=Path(work))
+peak = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) * 1024
 print(json.dumps({"seconds": time.perf_counter() - started, "shard_seconds": scored[0]["seconds"],
-                  "images": result["images"], "counts": result["counts"]}))
+                  "images": result["images"], "counts": result["counts"], "peak_rss": peak}))
 """
 
 # The same images through a checkout from before shards: one call of its predict_prefix.
@@ -73,7 +75,8 @@ size, input_uri, output_uri, models_uri, work = sys.argv[1:6]
 started = time.perf_counter()
 result = predict_prefix(s3_client=boto3.client("s3"), input_uri=input_uri, output_uri=output_uri,
                         models_uri=models_uri, work_dir=Path(work), max_images=int(size))
-print(json.dumps({"seconds": time.perf_counter() - started, "images": result["images"]}))
+peak = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) * 1024
+print(json.dumps({"seconds": time.perf_counter() - started, "images": result["images"], "peak_rss": peak}))
 """
 
 
@@ -157,7 +160,7 @@ def store_images(s3, cache_dir: Path, size: int) -> None:
 
 def where_time_goes(s3, size: int, count: int = 2_000) -> None:
     """A shard's two other stages alone on `count` of the size's images: the GETs, and decoding + preprocessing."""
-    from mnist_tasks.batch_predict import FETCHES
+    from mnist_tasks.batch_shard import FETCHES
     from mnist_tasks.preprocess import digits_in_bytes
 
     keys = [f"{BENCH_PREFIX}{size}/{i:07d}.png" for i in range(min(count, size))]
@@ -191,19 +194,21 @@ print(json.dumps({"images": len(x), "seconds": time.perf_counter() - started}))
 
 
 def run_child(checkout: Path, code: str, args: list) -> dict:
-    """The JSON a child Python prints, with its peak RSS (bytes, the kernel's) as "peak_rss"."""
+    """The JSON line a child Python prints last.
+
+    A child reports its own peak RSS from /proc/self/status (VmHWM): the kernel's
+    ru_maxrss of a child starts from its parent's at fork, which it would then report.
+    """
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as work:
         env = {**os.environ, "PYTHONPATH": str(checkout), "TF_CPP_MIN_LOG_LEVEL": "3"}
         proc = subprocess.Popen(
             [sys.executable, "-c", code, *map(str, args), work], cwd=checkout, env=env,
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        out, _ = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child in {checkout} failed with status {proc.returncode}")
-    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss": usage.ru_maxrss * 1024}
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def spread(values: list[float], fmt: str) -> str:

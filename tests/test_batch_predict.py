@@ -9,8 +9,9 @@ import json
 import pytest
 from PIL import Image
 
-import mnist_tasks.batch_predict
-from mnist_tasks.batch_predict import ShardingError, combine, list_shards, score_shard
+import mnist_tasks.batch_shard
+from mnist_tasks.batch_predict import ShardingError, combine_shards, list_shards
+from mnist_tasks.batch_shard import score_shard
 from mnist_tasks.params import ParamError
 from mnist_tasks.registry import NothingPublishedError
 from mnist_tasks.storage import ChecksumMismatchError
@@ -37,19 +38,22 @@ def _list(s3_client, tmp_path, *, input_uri="s3://inbox/in/", output="s3://out/r
 
 
 def _run(s3_client, tmp_path, *, min_confidence=0.5, **limits) -> tuple[dict, list[dict]]:
-    """list_shards, score_shard per shard, combine, as the DAG runs them: (the result, the CSV rows)."""
+    """list_shards, score_shard per shard, combine_shards, as the DAG runs them: (the result, the CSV rows)."""
     shards = _list(s3_client, tmp_path, **limits)
-    scored = [_score(s3_client, tmp_path, shard, min_confidence) for shard in shards]
-    result = combine(
-        s3_client=s3_client, shards=shards, scored=scored, min_confidence=min_confidence, review_uri=REVIEW,
-        work_dir=tmp_path / "work",
+    return _combine(s3_client, tmp_path, shards, [_score(s3_client, tmp_path, s, min_confidence) for s in shards],
+                    min_confidence=min_confidence), _csv(s3_client, "runs/r1/predictions.csv")  # fmt: skip
+
+
+def _combine(s3_client, tmp_path, shards, scored, *, min_confidence=0.5, max_low_confidence_share=0.2):
+    return combine_shards(
+        s3_client=s3_client, shards=shards, scored=scored, min_confidence=min_confidence,
+        max_low_confidence_share=max_low_confidence_share, review_uri=REVIEW, work_dir=tmp_path / "work",
     )  # fmt: skip
-    return result, _csv(s3_client, "runs/r1/predictions.csv")
 
 
 def _score(s3_client, tmp_path, shard, min_confidence=0.5, progress=lambda line: None):
     return score_shard(
-        s3_client=s3_client, models_uri=MODELS_URI, shard=shard, min_confidence=min_confidence, review_uri=REVIEW,
+        s3_client=s3_client, shard=shard, min_confidence=min_confidence, review_uri=REVIEW,
         work_dir=tmp_path / "work", progress=progress,
     )  # fmt: skip
 
@@ -83,9 +87,18 @@ def test_more_shards_than_airflow_maps_are_refused_with_the_shard_size_that_fits
     publish_test_model(buckets, model_file, models_uri=MODELS_URI, version=VERSION)
     for i in range(5):
         buckets.put_object(Bucket="inbox", Key=f"in/{i}.png", Body=b"x")
-    monkeypatch.setattr(mnist_tasks.batch_predict, "MAX_SHARDS", 2)
     with pytest.raises(ShardingError, match="5 images in shards of 2 make 3 shards, .* shard_size at least 3"):
-        _list(buckets, tmp_path, shard_size=2)
+        _list(buckets, tmp_path, shard_size=2, max_shards=2)
+    assert _keys(buckets, "out") == []
+
+
+@pytest.mark.parametrize(
+    ("input_uri", "overlapping"),
+    [("s3://inbox/", "review"), ("s3://inbox/review/r1/scans/", "review"), ("s3://out/runs/", "output")],
+)
+def test_an_input_that_overlaps_the_runs_own_directories_is_refused(buckets, tmp_path, input_uri, overlapping):
+    with pytest.raises(ShardingError, match=f"the input {input_uri} and the run's {overlapping} directory"):
+        _list(buckets, tmp_path, input_uri=input_uri)
 
 
 @pytest.fixture
@@ -102,14 +115,14 @@ def inbox(buckets, model_file, tmp_path, monkeypatch):  # noqa: F811
     buckets.upload_file(str(tmp_path / "blank.png"), "inbox", "in/e-blank.png")
     buckets.put_object(Bucket="inbox", Key="in/folder/", Body=b"")  # a console's "folder"
     buckets.put_object(Bucket="inbox", Key="in/notes.txt", Body=b"x")
-    monkeypatch.setattr(mnist_tasks.batch_predict, "MAX_FILE_BYTES", big - 1)
+    monkeypatch.setattr(mnist_tasks.batch_shard, "MAX_FILE_BYTES", big - 1)
     return big
 
 
 @pytest.mark.slow
 def test_shards_of_two_give_the_rows_of_one_shard_in_key_order(buckets, inbox, tmp_path):
-    single, single_rows = _run(buckets, tmp_path)
     sharded, rows = _run(buckets, tmp_path, shard_size=2)
+    single, single_rows = _run(buckets, tmp_path)
 
     assert rows == single_rows
     assert [(r["file"], r["digit"], r["status"]) for r in rows] == [
@@ -127,12 +140,13 @@ def test_shards_of_two_give_the_rows_of_one_shard_in_key_order(buckets, inbox, t
         "model_version": VERSION,
     }  # fmt: skip
     assert sharded["images_per_second"] > 0
-    # The re-run with three shards replaced the single shard's outputs: no stale part is left.
-    assert _keys(buckets, "out", "runs/r1/parts/") == [
-        f"runs/r1/parts/part-{i:05d}.{kind}" for i in range(3) for kind in ("csv", "parquet")
-    ]
+    assert (sharded["low_confidence_share"], sharded["drift"]) == (0.0, False)
+    # The re-run in one shard replaced the three shards' outputs: no stale part is left.
+    parts = [f"runs/r1/parts/part-00000.{kind}" for kind in ("csv", "parquet")]
+    assert _keys(buckets, "out", "runs/r1/parts/") == parts
+    assert _keys(buckets, "out", "runs/r1/shards/") == ["runs/r1/shards/shard-00000.json"]
     document = json.loads(buckets.get_object(Bucket="out", Key="runs/r1/predictions.json")["Body"].read())
-    assert document["model"]["version"] == VERSION and document["counts"] == sharded["counts"]
+    assert document["model"]["version"] == VERSION and document["counts"] == single["counts"]
 
 
 @pytest.mark.slow
@@ -157,6 +171,7 @@ def test_unsure_and_blank_images_are_copied_to_review_with_what_the_model_though
     result, rows = _run(buckets, tmp_path, min_confidence=1.0)  # nothing is sure enough
 
     assert result["counts"] == {"ok": 0, "blank": 1, "low_confidence": 2, "error": 2}
+    assert (result["low_confidence_share"], result["max_low_confidence_share"], result["drift"]) == (0.4, 0.2, True)
     reviewed = _keys(buckets, "inbox", "review/r1/")
     assert reviewed == sorted(
         f"review/r1/{name}{suffix}" for name in ("a.png", "c/../escape.png", "e-blank.png") for suffix in ("", ".json")
@@ -170,24 +185,31 @@ def test_unsure_and_blank_images_are_copied_to_review_with_what_the_model_though
 
 
 @pytest.mark.slow
-def test_a_retried_shard_rewrites_only_its_own_part(buckets, inbox, tmp_path):
-    shards = _list(buckets, tmp_path, shard_size=2)
-    first = [_score(buckets, tmp_path, shard) for shard in shards]
-    parts = _keys(buckets, "out", "runs/r1/parts/")
-    parts_before = {k: buckets.head_object(Bucket="out", Key=k)["ETag"] for k in parts}
-    retried = _score(buckets, tmp_path, shards[1])  # the retry of a shard whose first try died mid-way
+def test_a_shard_that_dies_mid_way_writes_no_part_and_its_retry_completes_the_run_once(
+    buckets, inbox, tmp_path, monkeypatch
+):
+    shards = _list(buckets, tmp_path, shard_size=3)
+    first = _score(buckets, tmp_path, shards[0])
+    monkeypatch.setattr(mnist_tasks.batch_shard, "BATCH_SIZE", 1)  # rows are written image by image
+    real_read = mnist_tasks.batch_shard._read_field
 
-    result = combine(
-        s3_client=buckets, shards=shards, scored=[first[0], retried, first[2]], min_confidence=0.5,
-        review_uri=REVIEW, work_dir=tmp_path / "work",
-    )  # fmt: skip
+    def dying(s3_client, bucket, obj):
+        if obj["key"] == "in/e-blank.png":
+            raise ConnectionResetError("the worker lost its connection")  # after d-big.png was scored
+        return real_read(s3_client, bucket, obj)
+
+    monkeypatch.setattr(mnist_tasks.batch_shard, "_read_field", dying)
+    with pytest.raises(ConnectionResetError):
+        _score(buckets, tmp_path, shards[1])
+    assert _keys(buckets, "out", "runs/r1/parts/part-00001") == []  # the parts are uploaded only whole
+    monkeypatch.setattr(mnist_tasks.batch_shard, "_read_field", real_read)
+
+    result = _combine(buckets, tmp_path, shards, [first, _score(buckets, tmp_path, shards[1])])
 
     rows = _csv(buckets, "runs/r1/predictions.csv")
-    assert len(rows) == len({r["file"] for r in rows}) == result["images"] == 5
-    parts_after = {k: buckets.head_object(Bucket="out", Key=k)["ETag"] for k in parts_before}
-    assert {k for k in parts_before if parts_before[k] != parts_after[k]} <= {
-        "runs/r1/parts/part-00001.csv", "runs/r1/parts/part-00001.parquet"
-    }  # fmt: skip
+    assert [r["file"] for r in rows] == [f"s3://inbox/in/{name}" for name in (
+        "a.png", "b-corrupt.png", "c/../escape.png", "d-big.png", "e-blank.png")]  # fmt: skip
+    assert result["images"] == 5
 
 
 @pytest.mark.slow
@@ -196,16 +218,13 @@ def test_a_part_changed_after_its_shard_finished_is_refused_by_name(buckets, inb
     scored = [_score(buckets, tmp_path, shard) for shard in shards]
     buckets.put_object(Bucket="out", Key="runs/r1/parts/part-00001.csv", Body=b"file,digit\nforged,1\n")
     with pytest.raises(ChecksumMismatchError, match="checksum mismatch for s3://out/runs/r1/parts/part-00001.csv"):
-        combine(
-            s3_client=buckets, shards=shards, scored=scored, min_confidence=0.5, review_uri=REVIEW,
-            work_dir=tmp_path / "work",
-        )  # fmt: skip
+        _combine(buckets, tmp_path, shards, scored)
 
 
 @pytest.mark.slow
 def test_a_shard_logs_images_done_rate_and_eta(buckets, inbox, tmp_path, monkeypatch):
-    monkeypatch.setattr(mnist_tasks.batch_predict, "PROGRESS_SECONDS", 0.0)  # every batch
-    monkeypatch.setattr(mnist_tasks.batch_predict, "BATCH_SIZE", 2)
+    monkeypatch.setattr(mnist_tasks.batch_shard, "PROGRESS_SECONDS", 0.0)  # every batch
+    monkeypatch.setattr(mnist_tasks.batch_shard, "BATCH_SIZE", 2)
     lines: list[str] = []
     (shard,) = _list(buckets, tmp_path)
     _score(buckets, tmp_path, shard, progress=lines.append)

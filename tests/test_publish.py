@@ -218,8 +218,12 @@ def test_a_retry_of_the_same_run_completes_the_same_version(s3_client, bucket: s
     publish_model(
         s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
     )
-    # The first attempt died after its claim, mid-upload: no manifest, one file missing, latest not moved.
-    for key in (f"mnist/{VERSION}/manifest.json", f"mnist/{VERSION}/model.keras", "mnist/latest.json"):
+    # The first attempt died after its claim, mid-upload: no manifest (nor its seal), one file missing,
+    # latest not moved.
+    for key in (
+        f"mnist/{VERSION}/manifest.json", f"mnist/{VERSION}/manifest.sha256", f"mnist/{VERSION}/model.keras",
+        "mnist/latest.json",
+    ):  # fmt: skip
         s3_client.delete_object(Bucket=BUCKET, Key=key)
     assert list_versions(s3_client=s3_client, models_uri=MODELS_URI) == []  # unfinished: not a version
 
