@@ -100,6 +100,7 @@ def main() -> None:
     print(f"the model alone (predict_on_batch, batches of 256, {bare['images']:,} images): "
           f"{bare['rate']:,.0f} images/s")  # fmt: skip
     where_time_goes(s3, min(args.sizes))
+    profile_shard(s3, min(args.sizes), args.model)
     baseline = None
     if args.baseline_checkout is not None:
         baseline = run_child(args.baseline_checkout, BASELINE, [
@@ -174,6 +175,57 @@ def where_time_goes(s3, size: int, count: int = 2_000) -> None:
     preprocessed = len(keys) / (time.process_time() - cpu)
     print(f"GETs alone ({FETCHES} threads, {len(keys):,} images): {fetched:,.0f} images/s; "
           f"decode + preprocess alone (one thread, CPU time): {preprocessed:,.0f} images/s")
+
+
+def profile_shard(s3, size: int, model_path: Path, count: int = 2_000) -> None:
+    """cProfile of a shard's work on `count` images done in one thread (GET, decode and preprocess, the
+    model on batches of BATCH_SIZE): its own CPU time by library, largest first. The shard's fetch
+    threads overlap only the waits; cProfile sees one thread."""
+    import cProfile
+    import pstats
+    from collections import Counter
+
+    from mnist_tasks.batch_shard import BATCH_SIZE
+    from mnist_tasks.predict import classify
+    from mnist_tasks.preprocess import digits_in_bytes
+    from mnist_tasks.storage import load_keras_model, sha256_file
+
+    model = load_keras_model(model_path, sha256=sha256_file(model_path))
+    keys = [f"{BENCH_PREFIX}{size}/{i:07d}.png" for i in range(min(count, size))]
+
+    def work() -> None:
+        fields = []
+        for key in keys:
+            fields += digits_in_bytes(s3.get_object(Bucket=INBOX, Key=key)["Body"].read(), name=key)
+            if len(fields) == BATCH_SIZE:
+                classify(model, fields)
+                fields = []
+        classify(model, fields)
+
+    profiler = cProfile.Profile()
+    profiler.runcall(work)
+    by_library: Counter[str] = Counter()
+    for (filename, _, function), (_, _, own, _, _) in pstats.Stats(profiler).stats.items():
+        by_library[_library(filename, function)] += own
+    total = sum(by_library.values())
+    shares = ", ".join(f"{name} {own / total:.0%}" for name, own in by_library.most_common(8))
+    print(f"a shard's work on {len(keys):,} images in one thread, own CPU time by library (cProfile): {shares}")
+
+
+def _library(filename: str, function: str) -> str:
+    """Which library a profiled function belongs to: its package, or for a C function its module or type."""
+    import re
+
+    for pattern, text in (
+        (r"site-packages/([^/]+)/", filename),
+        (r"/(mnist_tasks)/", filename),
+        (r"/python3\.\d+/([^/]+?)(?:\.py)?(?:/|$)", filename),  # the standard library
+        (r"of '_?([a-zA-Z]+)", function),  # "<method 'recv_into' of '_socket.socket' objects>"
+        (r"method ([a-zA-Z]+)", function),  # "<built-in method zlib.decompress>"
+    ):
+        if found := re.search(pattern, text):
+            return found[1]
+    return "other built-ins"
 
 
 def bare_model_rate(model_path: Path, cache_dir: Path) -> dict:

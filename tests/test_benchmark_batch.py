@@ -32,6 +32,7 @@ def test_it_prints_throughput_beside_the_models_own_and_the_peak_memory(embedded
     out = printed.stdout
     assert re.search(r"the model alone \(predict_on_batch, batches of 256, 30 images\): [\d,]+ images/s", out), out
     assert re.search(r"GETs alone \(10 threads, 12 images\): [\d,]+ images/s; decode \+ preprocess alone", out), out
+    assert re.search(r"a shard's work on 12 images in one thread, own CPU time by library \(cProfile\): \w+ \d+%", out)
     for size in (12, 30):
         # images, then end to end, the shard alone, the ratio to the model and the peak RSS: median (range)
         assert re.search(rf"^ +{size}( +[\d,.]+ \([\d,.]+–[\d,.]+\)){{4}}$", out, re.MULTILINE), out
