@@ -146,6 +146,25 @@ class EmbeddedStore:
                     admin.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
+def alive_in_session(session: int) -> list[str]:
+    """What pgrep finds still running in a session; an exited process awaiting its reaper is not."""
+    found = subprocess.run(
+        ["pgrep", "-a", "--runstates", "R,S,D,T,t", "-s", str(session)], capture_output=True, text=True
+    )
+    return found.stdout.splitlines()
+
+
+def wait_until_written(path: Path, *, seconds: float = 60) -> str:
+    """The text of `path` once a process has written something there; fails after `seconds`."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and path.read_text()):
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.05)
+    return path.read_text()
+
+
 def script_module(name: str):
     """A module of scripts/, imported as the scripts import each other."""
     if str(REPO / "scripts") not in sys.path:

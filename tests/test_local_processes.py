@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, alive_in_session, wait_until_written
 
 # Like an Airflow task: a grandchild moved into a process group of its own, which
 # killing the leader's process group would miss.
@@ -30,21 +29,6 @@ def processes(monkeypatch):
     return importlib.import_module("local_processes")
 
 
-def _alive(session: int) -> list[str]:
-    """What pgrep finds still running in a session; an exited process awaiting its reaper is not."""
-    found = subprocess.run(
-        ["pgrep", "-a", "--runstates", "R,S,D,T,t", "-s", str(session)], capture_output=True, text=True
-    )
-    return found.stdout.splitlines()
-
-
-def _wait_for(path: Path) -> None:
-    deadline = time.monotonic() + 10
-    while not path.exists() or not path.read_text():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 def _tree_that_ignores_sigterm(processes, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     """TREE, spawned, its leader ignoring SIGTERM, once its grandchild runs: (the leader, its pid file)."""
     pid_file, grandchild_file = tmp_path / "tree.pid", tmp_path / "grandchild"
@@ -52,7 +36,7 @@ def _tree_that_ignores_sigterm(processes, tmp_path: Path) -> tuple[subprocess.Po
     proc = processes.spawn(
         [sys.executable, "-c", script, str(grandchild_file)], pid_file=pid_file, log_file=tmp_path / "tree.log"
     )
-    _wait_for(grandchild_file)
+    wait_until_written(grandchild_file)
     return proc, pid_file
 
 
@@ -61,16 +45,16 @@ def test_stop_ends_the_whole_session_including_other_process_groups(processes, t
     proc = processes.spawn(
         [sys.executable, "-c", TREE, str(grandchild_file)], pid_file=pid_file, log_file=tmp_path / "tree.log"
     )
-    _wait_for(grandchild_file)
+    wait_until_written(grandchild_file)
     grandchild = int(grandchild_file.read_text())
     assert os.getpgid(grandchild) != proc.pid
-    assert len(_alive(proc.pid)) == 2
+    assert len(alive_in_session(proc.pid)) == 2
     assert processes.running(pid_file) == proc.pid
 
     assert processes.stop(pid_file, grace_seconds=5) is True
 
     proc.wait(timeout=5)
-    assert _alive(proc.pid) == []
+    assert alive_in_session(proc.pid) == []
     assert not pid_file.exists()
     assert processes.stop(pid_file) is False
 
@@ -83,12 +67,12 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(processes, tmp
         pid_file=pid_file,
         log_file=tmp_path / "stubborn.log",
     )
-    _wait_for(ready)
+    wait_until_written(ready)
 
     assert processes.stop(pid_file, grace_seconds=1) is True
 
     assert proc.wait(timeout=5) == -9
-    assert _alive(proc.pid) == []
+    assert alive_in_session(proc.pid) == []
 
 
 def test_a_stale_pid_file_is_removed(processes, tmp_path):
@@ -107,11 +91,11 @@ def test_what_a_crashed_leader_left_running_is_stopped_before_anything_starts_in
     proc, pid_file = _tree_that_ignores_sigterm(processes, tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=5)
-    assert len(_alive(proc.pid)) == 1  # the grandchild, orphaned in the dead leader's session
+    assert len(alive_in_session(proc.pid)) == 1  # the grandchild, orphaned in the dead leader's session
 
     assert processes.running(pid_file) is None
 
-    assert _alive(proc.pid) == []
+    assert alive_in_session(proc.pid) == []
     assert not pid_file.exists()
 
 
@@ -135,7 +119,7 @@ def test_kill_ends_the_whole_session_at_once_sigterm_or_not(processes, tmp_path)
     assert processes.kill(pid_file) is True
 
     assert proc.wait(timeout=5) == -9
-    assert _alive(proc.pid) == []
+    assert alive_in_session(proc.pid) == []
     assert not pid_file.exists()
     assert processes.kill(pid_file) is False
 
@@ -152,7 +136,7 @@ def test_stop_can_ask_with_another_signal_first(processes, tmp_path):
         pid_file=pid_file,
         log_file=tmp_path / "server.log",
     )
-    _wait_for(ready)
+    wait_until_written(ready)
 
     assert processes.stop(pid_file, grace_seconds=10, first_signal=signal.SIGINT) is True
 
@@ -176,7 +160,7 @@ local_processes.spawn(
 )
 """
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
-    _wait_for(tmp_path / "ready")
+    wait_until_written(tmp_path / "ready")
 
     assert processes.stop(tmp_path / "server.pid", grace_seconds=10, first_signal=signal.SIGINT) is True
 

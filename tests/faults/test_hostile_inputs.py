@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from mnist_tasks.registry import read_latest
-from tests.conftest import REPO, script_module
+from tests.conftest import REPO, alive_in_session, script_module, wait_until_written
 from tests.e2e.conftest import ARTIFACTS_BUCKET, MODELS_BUCKET, MODELS_URI, load_dag_for_test
 from tests.test_cli import publish_test_model, run
 from tests.test_preprocess import glyph
@@ -216,37 +216,20 @@ time.sleep(600)
 """
 
 
-def _session_alive(session: int) -> list[str]:
-    found = subprocess.run(
-        ["pgrep", "-a", "--runstates", "R,S,D,T,t", "-s", str(session)], capture_output=True, text=True
-    )
-    return found.stdout.splitlines()
-
-
-def _wait_for_text(path: Path) -> str:
-    import time
-
-    deadline = time.monotonic() + 60
-    while not (path.exists() and path.read_text()):
-        assert time.monotonic() < deadline, f"{path} never written"
-        time.sleep(0.05)
-    return path.read_text()
-
-
 def test_a_crashed_server_leaves_nothing_running_after_stop(tmp_path, ledger):
     processes = script_module("local_processes")
     pid_file, child_file = tmp_path / "scheduler.pid", tmp_path / "child"
     leader = processes.spawn(
         [sys.executable, "-c", SERVER, str(child_file)], pid_file=pid_file, log_file=tmp_path / "scheduler.log"
     )
-    _wait_for_text(child_file)
+    wait_until_written(child_file)
     os.kill(leader.pid, signal.SIGKILL)  # the crash: its children live on, orphaned
     leader.wait(timeout=30)
-    assert len(_session_alive(leader.pid)) == 1
+    assert len(alive_in_session(leader.pid)) == 1
 
     processes.stop(pid_file, grace_seconds=2)  # what `make stop` does
 
-    assert _session_alive(leader.pid) == []
+    assert alive_in_session(leader.pid) == []
     assert not pid_file.exists()
     ledger.scenario("a server killed with SIGKILL, its workers ignoring SIGTERM, then stopped")
 
@@ -266,10 +249,10 @@ local_processes.spawn(
 )
 """
     subprocess.run([sys.executable, "-c", starter], check=True, timeout=120)
-    _wait_for_text(ready)
+    wait_until_written(ready)
 
     stopped = script_module("local_processes").stop(tmp_path / "db.pid", grace_seconds=30, first_signal=signal.SIGINT)
 
     assert stopped is True
-    assert _wait_for_text(got).strip() == "INT"
+    assert wait_until_written(got).strip() == "INT"
     ledger.scenario("a server spawned from a shell that ignores SIGINT, stopped with SIGINT")
