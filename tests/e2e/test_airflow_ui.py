@@ -244,7 +244,9 @@ def test_a_run_triggered_from_the_form_publishes_a_model_shown_in_the_models_vie
     assert _final_state(api, stack, run["dag_run_id"]) == "success", stack.logs()
     page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{run['dag_run_id']}")
     # The run's state badge sits next to its heading.
-    expect(page.get_by_role("heading", name=run["dag_run_id"]).locator("..")).to_contain_text("Success")
+    # Playwright's assertions wait 5 s by default, not the page's 60: the run's page may take longer
+    # to render on a busy machine (it did, in CI, with another `make test` beside it).
+    expect(page.get_by_role("heading", name=run["dag_run_id"]).locator("..")).to_contain_text("Success", timeout=60_000)
     page.screenshot(path=SCREENSHOTS / "04-run-succeeded.png")
 
     version = version_for(datetime.fromisoformat(run["logical_date"]))
