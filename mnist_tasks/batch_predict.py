@@ -31,7 +31,7 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 from mnist_tasks.params import PARAMS
 from mnist_tasks.preprocess import is_image_name
@@ -54,9 +54,6 @@ from mnist_tasks.storage import (
     split_s3_dir,
     split_s3_uri,
 )
-
-if TYPE_CHECKING:
-    pass
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
