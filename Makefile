@@ -104,7 +104,8 @@ bench-batch: mirror
 	if [ ! -f $(BENCH_BATCH_DIR)/model/model.keras ]; then \
 		$(BIN)/python -m mnist_tasks train --cache-dir $$prepared --out $(BENCH_BATCH_DIR)/model > /dev/null; \
 	fi; \
-	$(STORE) $(BIN)/python scripts/benchmark_batch.py --cache-dir $$prepared --model $(BENCH_BATCH_DIR)/model/model.keras
+	$(STORE) $(BIN)/python scripts/benchmark_batch.py --cache-dir $$prepared --model $(BENCH_BATCH_DIR)/model/model.keras \
+		--store-pid-file $(STATE)/s3/weed.pid
 
 # Trains the dense and the cnn model on the local stack's MNIST (as `make run` downloads it), then
 # scores `predict` with both on digits rendered from handwriting fonts (a few minutes). The

@@ -1,11 +1,12 @@
 """Scoring one shard of a batch run (batch_predict.py has the run): the mapped task's job.
 
-The shard's images stream through: GETs with bounded concurrency (FETCHES), each image
-decoded and preprocessed in the fetching thread with `predict`'s own preprocessing, the
-model run on BATCH_SIZE images at a time, the rows appended to the shard's Parquet and CSV
-parts as they come. Memory depends on FETCHES and BATCH_SIZE, never on how many images
-there are. Images the model was unsure of, and blank ones, go to review (review.py).
-The parts are uploaded under fixed names at the end: a retried shard replaces its own.
+The shard's images stream through: GETs with bounded concurrency (FETCHES threads, through
+signed_get's lean path), each image decoded and preprocessed in the shard's own thread with
+`predict`'s own preprocessing, the model run on BATCH_SIZE images at a time, the rows
+appended to the shard's Parquet and CSV parts as they come. Memory depends on FETCHES and
+BATCH_SIZE, never on how many images there are. Images the model was unsure of, and blank
+ones, go to review (review.py). The parts are uploaded under fixed names at the end: a
+retried shard replaces its own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mnist_tasks.params import PARAMS
 from mnist_tasks.preprocess import MAX_FILE_BYTES, ImageError, check_file_size, digits_in_bytes
 from mnist_tasks.registry import ModelSource
 from mnist_tasks.review import Reviewer
+from mnist_tasks.signed_get import SignedGetter
 from mnist_tasks.storage import (
     is_condition_failed,
     is_missing,
@@ -39,7 +41,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 BATCH_SIZE = 256  # images per model call: large enough that the call's own cost vanishes
-FETCHES = 10  # S3 GETs (and decodes) in flight per shard: botocore's default pool has 10 connections
+# S3 GETs in flight per shard. The fetch threads only wait on sockets: preprocessing in them
+# too made ten threads fight for the GIL, at half the rate of preprocessing in one thread.
+FETCHES = 10
 PROGRESS_SECONDS = 30.0  # how often a shard logs its progress
 
 
@@ -71,7 +75,9 @@ def score_shard(
     ):
         model = _pinned_model(s3_client, pinned, scratch)
         with _PartWriter(scratch) as writer:
-            for chunk in _chunks(_fetched(s3_client, bucket, objects, pool), BATCH_SIZE):
+            fetched = _fetched(SignedGetter.for_client(s3_client), bucket, objects, pool)
+            fields = ((uri, _field(uri, body)) for uri, body in fetched)
+            for chunk in _chunks(fields, BATCH_SIZE):
                 rows = _scored(model, chunk, min_confidence=min_confidence, version=pinned["version"])
                 writer.write(rows)
                 for row in rows:
@@ -106,34 +112,42 @@ def _pinned_model(s3_client: Any, pinned: ModelSource, scratch: Path) -> Any:
 
 
 def _fetched(
-    s3_client: Any, bucket: str, objects: list[dict], pool: ThreadPoolExecutor
-) -> Iterator[tuple[str, np.ndarray | None | ImageError]]:
-    """(URI, its field, None when blank, or its ImageError) per object, in order, at most FETCHES in flight."""
+    getter: SignedGetter, bucket: str, objects: list[dict], pool: ThreadPoolExecutor
+) -> Iterator[tuple[str, bytes | ImageError]]:
+    """(URI, its bytes or the ImageError that names it) per object, in order, at most FETCHES in flight."""
     pending: deque[tuple[str, Future]] = deque()
     remaining = iter(objects)
     for obj in islice(remaining, FETCHES):
-        pending.append((f"s3://{bucket}/{obj['key']}", pool.submit(_read_field, s3_client, bucket, obj)))
+        pending.append((f"s3://{bucket}/{obj['key']}", pool.submit(_fetch, getter, bucket, obj)))
     while pending:
         uri, future = pending.popleft()
         for obj in islice(remaining, 1):
-            pending.append((f"s3://{bucket}/{obj['key']}", pool.submit(_read_field, s3_client, bucket, obj)))
+            pending.append((f"s3://{bucket}/{obj['key']}", pool.submit(_fetch, getter, bucket, obj)))
         yield uri, future.result()
 
 
-def _read_field(s3_client: Any, bucket: str, obj: dict) -> np.ndarray | None | ImageError:
-    """One object's field (None when blank), or the ImageError that names it; other S3 errors propagate.
+def _fetch(getter: SignedGetter, bucket: str, obj: dict) -> bytes | ImageError:
+    """One object's bytes, or the ImageError that names it; other S3 errors propagate.
 
     Read only as it was listed (If-Match on its ETag): the size checked is the size read.
     """
     uri = f"s3://{bucket}/{obj['key']}"
     try:
         check_file_size(uri, obj["size"], max_bytes=MAX_FILE_BYTES)  # refused unread
-        try:
-            body = s3_client.get_object(Bucket=bucket, Key=obj["key"], IfMatch=obj["etag"])["Body"].read()
-        except ClientError as err:
-            if is_missing(err) or is_condition_failed(err):
-                raise ImageError(f"{uri}: deleted or replaced after the run listed it") from err
-            raise
+        return getter.get(bucket, obj["key"], if_match=obj["etag"])
+    except ImageError as err:
+        return err
+    except ClientError as err:
+        if is_missing(err) or is_condition_failed(err):
+            return ImageError(f"{uri}: deleted or replaced after the run listed it")
+        raise
+
+
+def _field(uri: str, body: bytes | ImageError) -> np.ndarray | None | ImageError:
+    """The image's field (None when blank), or the ImageError that names it."""
+    if isinstance(body, ImageError):
+        return body
+    try:
         fields = digits_in_bytes(body, name=uri)
     except ImageError as err:
         return err

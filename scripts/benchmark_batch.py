@@ -1,7 +1,8 @@
 """Batch predictions' speed and memory on the embedded store, beside the model's own speed (`make bench-batch`).
 
-    python scripts/benchmark_batch.py --cache-dir DIR --model PATH.keras [--sizes 10000 100000]
-                                      [--rounds 2] [--baseline-checkout DIR --baseline-size 10000]
+    python scripts/benchmark_batch.py --cache-dir DIR --model PATH.keras --store-pid-file FILE
+                                      [--sizes 10000 100000] [--rounds 2]
+                                      [--baseline-checkout DIR --baseline-size 10000]
 
 Run under the embedded store's credentials (`make bench-batch` does: `scripts/local_s3.py exec`).
 MNIST's 10,000 test digits, from a `prepare`d --cache-dir, are stored as PNGs under
@@ -14,10 +15,15 @@ VmHWM): the DAG's three steps, list_shards, score_shard on one
 shard of every image, combine, on the default settings (FETCHES, BATCH_SIZE).
 Printed: end-to-end images/s (the three steps' wall time, the model's load included),
 the shard's own images/s, the model's bare images/s on the same arrays (predict_on_batch
-on the preprocessed test digits, batches of BATCH_SIZE), their ratio, and the peak RSS;
-medians and ranges over the rounds. With --baseline-checkout (e.g. `git worktree add
-/tmp/baseline <commit>` of a version before shards), the same images are scored there
-too, with its predict_prefix, in the same run. The machines are shared: read ratios
+on the preprocessed test digits, batches of BATCH_SIZE), their ratio, the peak RSS, and
+the CPU time per image of the shard's process and of the store's server (--store-pid-file:
+the store shares this machine's cores), with the rate those allow on all the machine's
+cores; medians and ranges over the rounds. Before that, where a shard's time goes: the
+GETs alone through signed_get and through boto3's get_object (the client's and the
+store's CPU per GET), preprocessing alone, and a profile of a shard's work by library.
+With --baseline-checkout (e.g. `git worktree add /tmp/baseline <commit>` of a version
+before shards), the same images are scored there too, with its predict_prefix, in the
+same run. The machines are shared: read ratios
 and ranges, not single times.
 """
 
@@ -43,6 +49,7 @@ MODELS_URI = "s3://mnist-artifacts/bench-batch/models/"
 OUTPUT_URI = "s3://mnist-predictions/bench-batch/"
 REVIEW_URI = "s3://mnist-inbox/bench-batch-review/"
 VERSION = 1
+CORES = os.cpu_count() or 1  # what the shard and the store share: the bound a run's CPU per image allows
 
 # The child's work: the DAG's three steps on one shard, timed; one JSON line on stdout.
 OURS = """
@@ -62,7 +69,8 @@ result = combine_shards(s3_client=s3, shards=shards, scored=scored, min_confiden
                         max_low_confidence_share=1.0, review_uri=review_uri, work_dir=Path(work))
 peak = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) * 1024
 print(json.dumps({"seconds": time.perf_counter() - started, "shard_seconds": scored[0]["seconds"],
-                  "images": result["images"], "counts": result["counts"], "peak_rss": peak}))
+                  "cpu_seconds": time.process_time(), "images": result["images"], "counts": result["counts"],
+                  "peak_rss": peak}))
 """
 
 # The same images through a checkout from before shards: one call of its predict_prefix.
@@ -84,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", type=Path, required=True, help="a directory `prepare` wrote")
     parser.add_argument("--model", type=Path, required=True, help="the .keras model to score with")
+    parser.add_argument("--store-pid-file", type=Path, required=True, help="the store server's pid file")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--baseline-checkout", type=Path)
@@ -93,13 +102,14 @@ def main() -> None:
     import boto3
 
     s3 = boto3.client("s3")
+    store = StoreCpu(int(args.store_pid_file.read_text()))
     publish(s3, args.model)
     for size in sorted({*args.sizes, args.baseline_size if args.baseline_checkout else args.sizes[0]}):
         store_images(s3, args.cache_dir, size)
     bare = bare_model_rate(args.model, args.cache_dir)
     print(f"the model alone (predict_on_batch, batches of 256, {bare['images']:,} images): "
           f"{bare['rate']:,.0f} images/s")  # fmt: skip
-    where_time_goes(s3, min(args.sizes))
+    where_time_goes(s3, store, min(args.sizes))
     profile_shard(s3, min(args.sizes), args.model)
     baseline = None
     if args.baseline_checkout is not None:
@@ -108,10 +118,11 @@ def main() -> None:
         ])  # fmt: skip
     rows = []
     for size in args.sizes:
-        runs = [
-            run_child(REPO, OURS, [size, input_uri(size), OUTPUT_URI + f"{size}/", REVIEW_URI, MODELS_URI])
-            for _ in range(args.rounds)
-        ]
+        runs = []
+        for _ in range(args.rounds):
+            before = store.seconds()
+            run = run_child(REPO, OURS, [size, input_uri(size), OUTPUT_URI + f"{size}/", REVIEW_URI, MODELS_URI])
+            runs.append({**run, "store_cpu_seconds": store.seconds() - before})
         rows.append((size, runs))
     report(rows, bare, baseline, args.baseline_size)
 
@@ -159,26 +170,50 @@ def store_images(s3, cache_dir: Path, size: int) -> None:
     print(f"stored {size:,} PNGs under s3://{INBOX}/{prefix} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def where_time_goes(s3, size: int, count: int = 2_000) -> None:
-    """A shard's two other stages alone on `count` of the size's images: the GETs, and decoding + preprocessing."""
+class StoreCpu:
+    """The store server's CPU time so far (user + system, from /proc/<pid>/stat)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def where_time_goes(s3, store: StoreCpu, size: int, count: int = 2_000) -> None:
+    """A shard's stages alone on `count` of the size's images: the GETs (signed_get's, as a shard
+    does them, and boto3's get_object), each with the client's and the store's CPU per GET; then
+    decoding + preprocessing."""
     from mnist_tasks.batch_shard import FETCHES
     from mnist_tasks.preprocess import digits_in_bytes
+    from mnist_tasks.signed_get import SignedGetter
 
     keys = [f"{BENCH_PREFIX}{size}/{i:07d}.png" for i in range(min(count, size))]
-    started = time.perf_counter()
-    with ThreadPoolExecutor(FETCHES) as pool:
-        bodies = list(pool.map(lambda key: s3.get_object(Bucket=INBOX, Key=key)["Body"].read(), keys))
-    fetched = len(keys) / (time.perf_counter() - started)
+    getter = SignedGetter.for_client(s3)
+    assert getter.fast, "signed_get cannot take its fast path with this client"
+    bodies: list[bytes] = []
+    for name, get in (
+        ("signed_get", lambda key: getter.get(INBOX, key)),
+        ("boto3 get_object", lambda key: s3.get_object(Bucket=INBOX, Key=key)["Body"].read()),
+    ):
+        started, cpu, store_cpu = time.perf_counter(), time.process_time(), store.seconds()
+        with ThreadPoolExecutor(FETCHES) as pool:
+            bodies = list(pool.map(get, keys))
+        here, there = (time.process_time() - cpu) / len(keys), (store.seconds() - store_cpu) / len(keys)
+        print(f"GETs alone, {name} ({FETCHES} threads, {len(keys):,} images): "
+              f"{len(keys) / (time.perf_counter() - started):,.0f} images/s; "
+              f"CPU per GET {here * 1e6:,.0f} µs here, {there * 1e6:,.0f} µs in the store")  # fmt: skip
     cpu = time.process_time()
     for key, body in zip(keys, bodies, strict=True):
         digits_in_bytes(body, name=key)
-    preprocessed = len(keys) / (time.process_time() - cpu)
-    print(f"GETs alone ({FETCHES} threads, {len(keys):,} images): {fetched:,.0f} images/s; "
-          f"decode + preprocess alone (one thread, CPU time): {preprocessed:,.0f} images/s")
+    per_image = (time.process_time() - cpu) / len(keys)
+    print(f"decode + preprocess alone (one thread): {1 / per_image:,.0f} images/s, "
+          f"{per_image * 1e6:,.0f} µs CPU per image")  # fmt: skip
 
 
 def profile_shard(s3, size: int, model_path: Path, count: int = 2_000) -> None:
-    """cProfile of a shard's work on `count` images done in one thread (GET, decode and preprocess, the
+    """cProfile of a shard's work on `count` images done in one thread (signed GET, decode and preprocess, the
     model on batches of BATCH_SIZE): its own CPU time by library, largest first. The shard's fetch
     threads overlap only the waits; cProfile sees one thread."""
     import cProfile
@@ -188,15 +223,17 @@ def profile_shard(s3, size: int, model_path: Path, count: int = 2_000) -> None:
     from mnist_tasks.batch_shard import BATCH_SIZE
     from mnist_tasks.predict import classify
     from mnist_tasks.preprocess import digits_in_bytes
+    from mnist_tasks.signed_get import SignedGetter
     from mnist_tasks.storage import load_keras_model, sha256_file
 
     model = load_keras_model(model_path, sha256=sha256_file(model_path))
     keys = [f"{BENCH_PREFIX}{size}/{i:07d}.png" for i in range(min(count, size))]
+    getter = SignedGetter.for_client(s3)
 
     def work() -> None:
         fields = []
         for key in keys:
-            fields += digits_in_bytes(s3.get_object(Bucket=INBOX, Key=key)["Body"].read(), name=key)
+            fields += digits_in_bytes(getter.get(INBOX, key), name=key)
             if len(fields) == BATCH_SIZE:
                 classify(model, fields)
                 fields = []
@@ -269,15 +306,20 @@ def spread(values: list[float], fmt: str) -> str:
 
 def report(rows: list, bare: dict, baseline: dict | None, baseline_size: int) -> None:
     print()
-    print(f"{'images':>8}  {'end to end, images/s':>24}  {'shard alone, images/s':>24}  "
-          f"{'vs the model alone':>20}  {'peak RSS, GB':>20}")  # fmt: skip
+    print(f"{'images':>8}  {'end to end, images/s':>22}  {'shard alone, images/s':>22}  "
+          f"{'vs the model alone':>20}  {'peak RSS, GB':>18}  {'CPU/image, shard µs':>20}  "
+          f"{'CPU/image, store µs':>20}  {f'{CORES} cores allow, images/s':>24}")  # fmt: skip
     for size, runs in rows:
         end_to_end = [run["images"] / run["seconds"] for run in runs]
         shard = [run["images"] / run["shard_seconds"] for run in runs]
         ratio = [rate / bare["rate"] for rate in end_to_end]
         rss = [run["peak_rss"] / 2**30 for run in runs]
-        print(f"{size:>8,}  {spread(end_to_end, ',.0f'):>24}  {spread(shard, ',.0f'):>24}  "
-              f"{spread(ratio, '.3f'):>20}  {spread(rss, '.2f'):>20}")  # fmt: skip
+        shard_cpu = [run["cpu_seconds"] / run["images"] * 1e6 for run in runs]
+        store_cpu = [run["store_cpu_seconds"] / run["images"] * 1e6 for run in runs]
+        allowed = [CORES * 1e6 / (ours + theirs) for ours, theirs in zip(shard_cpu, store_cpu, strict=True)]
+        print(f"{size:>8,}  {spread(end_to_end, ',.0f'):>22}  {spread(shard, ',.0f'):>22}  "
+              f"{spread(ratio, '.3f'):>20}  {spread(rss, '.2f'):>18}  {spread(shard_cpu, ',.0f'):>20}  "
+              f"{spread(store_cpu, ',.0f'):>20}  {spread(allowed, ',.0f'):>24}")  # fmt: skip
     if baseline is not None:
         rate = baseline["images"] / baseline["seconds"]
         ours = [r["images"] / r["seconds"] for size, runs in rows if size == baseline_size for r in runs]

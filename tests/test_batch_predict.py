@@ -191,18 +191,18 @@ def test_a_shard_that_dies_mid_way_writes_no_part_and_its_retry_completes_the_ru
     shards = _list(buckets, tmp_path, shard_size=3)
     first = _score(buckets, tmp_path, shards[0])
     monkeypatch.setattr(mnist_tasks.batch_shard, "BATCH_SIZE", 1)  # rows are written image by image
-    real_read = mnist_tasks.batch_shard._read_field
+    real_fetch = mnist_tasks.batch_shard._fetch
 
-    def dying(s3_client, bucket, obj):
+    def dying(getter, bucket, obj):
         if obj["key"] == "in/e-blank.png":
             raise ConnectionResetError("the worker lost its connection")  # after d-big.png was scored
-        return real_read(s3_client, bucket, obj)
+        return real_fetch(getter, bucket, obj)
 
-    monkeypatch.setattr(mnist_tasks.batch_shard, "_read_field", dying)
+    monkeypatch.setattr(mnist_tasks.batch_shard, "_fetch", dying)
     with pytest.raises(ConnectionResetError):
         _score(buckets, tmp_path, shards[1])
     assert _keys(buckets, "out", "runs/r1/parts/part-00001") == []  # the parts are uploaded only whole
-    monkeypatch.setattr(mnist_tasks.batch_shard, "_read_field", real_read)
+    monkeypatch.setattr(mnist_tasks.batch_shard, "_fetch", real_fetch)
 
     result = _combine(buckets, tmp_path, shards, [first, _score(buckets, tmp_path, shards[1])])
 

@@ -25,6 +25,8 @@ from tests.conftest import aws_connection_json
 # The e2e fixtures: tiny data served by a local HTTP mirror, Airflow's database, dag.test() loading.
 from tests.e2e.conftest import airflow_db, http_mirror, pipeline_env, tiny_mirror  # noqa: F401
 
+ERROR_CODES = {"503": "SlowDown", "403": "AccessDenied"}  # the error answers a Fault can inject
+
 
 @dataclass
 class Fault:
@@ -32,7 +34,9 @@ class Fault:
 
     method: str
     path: str  # a regular expression, searched in the request path
-    action: str  # "503", "drop" (close the connection unanswered) or "stall" (wait `stall_s`, then pass)
+    # "503" or "403" (S3's error answer), "drop" (close the connection unanswered),
+    # or "stall" (wait `stall_s`, then pass)
+    action: str
     times: int
     stall_s: float = 0.0
     hits: int = 0
@@ -55,9 +59,10 @@ class FaultProxy:
                 if fault is not None and fault.action == "drop":
                     self.close_connection = True
                     return
-                if fault is not None and fault.action == "503":
-                    payload = b"<Error><Code>SlowDown</Code><Message>injected fault</Message></Error>"
-                    self.send_response(503)
+                if fault is not None and fault.action in ERROR_CODES:
+                    code = ERROR_CODES[fault.action]
+                    payload = f"<Error><Code>{code}</Code><Message>injected fault</Message></Error>".encode()
+                    self.send_response(int(fault.action))
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
