@@ -48,7 +48,7 @@ help:
 	@echo "make cluster  the production topology natively: PostgreSQL, Redis, Airflow on Celery with two workers (UI on http://127.0.0.1:$(CLUSTER_PORT))"
 	@echo "make bench  time training and the whole run against the original write-up's script"
 	@echo "make bench-handwriting  train dense and cnn, then score predict on digits rendered from handwriting fonts"
-	@echo "make bench-batch  batch predictions at 10,000 and 100,000 images on the embedded store: images/s, peak RSS"
+	@echo "make bench-batch  batch predictions at 10,000 and 100,000 images on the embedded store (images/s, peak RSS), then on make cluster's two workers"
 	@echo "make test   run the whole test suite"
 	@echo "make stop   stop everything make run, make airflow and make cluster started"
 	@echo "make clean  stop, then delete the virtualenv, data, local Airflow home and the object store's data (every published model)"
@@ -94,7 +94,9 @@ bench: mirror $(AIRFLOW_HOME)/airflow.db
 
 # Batch predictions on the embedded store: end-to-end images/s, the model's own, peak RSS, at
 # 10,000 and 100,000 images (stored once as PNGs in s3://mnist-inbox/bench-batch/). Scores with
-# the dense model trained on the local stack's MNIST, kept in .data/bench-batch/model/.
+# the dense model trained on the local stack's MNIST, kept in .data/bench-batch/model/. Then the
+# DAG on `make cluster` (started if it is not running; it keeps running): one shard against a
+# shard per task slot of its workers.
 BENCH_BATCH_DIR := $(DATA_DIR)/bench-batch
 bench-batch: mirror
 	@set -euo pipefail; \
@@ -105,7 +107,9 @@ bench-batch: mirror
 		$(BIN)/python -m mnist_tasks train --cache-dir $$prepared --out $(BENCH_BATCH_DIR)/model > /dev/null; \
 	fi; \
 	$(STORE) $(BIN)/python scripts/benchmark_batch.py --cache-dir $$prepared --model $(BENCH_BATCH_DIR)/model/model.keras \
-		--store-pid-file $(STATE)/s3/weed.pid
+		--store-pid-file $(STATE)/s3/weed.pid; \
+	$(MAKE) --no-print-directory cluster > $(STATE)/bench-batch-cluster.log; \
+	$(BIN)/python scripts/benchmark_batch.py --cache-dir $$prepared --cluster $(CLUSTER_STATE)
 
 # Trains the dense and the cnn model on the local stack's MNIST (as `make run` downloads it), then
 # scores `predict` with both on digits rendered from handwriting fonts (a few minutes). The

@@ -11,7 +11,8 @@ registry's `latest.json` URI) **and** every day at 06:00 UTC, whichever comes fi
 1. `list_images` lists `input_uri` once (the first `max_images` by key), pins the
    model `latest.json` points at (checked against its manifest) and cuts the
    images into shards of `shard_size`.
-2. `score` runs once per shard (dynamic task mapping, on the training queue):
+2. `score` runs once per shard (dynamic task mapping, on `MNIST_SCORING_QUEUE`,
+   by default the training queue, so on any worker that serves it):
    it streams the shard's images (bounded concurrent GETs), preprocesses them
    like MNIST's own digits (mnist_tasks/preprocess.py's docstring has the steps),
    predicts them in batches and writes its part of the rows. Its log shows the
@@ -104,7 +105,7 @@ def mnist_batch_predict() -> None:
                 max_shards=conf.getint("core", "max_map_length"),
             )
 
-    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
+    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.scoring_queue)
     def score(shard: dict, **context) -> dict:
         import logging
 

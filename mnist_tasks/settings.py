@@ -49,8 +49,13 @@ class Settings:
     run_deadline_minutes: int
     """A run that has not finished this many minutes after it was queued raises an alert."""
     training_queue: str
-    """Celery queue of the TensorFlow tasks (train, evaluate, batch predictions); the light tasks
-    stay on `default`. The default is `default` too, so a cluster with one queue runs everything."""
+    """Celery queue of the TensorFlow tasks (train, evaluate, and by default batch predictions'
+    shards); the light tasks stay on `default`. The default is `default` too, so a cluster with
+    one queue runs everything."""
+    scoring_queue: str
+    """Celery queue of batch predictions' shards (`score`, one task per shard). They need
+    TensorFlow like training but scale out: a deployment gives this queue to every worker with
+    cores to spare, and keeps `training` on its training machines. Default: the training queue."""
     retry_delay_seconds: int
     """Wait before a failed task's first retry (it doubles for each later one)."""
 
@@ -82,7 +87,8 @@ class Settings:
             notify_on_success=_flag(env, "MNIST_NOTIFY_ON_SUCCESS"),
             # Below the DAG's 3-hour dagrun_timeout: the alert warns while the run can still finish.
             run_deadline_minutes=_positive_int(env, "MNIST_RUN_DEADLINE_MINUTES", 120),
-            training_queue=env.get("MNIST_TRAINING_QUEUE", "").strip() or "default",
+            training_queue=(training_queue := env.get("MNIST_TRAINING_QUEUE", "").strip() or "default"),
+            scoring_queue=env.get("MNIST_SCORING_QUEUE", "").strip() or training_queue,
             retry_delay_seconds=_positive_int(env, "MNIST_RETRY_DELAY_SECONDS", 300),
         )
 

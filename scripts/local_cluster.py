@@ -15,7 +15,8 @@ state dir (`make cluster` runs it; `make stop` stops it all):
 - Airflow's api-server, scheduler, dag-processor and triggerer (the code
   scripts/local_airflow.py starts them with), and two Celery workers: one on the
   queue `default`, one on `training`, where the DAG sends its TensorFlow tasks
-  (MNIST_TRAINING_QUEUE). Each worker has its own working and data directory
+  (MNIST_TRAINING_QUEUE); both serve `scoring`, the queue of batch predictions'
+  shards (MNIST_SCORING_QUEUE), so shards spread over both. Each worker has its own working and data directory
   and its own log-server port, as if it ran on a host of its own; the tasks it
   runs report its name as their hostname.
 
@@ -55,6 +56,7 @@ MODELS_URI = "s3://mnist-models/mnist/"
 ARTIFACTS_URI = "s3://mnist-artifacts/"
 TASK_LOGS_URI = "s3://airflow-logs/logs"
 TRAINING_QUEUE = "training"
+SCORING_QUEUE = "scoring"
 DATABASE = "airflow"  # the database's name and its owner's
 
 
@@ -62,14 +64,14 @@ DATABASE = "airflow"  # the database's name and its owner's
 class Worker:
     name: str
     """Its Celery hostname (the node is celery@<name>) and the hostname its task instances report."""
-    queue: str
+    queues: tuple[str, ...]
     concurrency: int
 
 
 WORKERS = (
-    Worker("worker-default", queue="default", concurrency=2),
+    Worker("worker-default", queues=("default", SCORING_QUEUE), concurrency=2),
     # TensorFlow takes every core it sees: one training task at a time.
-    Worker("worker-training", queue=TRAINING_QUEUE, concurrency=1),
+    Worker("worker-training", queues=(TRAINING_QUEUE, SCORING_QUEUE), concurrency=1),
 )
 
 
@@ -86,7 +88,7 @@ class Ports:
     triggerer_log: int = 8895
 
     def worker_log(self, worker: Worker) -> int:
-        return self.default_worker_log if worker.queue == "default" else self.training_worker_log
+        return self.default_worker_log if worker.name == WORKERS[0].name else self.training_worker_log
 
 
 def start(ports: Ports, state_dir: Path) -> None:
@@ -110,7 +112,7 @@ def start(ports: Ports, state_dir: Path) -> None:
     print(local_airflow.login_line(env, ports.api))
     print(
         f"{local_airflow.DAG_ID} is unpaused; CeleryExecutor with "
-        + ", ".join(f"{w.name} (queue {w.queue}, concurrency {w.concurrency})" for w in WORKERS)
+        + ", ".join(f"{w.name} (queues {','.join(w.queues)}, concurrency {w.concurrency})" for w in WORKERS)
     )
     print(f"logs and pid files: {state_dir}/*.log, *.pid and s3/; task logs: {TASK_LOGS_URI} on http://{HOST}:{ports.s3}")
     print("`make stop` stops everything")
@@ -360,6 +362,7 @@ def _airflow_environment(
         "MNIST_MODELS_URI": MODELS_URI,
         "MNIST_ARTIFACTS_URI": ARTIFACTS_URI,
         "MNIST_TRAINING_QUEUE": TRAINING_QUEUE,
+        "MNIST_SCORING_QUEUE": SCORING_QUEUE,
     }
 
 
@@ -382,7 +385,7 @@ def _start_worker(worker: Worker, env: dict[str, str], ports: Ports, state_dir: 
         "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")])),
     }
     command = [local_airflow.airflow_executable(), "celery", "worker", "--celery-hostname", worker.name]
-    command += ["--queues", worker.queue, "--concurrency", str(worker.concurrency)]
+    command += ["--queues", ",".join(worker.queues), "--concurrency", str(worker.concurrency)]
     spawn(command, pid_file=pid_file, log_file=local_airflow.log_file(state_dir, worker.name), env=worker_env, cwd=home)
 
 

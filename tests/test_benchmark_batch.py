@@ -42,5 +42,7 @@ def test_it_prints_throughput_beside_the_models_own_and_the_peak_memory(embedded
         # images, then end to end, the shard alone, the ratio to the model, the peak RSS, the shard's
         # and the store's CPU per image, and the rate those allow: median (range)
         assert re.search(rf"^ +{size}( +[\d,.]+ \([\d,.]+–[\d,.]+\)){{7}}$", out, re.MULTILINE), out
+        # two shard processes side by side, and their speedup over one: median (range)
+        assert re.search(rf"^ +{size}( +[\d,.]+ \([\d,.]+–[\d,.]+\)){{2}}$", out, re.MULTILINE), out
     stored = embedded_store.client().list_objects_v2(Bucket="mnist-inbox", Prefix="bench-batch/30/")
     assert stored["KeyCount"] == 30

@@ -23,7 +23,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import REPO, free_ports
+from tests.conftest import REPO, free_ports, script_module
 
 COMPOSE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
@@ -157,13 +157,22 @@ def test_workers_serve_their_queues_and_scale(compose):
         assert argv[:2] == ["celery", "worker"]
         return dict(zip(argv[2::2], argv[3::2], strict=True))
 
-    assert worker_options("airflow-worker") == {"--queues": "default"}
-    assert worker_options("airflow-worker-training") == {"--queues": "training", "--concurrency": "1"}
+    assert worker_options("airflow-worker") == {"--queues": "default,scoring", "--concurrency": "2"}
+    assert worker_options("airflow-worker-training") == {"--queues": "training,scoring", "--concurrency": "1"}
     for worker in WORKERS:
         service = compose["services"][worker]
         # Either would make `docker compose up --scale airflow-worker=3` fail.
         assert "container_name" not in service and "ports" not in service, worker
         assert service["depends_on"]["airflow-apiserver"]["condition"] == "service_healthy"
+
+
+def test_batch_shards_spread_over_both_workers_here_as_on_make_cluster(compose):
+    local_cluster = script_module("local_cluster")
+    scoring = compose["x-airflow-common"]["environment"]["MNIST_SCORING_QUEUE"]
+    assert scoring == local_cluster.SCORING_QUEUE
+    for service in WORKERS:
+        assert scoring in shlex.split(compose["services"][service]["command"])[3].split(","), service
+    assert all(scoring in worker.queues for worker in local_cluster.WORKERS)
 
 
 def test_task_logs_go_to_s3(compose):

@@ -71,3 +71,12 @@ def test_cluster_settings_defaults_and_environment():
     )
     with pytest.raises(SettingsError, match="MNIST_RETRY_DELAY_SECONDS must be a whole number greater than 0"):
         Settings.from_env({"MNIST_RETRY_DELAY_SECONDS": "0"})
+
+
+def test_batch_shards_go_to_the_training_queue_unless_they_have_a_queue_of_their_own():
+    assert (Settings.from_env({}).scoring_queue, Settings.from_env({"MNIST_TRAINING_QUEUE": "gpu"}).scoring_queue) == (
+        "default",
+        "gpu",
+    )
+    both = Settings.from_env({"MNIST_TRAINING_QUEUE": "gpu", "MNIST_SCORING_QUEUE": " scoring "})
+    assert (both.training_queue, both.scoring_queue) == ("gpu", "scoring")

@@ -201,6 +201,16 @@ def test_tensorflow_tasks_run_on_the_training_queue_and_light_tasks_on_default()
     assert {delay for dag in tasks.values() for _, delay in dag.values()} == {7.0}
 
 
+def test_batch_shards_may_have_a_queue_of_their_own():
+    tasks = _parse_in_a_fresh_interpreter({"MNIST_TRAINING_QUEUE": "training", "MNIST_SCORING_QUEUE": "scoring"})
+    assert {task: queue for task, (queue, _) in tasks["mnist_batch_predict"].items()} == {
+        "list_images": "default",
+        "score": "scoring",
+        "combine": "default",
+    }
+    assert {queue for queue, _ in tasks[DAG_ID].values()} == {"default", "training"}
+
+
 def test_without_a_training_queue_everything_runs_on_default(dag):
     assert {t.queue for t in dag.tasks} == {"default"}
     assert {t.retry_delay for t in dag.tasks} == {timedelta(minutes=5)}

@@ -337,6 +337,29 @@ def _sha256(chunks) -> str:
     return digest.hexdigest()
 
 
+def test_bench_batch_scores_on_the_cluster_in_a_shard_per_slot_of_the_scoring_queues_workers(
+    first_run, cluster, tmp_path
+):
+    """`make bench-batch`'s cluster part: mnist_batch_predict in one shard, then in a shard per task slot of
+    the workers serving the scoring queue (both serve it), through the REST API."""
+    import numpy as np
+
+    from tests.test_train import synthetic_digits
+
+    assert first_run["final_state"] == "success", cluster.logs()
+    np.save(tmp_path / "x_test.npy", synthetic_digits(12, seed=5)[0])
+    command = [sys.executable, "scripts/benchmark_batch.py", "--cache-dir", tmp_path, "--cluster", cluster.state_dir]
+    command += ["--sizes", "12", "--rounds", "1"]
+    printed = subprocess.run([str(a) for a in command], cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert printed.returncode == 0, f"{printed.stdout}\n{printed.stderr}\n{cluster.logs()}"
+
+    # images, one shard's images/s, three shards' (2 + 1 task slots), the speedup: median (range); the hosts
+    row = re.search(r"^ +12( +[\d,.]+ \([\d,.]+–[\d,.]+\)){3}  (.+)$", printed.stdout, re.MULTILINE)
+    assert row, printed.stdout
+    hosts = row[2].split(", ")
+    assert len(hosts) == 3 and set(hosts) <= {DEFAULT_WORKER, TRAINING_WORKER}, printed.stdout
+
+
 def test_a_training_worker_killed_mid_train_is_replaced_and_the_run_still_succeeds(
     first_run, cluster, api, s3, scripts
 ):
