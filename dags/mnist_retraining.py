@@ -4,7 +4,7 @@
 Retrains the MNIST classifier every night at 02:00 UTC, gates it on test
 accuracy and publishes the passing model to S3-compatible storage.
 
-`download` → `prepare` → `train` → `evaluate` → `publish`
+`download` → `prepare` → `anything_new` → `train` → `evaluate` → `publish`
 
 - **download** fetches the four MNIST files from the first mirror that has
   them and verifies the sha256 of their decompressed content; a verified copy
@@ -12,6 +12,12 @@ accuracy and publishes the passing model to S3-compatible storage.
 - **prepare** decodes and validates the IDX files and scales pixels to float32
   in [0, 1]; skipped when the store already holds this data's arrays.
   Output: `datasets/<data sha256>/prepared/`.
+- **anything_new** compares what the model would be a function of (the data's
+  checksum, the training Params, the code and the libraries) with what the
+  version `latest` points at was trained from. When they are equal, training
+  would give that model again: the run ends here, successful, with the later
+  tasks skipped and the log saying `unchanged since version N`. The `force`
+  Param trains and publishes anyway.
 - **train** fits the `architecture` Param's network: `dense` (the original
   write-up's Flatten → Dense(hidden_units, relu) → Dense(10, softmax)) or `cnn`
   (two convolutions before that head), with Adam and a 10% validation split,
@@ -66,6 +72,7 @@ from mnist_dags import (
     airflow_param,
     artifact_store,
     default_args,
+    force_param,
     not_retried,
     published_model_asset,
     s3_client,
@@ -109,6 +116,32 @@ def prepare(downloaded: dict) -> dict:
         return pipeline.prepare(
             store=artifact_store(settings), downloaded=downloaded, cache_root=settings.data_dir / "prepared"
         )
+
+@task.short_circuit(execution_timeout=timedelta(minutes=5))
+def anything_new(prepared: dict, **context) -> dict | bool:
+    """The run's training identity (for publish's manifest) when there is something to train; False ends
+    the run here, with the later tasks skipped."""
+    import logging
+
+    from mnist_tasks import pipeline
+    from mnist_tasks.registry import PublishVerificationError
+
+    settings = Settings.from_env()
+    p = context["params"]
+    # latest.json or its manifest damaged: stays so until someone mends it (`models repair`).
+    with not_retried(PublishVerificationError):
+        found = pipeline.novelty(
+            s3_client=s3_client(settings),
+            models_uri=settings.models_uri,
+            prepared=prepared,
+            params={spec.name: p[spec.name] for spec in TRAINING_PARAMS},
+            force=p["force"],
+        )
+    logging.getLogger("mnist_retraining").info(found["reason"])
+    if not found["train"]:
+        context["ti"].xcom_push(key="unchanged_since", value=found["unchanged_since"])
+        return False
+    return found["identity"]
 
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
 def train(prepared: dict, **context) -> dict:
@@ -158,7 +191,7 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
     return result
 
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
-def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict:
+def publish(downloaded: dict, trained: dict, evaluated: dict, identity: dict, **context) -> dict:
     from mnist_tasks import pipeline
     from mnist_tasks.artifacts import ArtifactUnusableError
     from mnist_tasks.publish import GateFailedError, VersionConflictError, version_for
@@ -186,6 +219,7 @@ def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict
             downloaded=downloaded,
             trained=trained,
             evaluated=evaluated,
+            identity=identity,
         )
 
 
@@ -210,14 +244,16 @@ def publish(downloaded: dict, trained: dict, evaluated: dict, **context) -> dict
     ),
     tags=["mnist", "ml", "retraining"],
     default_args=default_args(_SETTINGS, execution_timeout=timedelta(minutes=30)),
-    params={spec.name: airflow_param(spec) for spec in (*TRAINING_PARAMS, *GATE_PARAMS)},
+    params={spec.name: airflow_param(spec) for spec in (*TRAINING_PARAMS, *GATE_PARAMS)} | {"force": force_param()},
 )
 def mnist_retraining() -> None:
     downloaded = download()
     prepared = prepare(downloaded)
+    identity = anything_new(prepared)
     trained = train(prepared)
+    identity >> trained
     evaluated = evaluate(prepared, trained)
-    publish(downloaded, trained, evaluated)
+    publish(downloaded, trained, evaluated, identity)
 
 
 mnist_retraining()

@@ -1,4 +1,4 @@
-"""The retraining DAG's five steps, each one call from its task, on the artifact store.
+"""The retraining DAG's steps, each one call from its task, on the artifact store.
 
 Each step reads its inputs through `ArtifactStore.get` (this worker's verified
 copy), leaves its outputs in the store and returns what XCom carries: refs
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from mnist_tasks.artifacts import ArtifactRef, ArtifactStore, dataset_key, run_key
+from mnist_tasks.lineage import TrainingIdentity
 from mnist_tasks.serving import SAVED_MODEL_DIR, ServingSignature
 from mnist_tasks.storage import sha256_file
 
@@ -44,6 +45,16 @@ class Prepared(TypedDict):
     train_count: int
     test_count: int
     arrays: dict[str, ArtifactRef]
+
+
+class Novelty(TypedDict):
+    train: bool
+    """False when `latest` already is the model this run would train (and `force` is not set)."""
+    reason: str
+    """Why, in a sentence for the task log."""
+    unchanged_since: int | None
+    """The version `latest` points at, when nothing changed since it."""
+    identity: TrainingIdentity
 
 
 class StoredSavedModel(TypedDict):
@@ -114,6 +125,33 @@ def prepare(*, store: ArtifactStore, downloaded: Downloaded, cache_root: Path) -
     }
     store.put_json(info, info_key)  # last: its presence means the arrays above are all there
     return {**info, "cache_hit": False}
+
+
+def novelty(
+    *, s3_client: Any, models_uri: str, prepared: Prepared, params: Mapping[str, Any], force: bool
+) -> Novelty:
+    """Whether this run has anything new to train: its identity (the data, the training Params, the code
+    and the libraries) against the one of the version `latest` points at. See lineage.py."""
+    from mnist_tasks.lineage import compare_with_latest, training_identity
+
+    identity = training_identity(data_sha256=prepared["data_sha256"], params=params)
+    comparison = compare_with_latest(s3_client=s3_client, models_uri=models_uri, identity=identity)
+    latest, changed = comparison["latest_version"], comparison["changed"]
+    unchanged_since = latest if latest is not None and not changed else None
+    if latest is None:
+        reason = "nothing is published yet: training"
+    elif changed:
+        reason = f"changed since version {latest} ({', '.join(changed)}): training"
+    elif force:
+        reason = f"unchanged since version {latest}, and force is set: training anyway"
+    else:
+        reason = f"unchanged since version {latest}: the same data, training Params, code and libraries"
+    return {
+        "train": unchanged_since is None or force,
+        "reason": reason,
+        "unchanged_since": unchanged_since,
+        "identity": identity,
+    }
 
 
 def _split_dir(store: ArtifactStore, prepared: Prepared, split: str) -> Path:
@@ -209,6 +247,7 @@ def publish(
     downloaded: Downloaded,
     trained: Trained,
     evaluated: Mapping[str, Any],
+    identity: TrainingIdentity | None = None,
 ) -> dict[str, Any]:
     """Render report.html and publish the run's model, SavedModel, history, metrics, pictures and report as `version`.
 
@@ -238,6 +277,7 @@ def publish(
             started_at=started_at,
             training={name: trained[name] for name in ("model", "history", "final", "train_count", "seconds")},
             serving=manifest_entry(version=version, signature=trained["saved_model"]["signature"]),
+            training_identity=dict(identity) if identity is not None else None,
         ),
     )
     # Rendered here, not in evaluate: the report shows the manifest's lineage.

@@ -84,6 +84,11 @@ def _distribution_version(names: tuple[str, ...]) -> str | None:
     return None
 
 
+def library_versions() -> dict[str, str | None]:
+    """The installed version of each of LIBRARIES (None when not installed)."""
+    return {key: _distribution_version(names) for key, names in LIBRARIES.items()}
+
+
 def git_state(source_root: Path) -> dict[str, Any]:
     """{"git_commit", "git_dirty"} of the checkout rooted at source_root; both None if it is not one.
 
@@ -116,13 +121,16 @@ def build_manifest(
     started_at: str | None,
     training: dict[str, Any] | None = None,
     serving: dict[str, Any] | None = None,
+    training_identity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything a stranger needs to tell where a model came from; publish_model adds `files`.
 
     `data` carries the data checksums (data_sha256 and per-file sha256s),
     `metrics` the evaluation result including the gate decision, `training`
     the training run's artifacts (URIs and sha256s) and final figures, `serving`
-    where the SavedModel export is and its signature (serving.manifest_entry).
+    where the SavedModel export is and its signature (serving.manifest_entry),
+    `training_identity` what the model is a function of (lineage.training_identity):
+    the next run that has the same one publishes nothing.
     """
     return {
         "schema": MANIFEST_SCHEMA,
@@ -136,8 +144,9 @@ def build_manifest(
         "metrics": metrics,
         "training": training,
         "serving": serving,
+        "training_identity": training_identity,
         "code": {"package": PACKAGE, "version": _distribution_version((PACKAGE,)), **git_state(SOURCE_ROOT)},
-        "libraries": {key: _distribution_version(names) for key, names in LIBRARIES.items()},
+        "libraries": library_versions(),
         "python": platform.python_version(),
     }
 

@@ -412,6 +412,16 @@ def _parse_json(raw: bytes, uri: str) -> dict[str, Any]:
     return parsed
 
 
+def read_latest_manifest(*, s3_client: Any, models_uri: str) -> dict[str, Any] | None:
+    """The manifest `latest.json` vouches for (checked against its sha256 and its seal), None when nothing
+    is published; PointerMissingError when versions exist but `latest.json` does not."""
+    latest = read_latest(s3_client=s3_client, models_uri=models_uri)
+    if latest is None:
+        refuse_missing_pointer(s3_client=s3_client, models_uri=models_uri)
+        return None
+    return _load_manifest(s3_client, models_uri, latest["version"], latest["manifest_sha256"])[0]
+
+
 def read_manifest(*, s3_client: Any, models_uri: str, version: int) -> dict[str, Any]:
     """The manifest of one version (not verified against the objects; see verify_version)."""
     return _load_manifest(s3_client, models_uri, version)[0]

@@ -156,6 +156,16 @@ def not_retried(*errors: type[Exception]) -> Iterator[None]:
         raise AirflowFailException(str(err)) from err
 
 
+def force_param() -> Param:
+    """mnist_retraining's `force`: a new Param per DAG, as a run's conf may change a DAG's Params in place."""
+    return Param(
+        False,
+        type="boolean",
+        description="Train and publish even when nothing changed since the version latest points at "
+        "(the same data, training Params, code and libraries would give the same model again).",
+    )
+
+
 def airflow_param(spec: ParamSpec) -> Param:
     """The trigger form's field for a Param of mnist_tasks.params: it shows and enforces the bounds by refusing
     a value outside them. Both DAGs build every bounded Param with it.

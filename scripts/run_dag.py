@@ -72,6 +72,8 @@ def run_and_summarize(dag_id: str, conf: dict) -> dict:
         "champion_accuracy": evaluation.get("champion_accuracy"),
         "gate": None if "passed" not in evaluation else ("passed" if evaluation["passed"] else "failed"),
         "model_version": published.get("version"),
+        # Set when nothing changed since the version latest points at: the run trained nothing.
+        "unchanged_since": xcoms.get(("anything_new", "unchanged_since")),
         "model_uri": published.get("model_uri"),
         "serving_uri": published.get("serving_uri"),
         "seconds": seconds,

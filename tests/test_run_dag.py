@@ -102,7 +102,8 @@ def test_a_failed_run_ends_with_a_summary_naming_the_failed_task_and_exit_code_1
     # Nothing was evaluated or published, and the summary says so rather than guessing.
     assert summary["test_accuracy"] is None and summary["gate"] is None
     assert summary["model_version"] is None and summary["model_uri"] is None and summary["serving_uri"] is None
-    assert set(summary["task_seconds"]) == {"download", "prepare", "train", "evaluate", "publish"}
+    assert summary["unchanged_since"] is None
+    assert set(summary["task_seconds"]) == {"download", "prepare", "anything_new", "train", "evaluate", "publish"}
     assert summary["seconds"] > 0
 
 

@@ -28,14 +28,17 @@ def test_task_graph_is_exactly_the_pipeline(dag):
     edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
     assert edges == {
         ("download", "prepare"),
+        ("prepare", "anything_new"),
+        ("anything_new", "train"),
         ("prepare", "train"),
         ("prepare", "evaluate"),
         ("train", "evaluate"),
         ("download", "publish"),
         ("train", "publish"),
         ("evaluate", "publish"),
+        ("anything_new", "publish"),  # the run's training identity, for the manifest
     }
-    assert {t.task_id for t in dag.tasks} == {"download", "prepare", "train", "evaluate", "publish"}
+    assert {t.task_id for t in dag.tasks} == {"download", "prepare", "anything_new", "train", "evaluate", "publish"}
 
 
 def test_schedule_and_run_limits(dag):
@@ -91,10 +94,11 @@ def test_params_have_descriptions_and_defaults(dag):
         "seed": 42,
         "accuracy_threshold": 0.93,
         "max_regression": 0.005,
+        "force": False,
     }
     for name, param in dag.params.items():
         assert param.description, name
-        assert param.schema.get("type") in {"integer", "number", "string"}, name
+        assert param.schema.get("type") in {"integer", "number", "string", "boolean"}, name
 
 
 @pytest.mark.parametrize(
@@ -189,6 +193,7 @@ def test_tensorflow_tasks_run_on_the_training_queue_and_light_tasks_on_default()
     assert queues == {
         "download": "default",
         "prepare": "default",
+        "anything_new": "default",
         "train": "training",
         "evaluate": "training",
         "publish": "default",

@@ -35,6 +35,16 @@ def _states(dag_run) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
 
 
+def _xcoms(dag_run) -> dict[tuple[str, str], object]:
+    """(task id, key) -> value of the run's XComs, as run_dag.py reads them for its summary."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id))
+        return {(row.task_id, row.key): XComModel.deserialize_value(row) for row in rows}
+
+
 def _objects(s3_client) -> dict[str, bytes]:
     listing = s3_client.list_objects_v2(Bucket=MODELS_BUCKET).get("Contents", [])
     return {o["Key"]: s3_client.get_object(Bucket=MODELS_BUCKET, Key=o["Key"])["Body"].read() for o in listing}
@@ -81,10 +91,10 @@ def test_a_run_publishes_a_verified_version_and_a_worse_challenger_does_not_repl
     data_prefix = f"store/datasets/{manifest['data']['data_sha256']}/"
     assert {f"{data_prefix}prepared/dataset.json", f"{data_prefix}raw/t10k-images-idx3-ubyte.gz"} <= stored
 
-    # A re-run of the same run compares with its own published model (a tie), but may
-    # not change that version: versions are immutable, and the bucket stays as it was.
+    # A re-run of the same run forced to train again compares with its own published model
+    # (a tie), but may not change that version: versions are immutable, and the bucket stays as it was.
     before = _objects(s3_client)
-    again = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=PASSING_CONF)
+    again = dag.test(logical_date=logical_date, run_after=logical_date, run_conf={**PASSING_CONF, "force": True})
     assert str(again.state) == "failed", _states(again)
     assert again.run_id == dag_run.run_id
     assert _states(again)["publish"] == "failed" and _states(again)["evaluate"] == "success"
@@ -105,6 +115,42 @@ def test_a_run_publishes_a_verified_version_and_a_worse_challenger_does_not_repl
     gate = json.loads(s3_client.get_object(Bucket=ARTIFACTS_BUCKET, Key=metrics_key)["Body"].read())["gate"]
     assert gate["champion_accuracy"] == metrics["accuracy"]
     assert f"below the champion's {metrics['accuracy']:.4f}" in gate["message"]
+
+
+def test_a_run_with_nothing_new_trains_nothing_and_publishes_nothing_unless_forced(pipeline_env, s3_client):
+    from tests.e2e.conftest import load_dag_for_test
+
+    def run(day: int, conf: dict):
+        # Parsed anew for each run: dag.test() leaves a run's conf in the DAG object's params.
+        return load_dag_for_test("mnist_retraining").test(
+            logical_date=datetime(2026, 11, day, 2, 0, tzinfo=UTC), run_conf=conf
+        )
+
+    first = run(20, PASSING_CONF)
+    assert str(first.state) == "success", _states(first)
+    published = _objects(s3_client)
+    first_manifest = json.loads(published["mnist/20261120020000/manifest.json"])
+    identity = first_manifest["training_identity"]
+    assert identity["data_sha256"] == first_manifest["data"]["data_sha256"]
+    assert identity["params"]["epochs"] == PASSING_CONF["epochs"] and "accuracy_threshold" not in identity["params"]
+
+    # The next night: the same data, training Params, code and libraries. Only the gate differs,
+    # which does not shape the model.
+    unchanged = run(21, {**PASSING_CONF, "accuracy_threshold": 0.6})
+    assert str(unchanged.state) == "success", _states(unchanged)
+    assert _states(unchanged) == {
+        "download": "success", "prepare": "success", "anything_new": "success",
+        "train": "skipped", "evaluate": "skipped", "publish": "skipped",
+    }  # fmt: skip
+    assert _xcoms(unchanged)[("anything_new", "unchanged_since")] == 20261120020000
+    assert _objects(s3_client) == published
+
+    forced = run(22, {**PASSING_CONF, "force": True})
+    assert str(forced.state) == "success", _states(forced)
+    assert json.loads(_objects(s3_client)["mnist/latest.json"])["version"] == 20261122020000
+    other = run(23, {**PASSING_CONF, "seed": 7, "max_regression": 1.0})  # another seed: another model
+    assert str(other.state) == "success", _states(other)
+    assert json.loads(_objects(s3_client)["mnist/latest.json"])["version"] == 20261123020000
 
 
 def test_a_gate_that_cannot_be_met_fails_the_run_and_publishes_nothing(pipeline_env, dag, s3_client):

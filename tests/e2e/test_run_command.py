@@ -46,14 +46,17 @@ def test_make_run_publishes_a_model_that_passes_the_gate_and_stays_the_champion_
         assert summary["serving_uri"] == f"s3://mnist-models/mnist/serving/{summary['model_version']}/"
         s3 = EmbeddedStore(tmp_path / "local", s3_port).client()  # the store make run left up
         s3.head_object(Bucket="mnist-models", Key=f"mnist/serving/{summary['model_version']}/saved_model.pb")
-        assert set(summary["task_seconds"]) == {"download", "prepare", "train", "evaluate", "publish"}
+        assert set(summary["task_seconds"]) == {"download", "prepare", "anything_new", "train", "evaluate", "publish"}
         assert summary["champion_accuracy"] is None  # the first model of an empty store
 
-        # The store keeps what it holds across `make stop`: the next run meets the first model.
+        assert summary["unchanged_since"] is None
+
+        # The store keeps what it holds across `make stop`: the next run meets the first model, and as
+        # nothing changed (the same data, Params, code and libraries) it trains and publishes nothing.
         assert "stopped (its data stays)" in _make("stop", make_vars).stdout
         again = json.loads(_make("run", make_vars).stdout.strip().splitlines()[-1])
         assert again["state"] == "success"
-        assert again["champion_accuracy"] == summary["test_accuracy"]
-        assert again["model_version"] > summary["model_version"]
+        assert again["unchanged_since"] == summary["model_version"]
+        assert (again["model_version"], again["test_accuracy"]) == (None, None)
     finally:
         subprocess.run(["make", "--no-print-directory", "stop", *make_vars], cwd=REPO, check=True, timeout=60)

@@ -106,8 +106,10 @@ def test_a_damaged_cached_array_is_fetched_again_and_the_result_is_unchanged(
     damaged[-500:] = b"\xff" * 500
     cached.write_bytes(bytes(damaged))
 
+    # Forced: with nothing new the run would stop before evaluate reads the array.
     second = dag.test(
-        logical_date=datetime(2026, 11, 21, 2, tzinfo=UTC), run_conf={**PASSING_CONF, "max_regression": 0}
+        logical_date=datetime(2026, 11, 21, 2, tzinfo=UTC),
+        run_conf={**PASSING_CONF, "max_regression": 0, "force": True},
     )
     assert str(second.state) == "success"
     assert read_latest_metrics(s3_client)["accuracy"] == accuracy
@@ -150,7 +152,8 @@ def test_an_array_corrupted_in_the_store_fails_training_at_once_by_name(
     s3_client.put_object(Bucket=ARTIFACTS_BUCKET, Key=key, Body=bytes(corrupted), Metadata=head["Metadata"])
     monkeypatch.setenv("MNIST_DATA_DIR", str(pipeline_env.parent / "another-worker"))
 
-    dag_run = dag.test(logical_date=datetime(2026, 11, 21, 2, tzinfo=UTC), run_conf=PASSING_CONF)
+    # Forced: with nothing new the run would stop before train reads the array.
+    dag_run = dag.test(logical_date=datetime(2026, 11, 21, 2, tzinfo=UTC), run_conf={**PASSING_CONF, "force": True})
 
     assert str(dag_run.state) == "failed"
     assert _tries(dag_run)["train"] == ("failed", 1)
@@ -169,7 +172,8 @@ def test_a_damaged_latest_json_fails_the_run_at_once_and_publishes_nothing(
     dag_run = dag.test(logical_date=datetime(2026, 11, 21, 2, tzinfo=UTC), run_conf=PASSING_CONF)
 
     assert str(dag_run.state) == "failed"
-    assert _tries(dag_run)["evaluate"] == ("failed", 1)  # waiting cannot mend the pointer: no retry
+    # The first task that reads the pointer: waiting cannot mend it, so no retry.
+    assert _tries(dag_run)["anything_new"] == ("failed", 1)
     assert _versions(s3_client) == versions_before
     s3_client.put_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json", Body=pointer)  # mended, for the audit
     ledger.scenario("latest.json cut in half", bad_inputs=1)
@@ -189,7 +193,8 @@ def test_a_deleted_latest_json_never_waives_the_champion_until_it_is_repaired(
     dag_run = dag.test(logical_date=datetime(2026, 11, 21, 2, tzinfo=UTC), run_conf=worse)
 
     assert str(dag_run.state) == "failed"
-    assert _tries(dag_run)["evaluate"] == ("failed", 1)  # refused at once, and alerted: a person must repair
+    # Refused at once by the first task that reads the pointer, and alerted: a person must repair.
+    assert _tries(dag_run)["anything_new"] == ("failed", 1)
     assert _versions(s3_client) == versions_before
     assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) is None
 

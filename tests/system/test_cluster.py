@@ -38,14 +38,14 @@ MODELS_URI = "s3://mnist-models/mnist/"
 ARTIFACTS_BUCKET = "mnist-artifacts"
 DEFAULT_WORKER, TRAINING_WORKER = "worker-default", "worker-training"
 ON_TRAINING_WORKER = {"train", "evaluate"}
-ON_DEFAULT_WORKER = {"download", "prepare", "publish"}
+ON_DEFAULT_WORKER = {"download", "prepare", "anything_new", "publish"}
 # One epoch keeps the runs short. Unpausing starts the nightly run (the default Params)
 # first; one epoch falls short of its model, so the first run is judged by
 # accuracy_threshold alone. The second has the same Params and seed as the first,
-# so it trains the same model, and meets the champion (the first) with the default
-# max_regression.
+# so it would train the same model: it is forced to (nothing new would end it before
+# train), and meets the champion (the first) with the default max_regression.
 FIRST_CONF = {"epochs": 1, "seed": 42, "max_regression": 1.0}
-SECOND_CONF = {"epochs": 1, "seed": 42}
+SECOND_CONF = {"epochs": 1, "seed": 42, "force": True}
 # Two cores, shared: the nightly run, then ours, each waiting for the one before.
 RUN_TIMEOUT = 900
 START_TIMEOUT = 600
@@ -358,6 +358,69 @@ def test_bench_batch_scores_on_the_cluster_in_a_shard_per_slot_of_the_scoring_qu
     assert row, printed.stdout
     hosts = row[2].split(", ")
     assert len(hosts) == 3 and set(hosts) <= {DEFAULT_WORKER, TRAINING_WORKER}, printed.stdout
+
+
+def test_a_worker_killed_mid_shard_is_replaced_and_the_batch_run_has_each_row_once(
+    first_run, cluster, api, s3, scripts
+):
+    import csv
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    from mnist_tasks.storage import safe_name
+    from tests.test_train import synthetic_digits
+
+    local_processes, _ = scripts
+    assert first_run["final_state"] == "success", cluster.logs()
+    # Two shards of 5,000: each scores for several seconds, time to kill its worker mid-way.
+    digits = synthetic_digits(10_000, seed=9)[0]
+    keys = [f"kill-shard/{i:05d}.png" for i in range(len(digits))]
+
+    def put(i: int) -> None:
+        png = io.BytesIO()
+        Image.fromarray(np.round(digits[i].reshape(28, 28) * 255).astype(np.uint8)).save(png, format="PNG")
+        s3.put_object(Bucket="mnist-inbox", Key=keys[i], Body=png.getvalue())
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(len(keys))))
+    batch = f"{cluster.url}/api/v2/dags/mnist_batch_predict"
+    assert api.patch(batch, json={"is_paused": False}, timeout=60).status_code == 200
+    try:
+        conf = {"input_uri": "s3://mnist-inbox/kill-shard/", "shard_size": 5_000, "max_low_confidence_share": 1.0}
+        triggered = api.post(f"{batch}/dagRuns", json={"logical_date": None, "conf": conf}, timeout=60)
+        assert triggered.status_code == 200, triggered.text
+        run_id = triggered.json()["dag_run_id"]
+
+        def shards() -> list[dict]:
+            found = api.get(f"{batch}/dagRuns/{run_id}/taskInstances", timeout=60)
+            assert found.status_code == 200, found.text
+            return [ti for ti in found.json()["task_instances"] if ti["task_id"] == "score"]
+
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not (running := [ti for ti in shards() if ti["state"] == "running"]):
+            assert time.monotonic() < deadline, f"no shard ever ran: {shards()}\n{cluster.logs()}"
+            time.sleep(0.5)
+        victim = running[0]
+        # Like the machine losing power: every process of the worker's session, the shard's included.
+        assert local_processes.kill(cluster.state_dir / f"airflow-{victim['hostname']}.pid")
+        killed_while = next(ti for ti in shards() if ti["map_index"] == victim["map_index"])
+        assert (killed_while["state"], killed_while["try_number"]) == ("running", 1), killed_while
+        cluster.start()  # starts the worker that is missing
+
+        while (state := api.get(f"{batch}/dagRuns/{run_id}", timeout=60).json()["state"]) not in ("success", "failed"):
+            assert time.monotonic() < deadline, f"batch run still {state}\n{cluster.logs()}"
+            time.sleep(3)
+        assert state == "success", f"{shards()}\n{cluster.logs()}"
+        retried = next(ti for ti in shards() if ti["map_index"] == victim["map_index"])
+        assert retried["try_number"] >= 2, retried
+    finally:
+        api.patch(batch, json={"is_paused": True}, timeout=60)
+    table = s3.get_object(Bucket="mnist-predictions", Key=f"predictions/{safe_name(run_id)}/predictions.csv")
+    rows = list(csv.DictReader(io.StringIO(table["Body"].read().decode())))
+    assert [row["file"] for row in rows] == [f"s3://mnist-inbox/{key}" for key in keys]  # each once, in key order
 
 
 def test_a_training_worker_killed_mid_train_is_replaced_and_the_run_still_succeeds(
