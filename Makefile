@@ -109,7 +109,7 @@ bench-batch: mirror
 	$(STORE) $(BIN)/python scripts/benchmark_batch.py --cache-dir $$prepared --model $(BENCH_BATCH_DIR)/model/model.keras \
 		--store-pid-file $(STATE)/s3/weed.pid; \
 	$(MAKE) --no-print-directory cluster > $(STATE)/bench-batch-cluster.log; \
-	$(BIN)/python scripts/benchmark_batch.py --cache-dir $$prepared --cluster $(CLUSTER_STATE)
+	$(BIN)/python scripts/benchmark_batch_cluster.py --cache-dir $$prepared --cluster $(CLUSTER_STATE)
 
 # Trains the dense and the cnn model on the local stack's MNIST (as `make run` downloads it), then
 # scores `predict` with both on digits rendered from handwriting fonts (a few minutes). The

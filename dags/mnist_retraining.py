@@ -16,8 +16,9 @@ accuracy and publishes the passing model to S3-compatible storage.
   checksum, the training Params, the code and the libraries) with what the
   version `latest` points at was trained from. When they are equal, training
   would give that model again: the run ends here, successful, with the later
-  tasks skipped and the log saying `unchanged since version N`. The `force`
-  Param trains and publishes anyway.
+  tasks skipped and the log saying `unchanged since version N` (a version
+  whose files no longer verify counts as changed). The `force` Param trains
+  and publishes anyway. Runs on the training queue.
 - **train** fits the `architecture` Param's network: `dense` (the original
   write-up's Flatten → Dense(hidden_units, relu) → Dense(10, softmax)) or `cnn`
   (two convolutions before that head), with Adam and a 10% validation split,
@@ -38,8 +39,8 @@ accuracy and publishes the passing model to S3-compatible storage.
 
 Tasks share nothing but the artifact store (`MNIST_ARTIFACTS_URI`): each hands
 the next the URIs and sha256s of what it stored, and the next checks them
-before use, so any task may run on any worker. `train` and `evaluate` run on
-the queue `MNIST_TRAINING_QUEUE` (default `default`).
+before use, so any task may run on any worker. `anything_new`, `train` and
+`evaluate` run on the queue `MNIST_TRAINING_QUEUE` (default `default`).
 
 **Needs**
 - An Airflow connection of type *Amazon Web Services* (id `aws_default`, or the
@@ -117,7 +118,8 @@ def prepare(downloaded: dict) -> dict:
             store=artifact_store(settings), downloaded=downloaded, cache_root=settings.data_dir / "prepared"
         )
 
-@task.short_circuit(execution_timeout=timedelta(minutes=5))
+# On the training queue: the identity sums up the code and libraries of the workers that train.
+@task.short_circuit(execution_timeout=timedelta(minutes=5), queue=_SETTINGS.training_queue)
 def anything_new(prepared: dict, **context) -> dict | bool:
     """The run's training identity (for publish's manifest) when there is something to train; False ends
     the run here, with the later tasks skipped."""

@@ -72,10 +72,11 @@ def score_shard(
         scratch_dir(work_dir, f"shard-{shard['index']:05d}") as scratch,
         ThreadPoolExecutor(FETCHES) as pool,
         Reviewer(s3_client, review_uri=review_uri, input_uri=listing["input_uri"]) as reviewer,
+        SignedGetter.for_client(s3_client) as getter,
     ):
         model = _pinned_model(s3_client, pinned, scratch)
         with _PartWriter(scratch) as writer:
-            fetched = _fetched(SignedGetter.for_client(s3_client), bucket, objects, pool)
+            fetched = _fetched(getter, bucket, objects, pool)
             fields = ((uri, _field(uri, body)) for uri, body in fetched)
             for chunk in _chunks(fields, BATCH_SIZE):
                 rows = _scored(model, chunk, min_confidence=min_confidence, version=pinned["version"])

@@ -9,9 +9,14 @@ The inputs are summed up in a `TrainingIdentity`, which publish records in the m
 - `data_sha256`: the dataset's identity (`prepare`'s);
 - `params`: the training Params as the run was given them (gate Params do not shape the model);
 - `code_sha256`: every source file of this package, by path and content;
-- `libraries`: the versions of the libraries the manifest records (TensorFlow, Keras, NumPy, …).
+- `libraries`: the versions of TensorFlow, Keras and NumPy.
 A version published before identities existed has none, so the first run after an
-upgrade trains and publishes once.
+upgrade trains and publishes once. Nor does a version count whose files no longer verify
+or whose TensorFlow Serving copy is incomplete: the run publishes a whole one again.
+
+The check runs on the training queue, so the code and libraries it sums up are those of
+the workers that train. (A deployment whose training workers run different images can
+still compare one worker's against another's: keep them on one image.)
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any, TypedDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 INPUTS = ("data_sha256", "params", "code_sha256", "libraries")  # what a TrainingIdentity sums up
+# Of the libraries a manifest records, those whose version can change the weights (not boto3 or Airflow).
+MODEL_LIBRARIES = ("tensorflow", "keras", "numpy")
 
 
 class TrainingIdentity(TypedDict):
@@ -45,14 +52,16 @@ def code_sha256(package_dir: Path = PACKAGE_DIR) -> str:
 
 
 def training_identity(*, data_sha256: str, params: Mapping[str, Any]) -> TrainingIdentity:
-    """This run's identity: the data and Params it was given, with this worker's code and libraries."""
+    """This run's identity: the data and training Params it was given (each as its Param's type: 4.0
+    epochs is 4), with this worker's code and the libraries that shape a model."""
+    from mnist_tasks.params import PARAMS
     from mnist_tasks.publish import library_versions
 
     inputs: dict[str, Any] = {
         "data_sha256": data_sha256,
-        "params": dict(params),
+        "params": {name: PARAMS[name].check(value) for name, value in params.items()},
         "code_sha256": code_sha256(),
-        "libraries": library_versions(),
+        "libraries": {name: library_versions()[name] for name in MODEL_LIBRARIES},
     }
     canonical = json.dumps(inputs, sort_keys=True, allow_nan=False, separators=(",", ":"))
     return {"sha256": hashlib.sha256(canonical.encode()).hexdigest(), **inputs}  # type: ignore[typeddict-item]
@@ -68,17 +77,34 @@ class Comparison(TypedDict):
 
 def compare_with_latest(*, s3_client: Any, models_uri: str, identity: TrainingIdentity) -> Comparison:
     """This run's identity against the one recorded by the manifest `latest.json` vouches for (its sha256
-    and seal checked)."""
-    from mnist_tasks.registry import read_latest_manifest
+    and seal checked; a damaged pointer or manifest raises).
 
-    manifest = read_latest_manifest(s3_client=s3_client, models_uri=models_uri)
-    if manifest is None:
+    An equal identity counts only for a version that is whole: every file as its manifest
+    records it, and TensorFlow Serving's copy complete. Otherwise training publishes a whole
+    version again, as every nightly run did before identities.
+    """
+    from mnist_tasks.registry import (
+        PublishVerificationError,
+        read_latest_manifest,
+        serving_copy_complete,
+        verify_version,
+    )
+
+    found = read_latest_manifest(s3_client=s3_client, models_uri=models_uri)
+    if found is None:
         return {"latest_version": None, "changed": []}
-    recorded = manifest.get("training_identity")
+    manifest, manifest_sha256 = found
+    version, recorded = manifest["version"], manifest.get("training_identity")
     if not recorded:
-        changed = ["no identity recorded"]
-    elif recorded.get("sha256") == identity["sha256"]:
-        changed = []
-    else:
-        changed = [key for key in INPUTS if recorded.get(key) != identity[key]]
-    return {"latest_version": manifest["version"], "changed": changed}
+        return {"latest_version": version, "changed": ["no identity recorded"]}
+    if recorded.get("sha256") != identity["sha256"]:
+        # A sha256 that differs while no input does is a different rule for summing them up.
+        changed = [key for key in INPUTS if recorded.get(key) != identity[key]] or ["how the identity is summed up"]
+        return {"latest_version": version, "changed": changed}
+    try:
+        verify_version(s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256)
+    except PublishVerificationError as err:
+        return {"latest_version": version, "changed": [f"its files do not verify ({err})"]}
+    if not serving_copy_complete(s3_client=s3_client, models_uri=models_uri, manifest=manifest):
+        return {"latest_version": version, "changed": ["its TensorFlow Serving copy is incomplete"]}
+    return {"latest_version": version, "changed": []}

@@ -247,7 +247,7 @@ def publish(
     downloaded: Downloaded,
     trained: Trained,
     evaluated: Mapping[str, Any],
-    identity: TrainingIdentity | None = None,
+    identity: TrainingIdentity,
 ) -> dict[str, Any]:
     """Render report.html and publish the run's model, SavedModel, history, metrics, pictures and report as `version`.
 
@@ -277,7 +277,7 @@ def publish(
             started_at=started_at,
             training={name: trained[name] for name in ("model", "history", "final", "train_count", "seconds")},
             serving=manifest_entry(version=version, signature=trained["saved_model"]["signature"]),
-            training_identity=dict(identity) if identity is not None else None,
+            training_identity=dict(identity),
         ),
     )
     # Rendered here, not in evaluate: the report shows the manifest's lineage.

@@ -412,14 +412,14 @@ def _parse_json(raw: bytes, uri: str) -> dict[str, Any]:
     return parsed
 
 
-def read_latest_manifest(*, s3_client: Any, models_uri: str) -> dict[str, Any] | None:
-    """The manifest `latest.json` vouches for (checked against its sha256 and its seal), None when nothing
-    is published; PointerMissingError when versions exist but `latest.json` does not."""
+def read_latest_manifest(*, s3_client: Any, models_uri: str) -> tuple[dict[str, Any], str] | None:
+    """(the manifest `latest.json` vouches for, its sha256), checked against the pointer and the seal; None
+    when nothing is published; PointerMissingError when versions exist but `latest.json` does not."""
     latest = read_latest(s3_client=s3_client, models_uri=models_uri)
     if latest is None:
         refuse_missing_pointer(s3_client=s3_client, models_uri=models_uri)
         return None
-    return _load_manifest(s3_client, models_uri, latest["version"], latest["manifest_sha256"])[0]
+    return _load_manifest(s3_client, models_uri, latest["version"], latest["manifest_sha256"])
 
 
 def read_manifest(*, s3_client: Any, models_uri: str, version: int) -> dict[str, Any]:
@@ -697,6 +697,17 @@ def _export_files(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest's entries of the SavedModel export, by their path inside it."""
     export = f"{SAVED_MODEL_DIR}/"
     return {name[len(export) :]: entry for name, entry in manifest["files"].items() if name.startswith(export)}
+
+
+def serving_copy_complete(*, s3_client: Any, models_uri: str, manifest: dict[str, Any]) -> bool:
+    """Whether `serving/<version>/` holds every file of the version's export, each as its manifest records
+    it (read whole); True for a version without an export."""
+    bucket, _ = split_s3_dir(models_uri)
+    dest = serving_prefix(models_uri, manifest["version"])
+    return all(
+        _object_checksum(s3_client, bucket, dest + name) == (entry["sha256"], entry["bytes"])
+        for name, entry in _export_files(manifest).items()
+    )
 
 
 def write_serving_copy(*, s3_client: Any, models_uri: str, manifest: dict[str, Any]) -> None:

@@ -1,22 +1,31 @@
 """S3 GETs at the speed batch predictions need: botocore's signer, plain keep-alive connections.
 
-A botocore `get_object` costs about 1.7 ms of CPU in the caller (its event hooks, endpoint
-rules, parameter validation, response parsing), three times the work of preprocessing the
-small image it fetches, and all of it holds the GIL. `SignedGetter` signs each GET with the
-client's own credentials and SigV4 signer, sends it on a keep-alive `http.client`
-connection per thread, with the client's timeouts, TLS verification and retry budget, and
-costs about 0.3 ms (`make bench-batch` prints both).
+A botocore `get_object` costs about 1.8 ms of CPU in the caller (its event hooks, endpoint
+rules, parameter validation, response parsing), more than twice the work of preprocessing
+the small image it fetches, and all of it holds the GIL. `SignedGetter` signs each GET with
+the client's own credentials and SigV4 signer and sends it on a keep-alive `http.client`
+connection per thread, with the client's timeouts, TLS verification and retry budget, for
+about 0.5 ms (`make bench-batch` prints both).
 
-It handles the plain case only: a GET of a whole object by path-style URL, with an
-optional If-Match. Anything else goes through the client itself:
-- clients `SignedGetter.for_client` cannot read the settings of (another botocore, a
-  client without credentials, a proxy configured or in the environment): every GET;
-- an answer other than 200, 404, 412 or a retried 5xx (a redirect to another region,
-  403, 400): that GET, so the error a caller sees is botocore's own.
+Each bucket's URL is the one the client itself would use: botocore builds it once (a
+presigned URL's, with the key taken off), so virtual-hosted or path-style addressing,
+regional, FIPS and accelerate endpoints, and an endpoint's own path all stay the client's.
+As botocore does (without its optional CRT), the object's CRC32, SHA-1, SHA-256 or SHA-512
+checksum is asked for and checked when the store keeps one.
+
+It handles the plain case only: a GET of a whole object, with an optional If-Match.
+Anything else goes through the client itself, so the error a caller sees is botocore's own:
+- every GET of a client this module cannot read the settings of (another botocore, no
+  credentials, a client certificate, a proxy configured or in the environment);
+- every GET of a bucket that answered with a redirect (another region than the client's);
+- a GET answered with anything but 200, NoSuchKey (404), PreconditionFailed (412) or a
+  5xx retried within the client's budget (a missing bucket, 403, 400, …).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import random
 import select
@@ -26,24 +35,36 @@ import time
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionClosedError, FlexibleChecksumError, ReadTimeoutError
 
 RETRIED_STATUSES = frozenset({500, 502, 503, 504})  # what botocore's standard mode retries too
-ANSWERED = {404: "NoSuchKey", 412: "PreconditionFailed"}  # answers a caller handles: raised as botocore would
+ANSWERED = {(404, "NoSuchKey"), (412, "PreconditionFailed")}  # raised as botocore raises them
+REDIRECTS = frozenset({301, 307})  # the bucket lives in another region: the client knows how to follow
 BACKOFF_SECONDS = 1.0  # first retry waits up to this (random), doubling: botocore's standard mode
 MAX_BACKOFF_SECONDS = 20.0
 DEFAULT_ATTEMPTS = {"legacy": 5, "standard": 3, "adaptive": 3}  # botocore's, when its config names none
+PROBE_KEY = "k"  # the key of the presigned URL a bucket's base URL is cut from
+
+
+def _crc32(body: bytes) -> bytes:
+    return zlib.crc32(body).to_bytes(4, "big")
+
+
+# The checksums botocore checks without its optional CRT extension, by header name, in its order.
+CHECKSUMS = {
+    "x-amz-checksum-crc32": _crc32,
+    "x-amz-checksum-sha1": lambda body: hashlib.sha1(body).digest(),
+    "x-amz-checksum-sha256": lambda body: hashlib.sha256(body).digest(),
+    "x-amz-checksum-sha512": lambda body: hashlib.sha512(body).digest(),
+}
 
 
 @dataclass(frozen=True)
-class _Endpoint:
-    scheme: str
-    host: str
-    port: int | None
-    path: str  # the endpoint's own path prefix, usually ""
+class _Transport:
     tls: ssl.SSLContext | None
     connect_timeout: float
     read_timeout: float
@@ -51,94 +72,140 @@ class _Endpoint:
 
 
 class SignedGetter:
-    """`get(bucket, key, if_match=None) -> bytes` through `s3_client`'s endpoint; safe to share between threads."""
+    """`get(bucket, key, if_match=None) -> bytes` through `s3_client`; safe to share between threads.
 
-    def __init__(self, s3_client: Any, endpoint: _Endpoint | None) -> None:
+    Use it as a context manager: leaving it closes the connections its threads opened.
+    """
+
+    def __init__(self, s3_client: Any, transport: _Transport | None) -> None:
         self._client = s3_client
-        self._endpoint = endpoint
+        self._transport = transport
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._bases: dict[str, str | None] = {}  # bucket -> base URL, or None: through the client
+        self._connections: list[http.client.HTTPConnection] = []
 
     @classmethod
     def for_client(cls, s3_client: Any) -> SignedGetter:
-        return cls(s3_client, _endpoint_of(s3_client))
+        return cls(s3_client, _transport_of(s3_client))
+
+    def __enter__(self) -> SignedGetter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
 
     @property
     def fast(self) -> bool:
-        """Whether GETs take the fast path (False: every GET goes through the client)."""
-        return self._endpoint is not None
+        """Whether GETs may take the fast path (False: every GET goes through the client)."""
+        return self._transport is not None
 
     def get(self, bucket: str, key: str, *, if_match: str | None = None) -> bytes:
-        """The object's bytes; a ClientError as botocore raises it (NoSuchKey, PreconditionFailed, …) otherwise."""
-        endpoint = self._endpoint
-        if endpoint is None:
+        """The object's bytes; a botocore error (ClientError NoSuchKey, PreconditionFailed, …) otherwise."""
+        transport, base = self._transport, self._base(bucket)
+        if transport is None or base is None:
             return self._through_client(bucket, key, if_match)
-        url = f"{endpoint.scheme}://{endpoint.host}{_port(endpoint)}{endpoint.path}/{bucket}/{urllib.parse.quote(key)}"
-        for attempt in range(1, endpoint.attempts + 1):
+        url = base + urllib.parse.quote(key)
+        for attempt in range(1, transport.attempts + 1):
             try:
-                status, body = self._send(endpoint, url, if_match)
-            except (OSError, http.client.HTTPException):
+                status, headers, body = self._send(transport, url, if_match)
+            except (OSError, http.client.HTTPException) as err:
                 self._drop_connection()
-                if attempt == endpoint.attempts:
-                    raise
+                if attempt == transport.attempts:
+                    raise _connection_error(err, url) from err
             else:
+                code = _error_code(body) if status != 200 else None
                 if status == 200:
-                    return body
-                if status in ANSWERED:
-                    raise _client_error(status, ANSWERED[status], bucket, key)
+                    return _checked(body, headers, url)
+                if (status, code) in ANSWERED:
+                    raise _client_error(status, code or str(status), bucket, key)
+                if status in REDIRECTS:
+                    with self._lock:
+                        self._bases[bucket] = None  # its region's endpoint is the client's to find
                 if status not in RETRIED_STATUSES:
                     return self._through_client(bucket, key, if_match)
-                if attempt == endpoint.attempts:
-                    raise _client_error(status, _error_code(body) or str(status), bucket, key)
+                if attempt == transport.attempts:
+                    raise _client_error(status, code or str(status), bucket, key)
             time.sleep(random.uniform(0, min(BACKOFF_SECONDS * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _send(self, endpoint: _Endpoint, url: str, if_match: str | None) -> tuple[int, bytes]:
-        """One signed GET: (status, body), on this thread's kept-alive connection."""
+    def _base(self, bucket: str) -> str | None:
+        """The bucket's URL up to the key, as the client builds it (cut from a presigned URL), once."""
+        with self._lock:
+            if bucket in self._bases:
+                return self._bases[bucket]
+        presigned = self._client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": PROBE_KEY})
+        path = urllib.parse.urlsplit(presigned)
+        base = None
+        if path.path.endswith("/" + PROBE_KEY):
+            base = f"{path.scheme}://{path.netloc}{path.path.removesuffix(PROBE_KEY)}"
+        with self._lock:
+            self._bases[bucket] = base
+        return base
+
+    def _send(
+        self, transport: _Transport, url: str, if_match: str | None
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One signed GET: (status, headers, body), on this thread's kept-alive connection."""
         from botocore.awsrequest import AWSRequest
 
-        request = AWSRequest(method="GET", url=url, headers={"If-Match": if_match} if if_match else {})
+        headers = {"x-amz-checksum-mode": "ENABLED"}
+        if if_match:
+            headers["If-Match"] = if_match
+        request = AWSRequest(method="GET", url=url, headers=headers)
         self._client._request_signer.sign("GetObject", request)
         prepared = request.prepare()
         target = urllib.parse.urlsplit(prepared.url)
         connection = self._local.__dict__.get("connection")
+        if connection is not None and (connection.host, connection.port) != _host_port(target):
+            self._drop_connection()  # another bucket's host (virtual-hosted addressing)
+            connection = None
         if connection is not None and _closed_by_server(connection):
             self._drop_connection()
             connection = None
         if connection is None:
-            connection = self._local.connection = _connect(endpoint)
+            connection = self._local.connection = _connect(transport, target)
+            with self._lock:
+                self._connections.append(connection)
         path = target.path + (f"?{target.query}" if target.query else "")
         connection.request("GET", path, headers=dict(prepared.headers))
         response = connection.getresponse()
         body = response.read()
         if response.will_close:
             self._drop_connection()
-        return response.status, body
+        return response.status, response.headers, body
 
     def _drop_connection(self) -> None:
         connection = self._local.__dict__.pop("connection", None)
         if connection is not None:
             connection.close()
+            with self._lock:
+                if connection in self._connections:
+                    self._connections.remove(connection)
 
     def _through_client(self, bucket: str, key: str, if_match: str | None) -> bytes:
         extra = {"IfMatch": if_match} if if_match else {}
         return self._client.get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
 
 
-def _endpoint_of(s3_client: Any) -> _Endpoint | None:
+def _transport_of(s3_client: Any) -> _Transport | None:
     """What the fast path needs of the client, or None when it cannot take it (see the module's docstring)."""
     try:
         signer = s3_client._request_signer
         verify = s3_client._endpoint.http_session._verify
         config = s3_client.meta.config
-        url = urllib.parse.urlsplit(s3_client.meta.endpoint_url)
+        endpoint = urllib.parse.urlsplit(s3_client.meta.endpoint_url)
     except AttributeError:
         return None
-    if signer._credentials is None or config.proxies or url.scheme not in ("http", "https") or url.query:
+    if signer._credentials is None or config.proxies or config.client_cert:
         return None
-    if urllib.request.getproxies().get(url.scheme) and not urllib.request.proxy_bypass(url.hostname or ""):
+    if urllib.request.getproxies().get(endpoint.scheme) and not urllib.request.proxy_bypass(endpoint.hostname or ""):
         return None
     tls = None
-    if url.scheme == "https":
+    if endpoint.scheme == "https":
         from botocore.httpsession import get_cert_path
 
         if verify is False:
@@ -150,38 +217,50 @@ def _endpoint_of(s3_client: Any) -> _Endpoint | None:
     attempts = retries.get("total_max_attempts") or (
         retries["max_attempts"] + 1 if "max_attempts" in retries else DEFAULT_ATTEMPTS.get(retries.get("mode"), 3)
     )
-    return _Endpoint(
-        scheme=url.scheme,
-        host=url.hostname or "",
-        port=url.port,
-        path=url.path.rstrip("/"),
-        tls=tls,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        attempts=max(1, attempts),
+    return _Transport(
+        tls=tls, connect_timeout=config.connect_timeout, read_timeout=config.read_timeout, attempts=max(1, attempts)
     )
 
 
-def _port(endpoint: _Endpoint) -> str:
-    return f":{endpoint.port}" if endpoint.port else ""
+def _host_port(url: urllib.parse.SplitResult) -> tuple[str, int]:
+    return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
 
 
-def _connect(endpoint: _Endpoint) -> http.client.HTTPConnection:
-    if endpoint.tls is not None:
+def _connect(transport: _Transport, url: urllib.parse.SplitResult) -> http.client.HTTPConnection:
+    host, port = _host_port(url)
+    if url.scheme == "https":
         connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-            endpoint.host, endpoint.port, timeout=endpoint.connect_timeout, context=endpoint.tls
+            host, port, timeout=transport.connect_timeout, context=transport.tls
         )
     else:
-        connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=endpoint.connect_timeout)
+        connection = http.client.HTTPConnection(host, port, timeout=transport.connect_timeout)
     connection.connect()
-    connection.sock.settimeout(endpoint.read_timeout)
+    connection.sock.settimeout(transport.read_timeout)
     return connection
 
 
 def _closed_by_server(connection: http.client.HTTPConnection) -> bool:
     """Whether an idle kept-alive connection was closed by the server (readable at rest means EOF), as
     urllib3 checks before reusing one: a GET is never sent on it, so a failure later is a real one."""
-    return connection.sock is None or bool(select.select([connection.sock], [], [], 0)[0])
+    if connection.sock is None:
+        return True
+    poller = select.poll()  # not select.select: it cannot watch a descriptor above 1023
+    poller.register(connection.sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _checked(body: bytes, headers: http.client.HTTPMessage, url: str) -> bytes:
+    """body, once it matches the first checksum the store sent that botocore would check too."""
+    for header, digest in CHECKSUMS.items():
+        expected = headers.get(header)
+        if expected is None or "-" in expected:  # "-N": a multipart upload's checksum of checksums
+            continue
+        if digest(body) != base64.b64decode(expected):
+            raise FlexibleChecksumError(
+                error_msg=f"{url}: expected {header} {expected}, got {base64.b64encode(digest(body)).decode()}"
+            )
+        break
+    return body
 
 
 def _error_code(body: bytes) -> str | None:
@@ -198,3 +277,10 @@ def _client_error(status: int, code: str, bucket: str, key: str) -> ClientError:
          "ResponseMetadata": {"HTTPStatusCode": status}},
         "GetObject",
     )  # fmt: skip
+
+
+def _connection_error(err: Exception, url: str) -> Exception:
+    """The botocore error a get_object would have raised after its last attempt, naming the URL."""
+    if isinstance(err, TimeoutError):
+        return ReadTimeoutError(endpoint_url=url, error=err)
+    return ConnectionClosedError(endpoint_url=url, error=err)

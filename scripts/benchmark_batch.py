@@ -3,7 +3,6 @@
     python scripts/benchmark_batch.py --cache-dir DIR --model PATH.keras --store-pid-file FILE
                                       [--sizes 10000 100000] [--rounds 2]
                                       [--baseline-checkout DIR --baseline-size 10000]
-    python scripts/benchmark_batch.py --cache-dir DIR --cluster STATE_DIR [--sizes …] [--rounds 2]
 
 Run under the embedded store's credentials (`make bench-batch` does: `scripts/local_s3.py exec`).
 MNIST's 10,000 test digits, from a `prepare`d --cache-dir, are stored as PNGs under
@@ -17,9 +16,9 @@ shard of every image, combine, on the default settings (FETCHES, BATCH_SIZE).
 Printed: end-to-end images/s (the three steps' wall time, the model's load included),
 the shard's own images/s, the model's bare images/s on the same arrays (predict_on_batch
 on the preprocessed test digits, batches of BATCH_SIZE), their ratio, the peak RSS, and
-the CPU time per image of the shard's process and of the store's server (--store-pid-file:
-the store shares this machine's cores), with the rate those allow on all the machine's
-cores; medians and ranges over the rounds. Then the same images in two shards, scored by
+the CPU time per image of the shard and of the store's server while the shard scores
+(--store-pid-file: the store shares this machine's cores), with the rate those allow on
+all the machine's cores; medians and ranges over the rounds. Then the same images in two shards, scored by
 two processes side by side (what two workers on this machine do), and their speedup over
 one process. Before that, where a shard's time goes: the
 GETs alone through signed_get and through boto3's get_object (the client's and the
@@ -29,13 +28,7 @@ before shards), the same images are scored there too, with its predict_prefix, i
 same run. The machines are shared: read ratios
 and ranges, not single times.
 
-With --cluster (the state dir of `make cluster`, running): the DAG itself on the cluster's
-Celery workers, through its REST API, on the same images stored in the cluster's store:
-each round a run with one shard (one worker scores everything) and a run cut into as many
-shards as the workers serving the scoring queue have task slots, timed by the runs' own
-start and end. It prints both rates, the speedup, and where the shards ran. The model is
-the cluster's own `latest` (a retraining run publishes one first if there is none), and
-mnist_batch_predict is unpaused for the benchmark, then paused again if it was.
+The same on `make cluster`, through the DAG itself: scripts/benchmark_batch_cluster.py.
 """
 
 from __future__ import annotations
@@ -62,26 +55,32 @@ REVIEW_URI = "s3://mnist-inbox/bench-batch-review/"
 VERSION = 1
 CORES = os.cpu_count() or 1  # what the shard and the store share: the bound a run's CPU per image allows
 
-# The child's work: the DAG's three steps on one shard, timed; one JSON line on stdout.
+# The child's work: the DAG's three steps on one shard, timed; one JSON line on stdout. The CPU
+# figures are the shard's own and the store's while the shard scored (its model loaded first).
 OURS = """
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 import boto3
 from mnist_tasks.batch_predict import combine_shards, list_shards
 from mnist_tasks.batch_shard import score_shard
-size, input_uri, output_uri, review_uri, models_uri, work = sys.argv[1:7]
+size, input_uri, output_uri, review_uri, models_uri, store_pid, work = sys.argv[1:8]
+def store_cpu():
+    fields = Path(f"/proc/{store_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 s3 = boto3.client("s3")
 started = time.perf_counter()
 shards = list_shards(s3_client=s3, input_uri=input_uri, output_uri=output_uri, review_uri=review_uri,
                      models_uri=models_uri, work_dir=Path(work), max_images=int(size), shard_size=int(size))
+cpu, store = time.process_time(), store_cpu()
 scored = [score_shard(s3_client=s3, shard=shard, min_confidence=0.5, review_uri=review_uri, work_dir=Path(work))
           for shard in shards]
+cpu, store = time.process_time() - cpu, store_cpu() - store
 result = combine_shards(s3_client=s3, shards=shards, scored=scored, min_confidence=0.5,
                         max_low_confidence_share=1.0, review_uri=review_uri, work_dir=Path(work))
 peak = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) * 1024
 print(json.dumps({"seconds": time.perf_counter() - started, "shard_seconds": scored[0]["seconds"],
-                  "cpu_seconds": time.process_time(), "images": result["images"], "counts": result["counts"],
-                  "peak_rss": peak}))
+                  "cpu_seconds": cpu, "store_cpu_seconds": store, "images": result["images"],
+                  "counts": result["counts"], "peak_rss": peak}))
 """
 
 # One shard of a run listed in more, scored in a process of its own: what one of several workers does.
@@ -114,20 +113,14 @@ print(json.dumps({"seconds": time.perf_counter() - started, "images": result["im
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", type=Path, required=True, help="a directory `prepare` wrote")
-    parser.add_argument("--model", type=Path, help="the .keras model to score with")
-    parser.add_argument("--store-pid-file", type=Path, help="the store server's pid file")
-    parser.add_argument("--cluster", type=Path, help="the state dir of a running `make cluster`: measure there")
+    parser.add_argument("--model", type=Path, required=True, help="the .keras model to score with")
+    parser.add_argument("--store-pid-file", type=Path, required=True, help="the store server's pid file")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--baseline-checkout", type=Path)
     parser.add_argument("--baseline-size", type=int, default=10_000)
     args = parser.parse_args()
 
-    if args.cluster is not None:
-        on_cluster(args.cluster, args.cache_dir, args.sizes, args.rounds)
-        return
-    if args.model is None or args.store_pid_file is None:
-        parser.error("--model and --store-pid-file are needed (or --cluster)")
     import boto3
 
     s3 = boto3.client("s3")
@@ -147,11 +140,10 @@ def main() -> None:
         ])  # fmt: skip
     rows = []
     for size in args.sizes:
-        runs = []
-        for _ in range(args.rounds):
-            before = store.seconds()
-            run = run_child(REPO, OURS, [size, input_uri(size), OUTPUT_URI + f"{size}/", REVIEW_URI, MODELS_URI])
-            runs.append({**run, "store_cpu_seconds": store.seconds() - before})
+        runs = [
+            run_child(REPO, OURS, [size, input_uri(size), OUTPUT_URI + f"{size}/", REVIEW_URI, MODELS_URI, store.pid])
+            for _ in range(args.rounds)
+        ]
         rows.append((size, runs))
     side_by_side = {size: [two_shard_processes(s3, size) for _ in range(args.rounds)] for size in args.sizes}
     report(rows, bare, baseline, args.baseline_size)
@@ -378,100 +370,6 @@ def report(rows: list, bare: dict, baseline: dict | None, baseline_size: int) ->
         speedup = f", {statistics.median(ours) / rate:.1f}x faster here" if ours else ""
         print(f"baseline (one predict_prefix call, {baseline_size:,} images): {rate:,.0f} images/s, "
               f"peak RSS {baseline['peak_rss'] / 2**30:.2f} GB{speedup}")  # fmt: skip
-
-
-class ClusterApi:
-    """The REST API of a running `make cluster`, logged in as its admin."""
-
-    def __init__(self, state_dir: Path) -> None:
-        import requests
-
-        sys.path.insert(0, str(REPO / "scripts"))
-        import local_airflow
-
-        port = json.loads((state_dir / "cluster.json").read_text())["ports"]["api"]
-        self.url = f"http://127.0.0.1:{port}/api/v2"
-        passwords = state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
-        login = {"username": local_airflow.USER, "password": json.loads(passwords.read_text())[local_airflow.USER]}
-        token = requests.post(f"http://127.0.0.1:{port}/auth/token", json=login, timeout=60)
-        token.raise_for_status()
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-
-    def call(self, method: str, path: str, **kwargs) -> dict:
-        response = self.session.request(method, f"{self.url}/{path}", timeout=60, **kwargs)
-        if response.status_code != 200:
-            raise SystemExit(f"{method} {path}: {response.status_code} {response.text}")
-        return response.json()
-
-    def run(self, dag_id: str, conf: dict, timeout: float = 3600) -> dict:
-        """Trigger a run and wait for it to end; the run, with its task instances."""
-        run_id = self.call("POST", f"dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})["dag_run_id"]
-        deadline = time.monotonic() + timeout
-        while (run := self.call("GET", f"dags/{dag_id}/dagRuns/{run_id}"))["state"] not in ("success", "failed"):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{dag_id} run {run_id} still {run['state']} after {timeout:.0f} s")
-            time.sleep(2)
-        if run["state"] != "success":
-            raise SystemExit(f"{dag_id} run {run_id} failed: see its task logs in the UI")
-        run["task_instances"] = self.call("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-        return run
-
-
-def on_cluster(state_dir: Path, cache_dir: Path, sizes: list[int], rounds: int) -> None:
-    """The DAG on `make cluster`'s workers: one shard against as many as they have slots for."""
-    from datetime import datetime
-
-    import boto3
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    import local_cluster
-    import local_s3
-
-    from mnist_tasks.registry import read_latest
-
-    env = local_s3.client_environment(local_s3.credentials(state_dir))
-    s3 = boto3.client(
-        "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )  # fmt: skip
-    api = ClusterApi(state_dir)
-    if read_latest(s3_client=s3, models_uri=local_cluster.MODELS_URI) is None:
-        print("the cluster has no published model: a retraining run publishes one first", flush=True)
-        api.run("mnist_retraining", {})
-    slots = sum(w.concurrency for w in local_cluster.WORKERS if local_cluster.SCORING_QUEUE in w.queues)
-    for size in sizes:
-        store_images(s3, cache_dir, size)
-    was_paused = api.call("GET", "dags/mnist_batch_predict")["is_paused"]
-    api.call("PATCH", "dags/mnist_batch_predict", json={"is_paused": False})
-    rates: dict[tuple[int, int], list[float]] = {}
-    ran_on: dict[int, list[list[str]]] = {}
-    try:
-        for size in sizes:
-            for _ in range(rounds):
-                for shards in (1, slots):
-                    run = api.run("mnist_batch_predict", {
-                        "input_uri": input_uri(size), "max_images": size, "shard_size": -(-size // shards),
-                        "max_low_confidence_share": 1.0,
-                    })  # fmt: skip
-                    seconds = (datetime.fromisoformat(run["end_date"]) - datetime.fromisoformat(run["start_date"]))
-                    rates.setdefault((size, shards), []).append(size / seconds.total_seconds())
-                    if shards > 1:
-                        hosts = sorted(ti["hostname"] for ti in run["task_instances"] if ti["task_id"] == "score")
-                        ran_on.setdefault(size, []).append(hosts)
-    finally:
-        api.call("PATCH", "dags/mnist_batch_predict", json={"is_paused": was_paused})
-    workers = ", ".join(f"{w.name} ({w.concurrency})" for w in local_cluster.WORKERS)
-    print(f"\nmake cluster: mnist_batch_predict's runs on the workers serving the scoring queue, {workers} "
-          f"task slots; each run timed from its start to its end")  # fmt: skip
-    print(f"{'images':>8}  {'one shard, images/s':>22}  {f'{slots} shards, images/s':>22}  {'speedup':>18}  "
-          "shards ran on")  # fmt: skip
-    for size in sizes:
-        one, many = rates[(size, 1)], rates[(size, slots)]
-        speedups = [b / a for a, b in zip(one, many, strict=True)]
-        where = "; ".join(", ".join(hosts) for hosts in ran_on[size])
-        print(f"{size:>8,}  {spread(one, ',.0f'):>22}  {spread(many, ',.0f'):>22}  "
-              f"{spread(speedups, '.2f'):>18}  {where}")  # fmt: skip
 
 
 def report_side_by_side(rows: list, side_by_side: dict[int, list[float]]) -> None:

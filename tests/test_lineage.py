@@ -31,11 +31,12 @@ def test_the_code_checksum_follows_every_source_file_by_path_and_content(tmp_pat
     assert code_sha256(tmp_path) != first
 
 
-def test_the_identity_changes_with_the_data_and_the_params_and_nothing_else():
+def test_the_identity_changes_with_the_data_and_the_params_and_not_with_their_order_or_spelling():
     identity = training_identity(data_sha256="d" * 64, params=PARAMS)
     assert identity == training_identity(data_sha256="d" * 64, params=dict(reversed(PARAMS.items())))
+    assert identity == training_identity(data_sha256="d" * 64, params={**PARAMS, "epochs": 4.0})
     assert identity["code_sha256"] == code_sha256()
-    assert identity["libraries"]["tensorflow"]
+    assert set(identity["libraries"]) == {"tensorflow", "keras", "numpy"} and identity["libraries"]["tensorflow"]
     assert training_identity(data_sha256="e" * 64, params=PARAMS)["sha256"] != identity["sha256"]
     assert training_identity(data_sha256="d" * 64, params={**PARAMS, "seed": 7})["sha256"] != identity["sha256"]
 
@@ -43,13 +44,15 @@ def test_the_identity_changes_with_the_data_and_the_params_and_nothing_else():
 def _publish(s3_client, tmp_path: Path, version: int, identity: dict | None) -> None:
     model = tmp_path / f"{version}.keras"
     model.write_bytes(b"weights" * 50)
+    graph = tmp_path / f"{version}.pb"
+    graph.write_bytes(b"graph" * 50)
     manifest = build_manifest(
         version=version, run_id=f"run-{version}", dag_id="mnist_retraining", params=PARAMS,
         data={"data_sha256": "d" * 64}, metrics={"accuracy": 0.97, "passed": True}, started_at=None,
         training_identity=identity,
     )  # fmt: skip
-    publish_model(s3_client=s3_client, models_uri=MODELS_URI, version=version, files={"model.keras": model},
-                  manifest=manifest)  # fmt: skip
+    files = {"model.keras": model, "saved_model/saved_model.pb": graph}  # the export, copied to serving/
+    publish_model(s3_client=s3_client, models_uri=MODELS_URI, version=version, files=files, manifest=manifest)
 
 
 @pytest.fixture
@@ -77,6 +80,25 @@ def test_the_latest_version_is_compared_by_the_identity_its_manifest_records(reg
     assert compare_with_latest(s3_client=registry, models_uri=MODELS_URI, identity=other)["changed"] == [
         "data_sha256", "params",
     ]  # fmt: skip
+
+
+def test_a_latest_version_whose_files_no_longer_verify_counts_as_changed(registry, tmp_path):
+    identity = training_identity(data_sha256="d" * 64, params=PARAMS)
+    _publish(registry, tmp_path, 20261121020000, identity=dict(identity))
+    registry.put_object(Bucket="models", Key="mnist/20261121020000/model.keras", Body=b"bit rot")
+
+    (changed,) = compare_with_latest(s3_client=registry, models_uri=MODELS_URI, identity=identity)["changed"]
+    assert changed.startswith("its files do not verify") and "mnist/20261121020000/model.keras" in changed
+
+
+def test_a_latest_version_whose_serving_copy_is_incomplete_counts_as_changed(registry, tmp_path):
+    identity = training_identity(data_sha256="d" * 64, params=PARAMS)
+    _publish(registry, tmp_path, 20261121020000, identity=dict(identity))
+    registry.delete_object(Bucket="models", Key="mnist/serving/20261121020000/saved_model.pb")
+
+    assert compare_with_latest(s3_client=registry, models_uri=MODELS_URI, identity=identity)["changed"] == [
+        "its TensorFlow Serving copy is incomplete"
+    ]
 
 
 def test_a_latest_manifest_that_differs_from_what_latest_json_vouches_for_is_refused(registry, tmp_path):

@@ -44,6 +44,9 @@ def _run(workers, s3_client, tiny_mirror, tmp_path, run_id: str, version: int): 
         store=a, mirrors=[tiny_mirror[0].as_uri() + "/"], raw_dir=tmp_path / "worker-a" / "raw"
     )
     prepared = pipeline.prepare(store=b, downloaded=downloaded, cache_root=tmp_path / "worker-b" / "prepared")
+    novelty = pipeline.novelty(
+        s3_client=s3_client, models_uri=MODELS_URI, prepared=prepared, params=PARAMS, force=False
+    )
     trained = pipeline.train(store=c, prepared=prepared, dag_id="mnist_retraining", run_id=run_id, params=PARAMS)
     evaluated = pipeline.evaluate(
         store=d,
@@ -67,8 +70,12 @@ def _run(workers, s3_client, tiny_mirror, tmp_path, run_id: str, version: int): 
         downloaded=downloaded,
         trained=trained,
         evaluated=evaluated,
+        identity=novelty["identity"],
     )
-    return {"download": downloaded, "prepare": prepared, "train": trained, "evaluate": evaluated, "publish": published}
+    return {
+        "download": downloaded, "prepare": prepared, "novelty": novelty, "train": trained, "evaluate": evaluated,
+        "publish": published,
+    }  # fmt: skip
 
 
 def test_steps_on_four_workers_publish_a_verified_version(workers, s3_client, tiny_mirror, tmp_path):  # noqa: F811
@@ -133,6 +140,7 @@ def test_a_retried_publish_completes_the_same_version(workers, s3_client, tiny_m
         downloaded=first["download"],
         trained=first["train"],
         evaluated=first["evaluate"],
+        identity=first["novelty"]["identity"],
     )
 
     assert retried["manifest_sha256"] == first["publish"]["manifest_sha256"]

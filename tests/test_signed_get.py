@@ -5,7 +5,7 @@ from __future__ import annotations
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionClosedError
 
 from mnist_tasks.signed_get import SignedGetter
 from mnist_tasks.storage import is_condition_failed, is_missing
@@ -51,6 +51,10 @@ def test_a_missing_or_replaced_object_raises_what_botocore_raises(s3_client, sto
     with pytest.raises(ClientError) as missing:
         getter.get("inbox", "scans/none.png")
     assert is_missing(missing.value)
+    through_client = CallsCounted(s3_client)
+    with pytest.raises(ClientError) as no_bucket:  # a 404 of another kind: botocore's own error
+        getter.get("no-such-bucket", "scans/a b+c.png")
+    assert no_bucket.value.response["Error"]["Code"] == "NoSuchBucket" and through_client.count == 1
 
     s3_client.put_object(Bucket="inbox", Key="scans/a b+c.png", Body=b"second")
     with pytest.raises(ClientError) as replaced:
@@ -78,7 +82,7 @@ def test_a_dropped_connection_is_a_failed_attempt_never_a_silent_resend(s3_endpo
         getter = SignedGetter.for_client(_client(proxy.url, retries={"total_max_attempts": 1}))
         assert getter.get("inbox", "scans/a b+c.png") == b"first"  # the connection is now kept alive
         proxy.faults.append(Fault(method="GET", path=r"/inbox/scans/", action="drop", times=1))
-        with pytest.raises(ConnectionError):
+        with pytest.raises(ConnectionClosedError, match=r"/inbox/scans/a%20b%2Bc\.png"):
             getter.get("inbox", "scans/a b+c.png")
         assert proxy.faults[0].hits == 1
         assert getter.get("inbox", "scans/a b+c.png") == b"first"  # on a new connection
@@ -105,3 +109,49 @@ def test_a_proxy_in_the_environment_sends_every_get_through_the_client(s3_client
     through_client = CallsCounted(s3_client)
     assert getter.get("inbox", "scans/a b+c.png") == b"first"
     assert through_client.count == 1
+
+
+KEYS = ["plain.png", "a b+c%~é.png", "dir//x;=@:!*'()?#.png", "/leading-slash.png"]
+
+
+@pytest.mark.slow
+def test_the_store_that_checks_signatures_serves_every_key_and_its_checksum_is_checked(embedded_store):
+    """SeaweedFS checks each request's SigV4 signature (moto's server does not), and keeps the CRC32
+    boto3 uploads with: the fast path's signature and the checksum it checks are the real thing."""
+    embedded_store.empty()
+    s3_client = embedded_store.client()
+    bodies = {key: f"body of {key}".encode() for key in KEYS}
+    for key, body in bodies.items():
+        s3_client.put_object(Bucket="mnist-inbox", Key=key, Body=body)
+    getter = SignedGetter.for_client(s3_client)
+    through_client = CallsCounted(s3_client)
+
+    assert {key: getter.get("mnist-inbox", key) for key in KEYS} == bodies
+    assert through_client.count == 0
+    assert s3_client.head_object(Bucket="mnist-inbox", Key=KEYS[1], ChecksumMode="ENABLED")["ChecksumCRC32"]
+
+    forged = SignedGetter.for_client(
+        _client(embedded_store.client_environment()["AWS_ENDPOINT_URL"], retries={"total_max_attempts": 1})
+    )
+    with pytest.raises(ClientError) as refused:  # the test's made-up credentials: the store says no
+        forged.get("mnist-inbox", "plain.png")
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_a_body_that_does_not_match_the_stores_checksum_is_refused(monkeypatch, s3_client, stored):
+    from botocore.exceptions import FlexibleChecksumError
+
+    import mnist_tasks.signed_get
+
+    getter = SignedGetter.for_client(s3_client)
+    sent = mnist_tasks.signed_get.SignedGetter._send
+
+    def crc_of_other_bytes(self, transport, url, if_match):
+        status, headers, body = sent(self, transport, url, if_match)
+        del headers["x-amz-checksum-crc32"]
+        headers["x-amz-checksum-crc32"] = "AAAAAA=="
+        return status, headers, body
+
+    monkeypatch.setattr(mnist_tasks.signed_get.SignedGetter, "_send", crc_of_other_bytes)
+    with pytest.raises(FlexibleChecksumError, match="expected x-amz-checksum-crc32 AAAAAA=="):
+        getter.get("inbox", "scans/a b+c.png")

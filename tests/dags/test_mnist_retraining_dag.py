@@ -193,7 +193,7 @@ def test_tensorflow_tasks_run_on_the_training_queue_and_light_tasks_on_default()
     assert queues == {
         "download": "default",
         "prepare": "default",
-        "anything_new": "default",
+        "anything_new": "training",
         "train": "training",
         "evaluate": "training",
         "publish": "default",

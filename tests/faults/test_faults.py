@@ -215,6 +215,8 @@ def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_
     store = ArtifactStore(
         f"s3://{ARTIFACTS_BUCKET}/store/", cache_dir=tmp_path / "worker" / "artifacts", s3_client=s3_client
     )
+    from mnist_tasks.lineage import training_identity
+
     params = {"epochs": 2, "batch_size": 16, "learning_rate": 0.001, "hidden_units": 32, "seed": 1}
 
     def evaluated_run(run_id: str):
@@ -229,7 +231,8 @@ def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_
             store=store, s3_client=s3_client, models_uri=MODELS_URI, prepared=prepared, trained=trained,
             dag_id="mnist_retraining", run_id=run_id, threshold=0.0, max_regression=1.0,
         )
-        return {"downloaded": downloaded, "trained": trained, "evaluated": evaluated}
+        identity = training_identity(data_sha256=prepared["data_sha256"], params=params)
+        return {"downloaded": downloaded, "trained": trained, "evaluated": evaluated, "identity": identity}
 
     def publish(run_id: str, version: int, outputs: dict):
         return pipeline.publish(

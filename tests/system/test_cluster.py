@@ -37,8 +37,8 @@ DAG_ID = "mnist_retraining"
 MODELS_URI = "s3://mnist-models/mnist/"
 ARTIFACTS_BUCKET = "mnist-artifacts"
 DEFAULT_WORKER, TRAINING_WORKER = "worker-default", "worker-training"
-ON_TRAINING_WORKER = {"train", "evaluate"}
-ON_DEFAULT_WORKER = {"download", "prepare", "anything_new", "publish"}
+ON_TRAINING_WORKER = {"anything_new", "train", "evaluate"}
+ON_DEFAULT_WORKER = {"download", "prepare", "publish"}
 # One epoch keeps the runs short. Unpausing starts the nightly run (the default Params)
 # first; one epoch falls short of its model, so the first run is judged by
 # accuracy_threshold alone. The second has the same Params and seed as the first,
@@ -348,8 +348,8 @@ def test_bench_batch_scores_on_the_cluster_in_a_shard_per_slot_of_the_scoring_qu
 
     assert first_run["final_state"] == "success", cluster.logs()
     np.save(tmp_path / "x_test.npy", synthetic_digits(12, seed=5)[0])
-    command = [sys.executable, "scripts/benchmark_batch.py", "--cache-dir", tmp_path, "--cluster", cluster.state_dir]
-    command += ["--sizes", "12", "--rounds", "1"]
+    command = [sys.executable, "scripts/benchmark_batch_cluster.py", "--cache-dir", tmp_path]
+    command += ["--cluster", cluster.state_dir, "--sizes", "12", "--rounds", "1"]
     printed = subprocess.run([str(a) for a in command], cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert printed.returncode == 0, f"{printed.stdout}\n{printed.stderr}\n{cluster.logs()}"
 
