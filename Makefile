@@ -47,7 +47,7 @@ help:
 	@echo "make airflow  start Airflow (UI on http://127.0.0.1:$(AIRFLOW_PORT)) and the embedded object store; prints the login"
 	@echo "make cluster  the production topology natively: PostgreSQL, Redis, Airflow on Celery with two workers (UI on http://127.0.0.1:$(CLUSTER_PORT))"
 	@echo "make bench  time training and the whole run against the original write-up's script"
-	@echo "make bench-handwriting  train dense and cnn, then score predict on digits rendered from handwriting fonts"
+	@echo "make bench-handwriting  train dense and cnn, then score predict on digits rendered from handwriting fonts; then again after training with 10 and 30 labelled digits per digit of other fonts"
 	@echo "make bench-batch  batch predictions at 10,000 and 100,000 images on the embedded store (images/s, peak RSS), then on make cluster's two workers"
 	@echo "make test   run the whole test suite"
 	@echo "make stop   stop everything make run, make airflow and make cluster started"
@@ -114,7 +114,9 @@ bench-batch: mirror
 # Trains the dense and the cnn model on the local stack's MNIST (as `make run` downloads it), then
 # scores `predict` with both on digits rendered from handwriting fonts (a few minutes). The
 # models are kept in .data/bench-handwriting/models/<data checksum>-<code checksum>/, so a rerun
-# trains again only when the data, the code or the pinned libraries changed.
+# trains again only when the data, the code or the pinned libraries changed. Then
+# scripts/benchmark_handwriting_labeled.py trains each again with 10 and 30 labelled digits per
+# digit of half the fonts, and scores the other half (fonts it never trained on).
 HANDWRITING_DIR := $(DATA_DIR)/bench-handwriting
 HANDWRITING_ARCHITECTURES := dense cnn
 bench-handwriting: mirror
@@ -133,7 +135,8 @@ bench-handwriting: mirror
 		fi; \
 		models+=(--model $$architecture=$$out/model.keras); \
 	done; \
-	$(BIN)/python scripts/benchmark_handwriting.py --work-dir $(HANDWRITING_DIR) "$${models[@]}"
+	$(BIN)/python scripts/benchmark_handwriting.py --work-dir $(HANDWRITING_DIR) "$${models[@]}"; \
+	$(BIN)/python scripts/benchmark_handwriting_labeled.py --prepared $$prepared --work-dir $(HANDWRITING_DIR)/labeled
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -10,8 +10,12 @@ accuracy and publishes the passing model to S3-compatible storage.
   them and verifies the sha256 of their decompressed content; a verified copy
   on the worker is reused. Output: `datasets/<data sha256>/raw/`.
 - **prepare** decodes and validates the IDX files and scales pixels to float32
-  in [0, 1]; skipped when the store already holds this data's arrays.
-  Output: `datasets/<data sha256>/prepared/`.
+  in [0, 1]; skipped when the store already holds this data's arrays. Then it
+  reads the users' labelled digits (`MNIST_LABELED_URI`, `<digit>/<image>`,
+  filed there by the *MNIST review* page) with `predict`'s preprocessing and
+  splits them about 80/20 by content hash; a file it cannot use is counted by
+  reason in the log, never failing the run. The data's checksum covers both.
+  Output: `datasets/<data sha256>/prepared/`, `datasets/<labelled set sha256>/labeled/`.
 - **anything_new** compares what the model would be a function of (the data's
   checksum, the training Params, the code and the libraries) with what the
   version `latest` points at was trained from. When they are equal, training
@@ -22,14 +26,18 @@ accuracy and publishes the passing model to S3-compatible storage.
 - **train** fits the `architecture` Param's network: `dense` (the original
   write-up's Flatten → Dense(hidden_units, relu) → Dense(10, softmax)) or `cnn`
   (two convolutions before that head), with Adam and a 10% validation split,
-  on augmented images if `augment` says so. The same seed gives the same model.
+  on augmented images if `augment` says so, with the labelled training digits
+  beside MNIST's, each `labeled_weight` times. The same seed gives the same model.
   Output: `runs/<dag>/<run>/model.keras`, its SavedModel export `saved_model/`,
   `history.json`.
 - **evaluate** measures test accuracy and loss, per-class precision and recall,
   the confusion matrix and the report pictures, and evaluates the champion
   (the current `latest` model, of either architecture) on the same test set.
   It **fails the run** when accuracy is below `accuracy_threshold` or more than
-  `max_regression` below the champion's. Output: `runs/<dag>/<run>/metrics.json`, `*.png`.
+  `max_regression` below the champion's. On the labelled test split it does the
+  same with `labeled_accuracy_threshold`, once that split holds
+  `labeled_min_test_images` (below, its accuracy is reported, not judged).
+  Output: `runs/<dag>/<run>/metrics.json`, `*.png`.
 - **publish** renders `report.html` (metrics, gate, lineage, pictures), uploads
   an immutable, numbered version (model, its SavedModel export, metrics,
   history, pictures, report, manifest) and reads it back. Then, when it is
@@ -47,7 +55,8 @@ before use, so any task may run on any worker. `anything_new`, `train` and
   one named by `MNIST_AWS_CONN_ID`) for the model bucket and any `s3://` mirror.
   For SeaweedFS or another S3-compatible store, put `endpoint_url` in its extra.
 - Environment: `MNIST_MODELS_URI` (default `s3://mnist-models/mnist/`),
-  `MNIST_ARTIFACTS_URI` (default `s3://mnist-artifacts/`), `MNIST_MIRRORS`
+  `MNIST_ARTIFACTS_URI` (default `s3://mnist-artifacts/`), `MNIST_LABELED_URI`
+  (default `s3://mnist-inbox/labeled/`), `MNIST_MIRRORS`
   (default: the public MNIST mirrors), `MNIST_DATA_DIR` (each worker's own
   cache), `MNIST_TRAINING_QUEUE`, `MNIST_RETRY_DELAY_SECONDS` (default 300).
 - Alerts (optional): an SMTP connection `mnist_alerts_smtp` with
@@ -108,15 +117,31 @@ def download() -> dict:
 
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=10))
 def prepare(downloaded: dict) -> dict:
+    import logging
+
     from mnist_tasks import pipeline
     from mnist_tasks.artifacts import ArtifactUnusableError
     from mnist_tasks.dataset import DataIntegrityError
 
     settings = Settings.from_env()
+    client = s3_client(settings)
     with not_retried(DataIntegrityError, ArtifactUnusableError):
-        return pipeline.prepare(
-            store=artifact_store(settings), downloaded=downloaded, cache_root=settings.data_dir / "prepared"
+        prepared = pipeline.prepare(
+            store=artifact_store(settings, client),
+            downloaded=downloaded,
+            cache_root=settings.data_dir / "prepared",
+            s3_client=client,
+            labeled_uri=settings.labeled_uri,
         )
+    labeled = prepared["labeled"]
+    logging.getLogger("mnist_retraining").info(
+        "labelled set %s: %d training and %d test images, left out: %s",
+        labeled["uri"],
+        labeled["train_count"],
+        labeled["test_count"],
+        ", ".join(f"{count} {reason}" for reason, count in labeled["excluded"].items()) or "none",
+    )
+    return prepared
 
 # On the training queue: the identity sums up the code and libraries of the workers that train.
 @task.short_circuit(execution_timeout=timedelta(minutes=5), queue=_SETTINGS.training_queue)
@@ -185,6 +210,8 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
             run_id=context["run_id"],
             threshold=p["accuracy_threshold"],
             max_regression=p["max_regression"],
+            labeled_threshold=p["labeled_accuracy_threshold"],
+            labeled_min_test_images=p["labeled_min_test_images"],
         )
     if not result["passed"]:
         # Kept for the alert and the run summary: a failed task returns nothing.
@@ -193,7 +220,7 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
     return result
 
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
-def publish(downloaded: dict, trained: dict, evaluated: dict, identity: dict, **context) -> dict:
+def publish(downloaded: dict, prepared: dict, trained: dict, evaluated: dict, identity: dict, **context) -> dict:
     from mnist_tasks import pipeline
     from mnist_tasks.artifacts import ArtifactUnusableError
     from mnist_tasks.publish import GateFailedError, VersionConflictError, version_for
@@ -219,6 +246,7 @@ def publish(downloaded: dict, trained: dict, evaluated: dict, identity: dict, **
             run_id=dag_run.run_id,
             started_at=dag_run.start_date.isoformat() if dag_run.start_date else None,
             downloaded=downloaded,
+            prepared=prepared,
             trained=trained,
             evaluated=evaluated,
             identity=identity,
@@ -255,7 +283,7 @@ def mnist_retraining() -> None:
     trained = train(prepared)
     identity >> trained
     evaluated = evaluate(prepared, trained)
-    publish(downloaded, trained, evaluated, identity)
+    publish(downloaded, prepared, trained, evaluated, identity)
 
 
 mnist_retraining()

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from mnist_tasks.artifacts import ArtifactRef, ArtifactStore, dataset_key, run_key
+from mnist_tasks.labeled import LabeledSet
 from mnist_tasks.lineage import TrainingIdentity
+from mnist_tasks.params import PARAMS
 from mnist_tasks.serving import SAVED_MODEL_DIR, ServingSignature
 from mnist_tasks.storage import sha256_file
 
@@ -38,13 +40,23 @@ class Downloaded(TypedDict):
     downloaded: list[str]
 
 
+class PreparedLabeled(LabeledSet):
+    arrays: dict[str, ArtifactRef]
+    """x_train, y_train, x_test, y_test of the labelled set in the store; empty while the set is."""
+
+
 class Prepared(TypedDict):
     data_sha256: str
+    """The dataset's identity: MNIST's and the labelled set's (labeled.combined_data_sha256)."""
+    mnist_data_sha256: str
     cache_hit: bool
-    """True when the store already held the prepared arrays of this data."""
+    """True when the store already held the prepared arrays of this MNIST data."""
     train_count: int
     test_count: int
+    """MNIST's."""
     arrays: dict[str, ArtifactRef]
+    """MNIST's x_train, y_train, x_test, y_test."""
+    labeled: PreparedLabeled
 
 
 class Novelty(TypedDict):
@@ -71,6 +83,7 @@ class Trained(TypedDict):
     params: dict[str, Any]
     final: dict[str, float]
     train_count: int
+    labeled_train_count: int
     seconds: float
 
 
@@ -90,11 +103,36 @@ def download(*, store: ArtifactStore, mirrors: Sequence[str], raw_dir: Path, s3_
     return {"data_sha256": got["data_sha256"], "files": files, "downloaded": got["downloaded"]}
 
 
-def prepare(*, store: ArtifactStore, downloaded: Downloaded, cache_root: Path) -> Prepared:
-    """The prepared arrays of this data in the store: found there, or decoded from the raw files and uploaded.
+def prepare(
+    *,
+    store: ArtifactStore,
+    downloaded: Downloaded,
+    cache_root: Path,
+    s3_client: Any = None,
+    labeled_uri: str | None = None,
+) -> Prepared:
+    """The prepared arrays of MNIST and of the users' labelled set (labeled.py) in the store, and their identity.
 
-    Decoding happens in `dataset.prepare_dataset`'s local cache under cache_root.
+    Without `labeled_uri` (the CLI, the benchmarks) the labelled set is empty.
+
+    MNIST's are found in the store, or decoded in `dataset.prepare_dataset`'s local cache
+    under cache_root and uploaded. The labelled set is read whole each time (it is small,
+    and only its content tells whether it changed); its arrays are stored by its identity.
     """
+    from mnist_tasks.labeled import combined_data_sha256
+
+    mnist = _prepare_mnist(store=store, downloaded=downloaded, cache_root=cache_root)
+    labeled = _prepare_labeled(store=store, s3_client=s3_client, labeled_uri=labeled_uri, cache_root=cache_root)
+    return {
+        **mnist,
+        "data_sha256": combined_data_sha256(mnist["data_sha256"], labeled["sha256"]),
+        "mnist_data_sha256": mnist["data_sha256"],
+        "labeled": labeled,
+    }
+
+
+def _prepare_mnist(*, store: ArtifactStore, downloaded: Downloaded, cache_root: Path) -> dict[str, Any]:
+    """{"data_sha256", "train_count", "test_count", "arrays", "cache_hit"} of MNIST's prepared arrays in the store."""
     data_sha256 = downloaded["data_sha256"]
     info_key = dataset_key(data_sha256, "prepared", DATASET_INFO)
     found = store.find(info_key)
@@ -127,6 +165,34 @@ def prepare(*, store: ArtifactStore, downloaded: Downloaded, cache_root: Path) -
     return {**info, "cache_hit": False}
 
 
+def _prepare_labeled(
+    *, store: ArtifactStore, s3_client: Any, labeled_uri: str | None, cache_root: Path
+) -> PreparedLabeled:
+    """The labelled set's summary, with its arrays in the store under `datasets/<set sha256>/labeled/`."""
+    import numpy as np
+
+    from mnist_tasks.dataset import ARRAY_NAMES
+    from mnist_tasks.labeled import read_labeled_set, split_arrays, summary
+    from mnist_tasks.storage import atomic_path
+
+    images, excluded = read_labeled_set(s3_client=s3_client, labeled_uri=labeled_uri) if labeled_uri else ([], [])
+    found = summary(labeled_uri=labeled_uri, images=images, excluded=excluded)
+    if found["sha256"] is None:
+        return {**found, "arrays": {}}
+    keys = {name: dataset_key(found["sha256"], "labeled", f"{name}.npy") for name in ARRAY_NAMES}
+    stored = {name: store.find(key) for name, key in keys.items()}
+    if all(stored.values()):
+        return {**found, "arrays": {name: ref for name, ref in stored.items() if ref is not None}}
+    local_dir = cache_root / "labeled" / found["sha256"][:16]
+    local_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for name, array in split_arrays(images).items():
+        with atomic_path(local_dir / f"{name}.npy", suffix=".npy") as tmp:
+            np.save(tmp, array, allow_pickle=False)
+        arrays[name] = store.put(local_dir / f"{name}.npy", keys[name])
+    return {**found, "arrays": arrays}
+
+
 def novelty(
     *, s3_client: Any, models_uri: str, prepared: Prepared, params: Mapping[str, Any], force: bool
 ) -> Novelty:
@@ -134,6 +200,9 @@ def novelty(
     and the libraries) against the one of the version `latest` points at. See lineage.py."""
     from mnist_tasks.lineage import compare_with_latest, training_identity
 
+    if not prepared["labeled"]["train_count"]:
+        # Without labelled images to weigh it changes nothing, so it is not part of what the model is a function of.
+        params = {name: value for name, value in params.items() if name != "labeled_weight"}
     identity = training_identity(data_sha256=prepared["data_sha256"], params=params)
     comparison = compare_with_latest(s3_client=s3_client, models_uri=models_uri, identity=identity)
     latest, changed = comparison["latest_version"], comparison["changed"]
@@ -154,11 +223,19 @@ def novelty(
     }
 
 
-def _split_dir(store: ArtifactStore, prepared: Prepared, split: str) -> Path:
+def _split_dir(store: ArtifactStore, arrays: Mapping[str, ArtifactRef], split: str) -> Path:
     """This worker's verified copies of one split's arrays (x_<split>.npy, y_<split>.npy): their directory."""
-    images = store.get(prepared["arrays"][f"x_{split}"])
-    store.get(prepared["arrays"][f"y_{split}"])  # the same key directory, so beside it
+    images = store.get(arrays[f"x_{split}"])
+    store.get(arrays[f"y_{split}"])  # the same key directory, so beside it
     return images.parent
+
+
+def _labeled_dir(store: ArtifactStore, prepared: Prepared, split: str) -> Path | None:
+    """The labelled set's copy of one split, as _split_dir; None when that split has no images."""
+    labeled = prepared["labeled"]
+    if not (labeled["train_count"] if split == "train" else labeled["test_count"]):
+        return None
+    return _split_dir(store, labeled["arrays"], split)
 
 
 def train(
@@ -172,7 +249,12 @@ def train(
     from mnist_tasks.train import HISTORY_FILE, MODEL_FILE, train_model
 
     out_dir = store.local_path(run_key(dag_id, run_id, ""))
-    result = train_model(cache_dir=_split_dir(store, prepared, "train"), out_dir=out_dir, **params)
+    result = train_model(
+        cache_dir=_split_dir(store, prepared["arrays"], "train"),
+        labeled_dir=_labeled_dir(store, prepared, "train"),
+        out_dir=out_dir,
+        **params,
+    )
     export = result["saved_model"]
     return {
         "model": store.put(Path(result["model_path"]), run_key(dag_id, run_id, MODEL_FILE)),
@@ -187,6 +269,7 @@ def train(
         "params": result["params"],
         "final": result["final"],
         "train_count": result["train_count"],
+        "labeled_train_count": result["labeled_train_count"],
         "seconds": result["seconds"],
     }
 
@@ -202,8 +285,11 @@ def evaluate(
     run_id: str,
     threshold: float,
     max_regression: float,
+    labeled_threshold: float = PARAMS["labeled_accuracy_threshold"].default,
+    labeled_min_test_images: int = PARAMS["labeled_min_test_images"].default,
 ) -> dict[str, Any]:
-    """The gate's verdict on the trained model, against the champion (`latest`) on the same test set.
+    """The gate's verdict on the trained model, against the champion (`latest`) on the same test sets
+    (MNIST's, and the labelled set's test split when it has images).
 
     Returns evaluate_model's result with, instead of its local paths, `artifacts`:
     the refs of metrics.json and the report pictures, and `champion_latest_etag`:
@@ -222,10 +308,13 @@ def evaluate(
         result = evaluate_model(
             model_path=model_path,
             model_sha256=trained["model"]["sha256"],
-            cache_dir=_split_dir(store, prepared, "test"),
+            cache_dir=_split_dir(store, prepared["arrays"], "test"),
+            labeled_dir=_labeled_dir(store, prepared, "test"),
             out_dir=store.local_path(run_key(dag_id, run_id, "")),
             threshold=threshold,
             max_regression=max_regression,
+            labeled_threshold=labeled_threshold,
+            labeled_min_test_images=labeled_min_test_images,
             champion=champion,
             history_path=history_path,
         )
@@ -245,6 +334,7 @@ def publish(
     run_id: str,
     started_at: str | None,
     downloaded: Downloaded,
+    prepared: Prepared,
     trained: Trained,
     evaluated: Mapping[str, Any],
     identity: TrainingIdentity,
@@ -272,10 +362,19 @@ def publish(
             run_id=run_id,
             dag_id=dag_id,
             params=trained["params"],
-            data=downloaded,
+            # The MNIST files as downloaded, with the identity of all the data (the labelled set's too).
+            data={
+                **downloaded,
+                "data_sha256": prepared["data_sha256"],
+                "mnist_data_sha256": prepared["mnist_data_sha256"],
+                "labeled": prepared["labeled"],
+            },
             metrics=evaluated,
             started_at=started_at,
-            training={name: trained[name] for name in ("model", "history", "final", "train_count", "seconds")},
+            training={
+                name: trained[name]
+                for name in ("model", "history", "final", "train_count", "labeled_train_count", "seconds")
+            },
             serving=manifest_entry(version=version, signature=trained["saved_model"]["signature"]),
             training_identity=dict(identity),
         ),

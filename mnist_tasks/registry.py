@@ -516,6 +516,9 @@ def _version_row(manifest: dict[str, Any]) -> dict[str, Any]:
         "created_at": manifest["created_at"],
         **trained_with(manifest),
         "accuracy": manifest["metrics"].get("accuracy"),
+        # On the users' labelled test split; None before there was one (or for versions from before it existed).
+        "labeled_accuracy": (manifest["metrics"].get("labeled") or {}).get("accuracy"),
+        "labeled_test_count": (manifest["metrics"].get("labeled") or {}).get("test_count"),
         "passed": gate_passed(manifest["metrics"]),
         "data_sha256": manifest["data"].get("data_sha256"),
         "run_id": manifest["run_id"],
@@ -524,7 +527,8 @@ def _version_row(manifest: dict[str, Any]) -> dict[str, Any]:
 
 # The keys of list_versions' rows, but is_latest.
 _ROW_FIELDS = (
-    "error", "version", "created_at", "architecture", "augment", "accuracy", "passed", "data_sha256", "run_id"
+    "error", "version", "created_at", "architecture", "augment", "accuracy", "labeled_accuracy", "labeled_test_count",
+    "passed", "data_sha256", "run_id",
 )
 
 

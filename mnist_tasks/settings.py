@@ -38,6 +38,11 @@ class Settings:
     """Where it writes predictions, one s3://…/<run>/ directory per run."""
     review_uri: str
     """Where it copies the images it was unsure of, for people to label, one s3://…/<run>/ directory per run."""
+    labeled_uri: str
+    """The users' labelled digits, s3://bucket/prefix/ with one folder per digit (`<digit>/<image>`): the
+    review page files labelled images here, and each retraining run trains and gates on them too."""
+    review_log_uri: str
+    """Where the review page records each action (who, when, which image, which label), one JSON object each."""
     alert_smtp_conn_id: str
     """SMTP connection for alert emails; without such a connection no email is sent."""
     alert_webhook_conn_id: str
@@ -81,6 +86,8 @@ class Settings:
             predict_input_uri=env.get("MNIST_PREDICT_INPUT_URI", "s3://mnist-inbox/images/"),
             predictions_uri=env.get("MNIST_PREDICTIONS_URI", "s3://mnist-predictions/predictions/"),
             review_uri=env.get("MNIST_REVIEW_URI", "s3://mnist-inbox/review/"),
+            labeled_uri=env.get("MNIST_LABELED_URI", "s3://mnist-inbox/labeled/"),
+            review_log_uri=env.get("MNIST_REVIEW_LOG_URI", "s3://mnist-inbox/review-log/"),
             alert_smtp_conn_id=env.get("MNIST_ALERT_SMTP_CONN_ID", "mnist_alerts_smtp"),
             alert_webhook_conn_id=env.get("MNIST_ALERT_WEBHOOK_CONN_ID", "mnist_alerts_webhook"),
             alert_email_to=tuple(env.get("MNIST_ALERT_EMAIL_TO", "").replace(",", " ").split()),

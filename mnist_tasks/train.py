@@ -48,7 +48,9 @@ class TrainResult(TypedDict):
     final: dict[str, float]
     """The last epoch's loss, accuracy, val_loss and val_accuracy."""
     train_count: int
-    """Images in the training set, validation part included."""
+    """MNIST images in the training set, validation part included."""
+    labeled_train_count: int
+    """Labelled images trained on (each labeled_weight times)."""
     seconds: float
     """All of it: loading the arrays, building, fitting and saving the model."""
     fit_seconds: float
@@ -67,10 +69,17 @@ def train_model(
     lr_schedule: str = "cosine",
     adam_beta_2: float = 0.95,
     hidden_units: int = 128,
+    labeled_weight: int = 10,
     seed: int = 42,
     validation_split: float = 0.1,
+    labeled_dir: Path | None = None,
 ) -> TrainResult:
     """Train on cache_dir's x_train.npy and y_train.npy; write out_dir/model.keras and out_dir/history.json.
+
+    With `labeled_dir` (the users' labelled training split, the same two files), its images
+    join the training part, each `labeled_weight` times (oversampling: a weight of 10 shows
+    each ten times an epoch). Validation stays on MNIST's held-out part, so its figures
+    compare across runs with and without labelled images.
 
     The same seed and data give the same weights: all seeds are set from `seed`
     and TensorFlow runs deterministic kernels (a process-wide switch, slightly slower).
@@ -86,6 +95,7 @@ def train_model(
             "lr_schedule": lr_schedule,
             "adam_beta_2": adam_beta_2,
             "hidden_units": hidden_units,
+            "labeled_weight": labeled_weight,
             "seed": seed,
             "validation_split": validation_split,
         }
@@ -98,10 +108,11 @@ def train_model(
 
     started = time.monotonic()
     x_train, y_train = load_split(cache_dir, "train")
+    labeled = None if labeled_dir is None else tuple(np.asarray(a) for a in load_split(labeled_dir, "train"))
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     fit_started = time.monotonic()
-    model, history = _fit(params, np.asarray(x_train), np.asarray(y_train))
+    model, history = _fit(params, np.asarray(x_train), np.asarray(y_train), labeled=labeled)
     fit_seconds = time.monotonic() - fit_started
     per_epoch = _per_epoch(history, params)
     model_path, saved_model, history_path = _save(model, per_epoch, params, out_dir=out_dir, train_count=len(x_train))
@@ -113,12 +124,19 @@ def train_model(
         "params": params,
         "final": {name: per_epoch[-1][name] for name in METRICS},
         "train_count": len(x_train),
+        "labeled_train_count": 0 if labeled is None else len(labeled[1]),
         "seconds": round(time.monotonic() - started, 3),
         "fit_seconds": round(fit_seconds, 3),
     }
 
 
-def _fit(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> tuple[Any, dict[str, list[float]]]:
+def _fit(
+    params: dict[str, Any],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    labeled: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[Any, dict[str, list[float]]]:
     """The model built and fitted with `params`: (model, Keras' history)."""
     import keras
 
@@ -126,7 +144,14 @@ def _fit(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> tupl
 
     # Like Keras' validation_split: the *last* part of the arrays is held out, before
     # shuffling; MNIST's training file is not ordered by class, so that tail is a fair sample.
-    train_count = math.floor(len(images) * (1 - params["validation_split"]))
+    held_out = math.floor(len(images) * (1 - params["validation_split"]))
+    validation = (images[held_out:], labels[held_out:])
+    images, labels = images[:held_out], labels[:held_out]
+    if labeled is not None:
+        repeats = params["labeled_weight"]
+        images = np.concatenate([images, np.repeat(labeled[0], repeats, axis=0)])
+        labels = np.concatenate([labels, np.repeat(labeled[1], repeats, axis=0)])
+    train_count = len(images)
     steps_per_epoch = math.ceil(train_count / params["batch_size"])
     model = build_model(
         architecture=params["architecture"],
@@ -138,14 +163,14 @@ def _fit(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> tupl
     )
     if params["augment"] == "on":
         training = {
-            "x": _augmented(params, images[:train_count], labels[:train_count]),
+            "x": _augmented(params, images, labels),
             "steps_per_epoch": steps_per_epoch,
             "shuffle": False,  # the stream shuffles itself, seeded
         }
     else:
         training = {
-            "x": images[:train_count],
-            "y": labels[:train_count],
+            "x": images,
+            "y": labels,
             "batch_size": params["batch_size"],
             "shuffle": True,
         }
@@ -155,7 +180,7 @@ def _fit(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> tupl
         history = model.fit(
             **training,
             epochs=params["epochs"],
-            validation_data=(images[train_count:], labels[train_count:]),
+            validation_data=validation,
             # verbose=2: one line per epoch, readable in Airflow's task log.
             verbose=2,
             # Stops at the first non-finite batch loss rather than training on garbage for the other epochs.

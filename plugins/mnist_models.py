@@ -3,7 +3,9 @@
 A FastAPI app that the api-server mounts under /mnist-models, shown inside the UI
 through an entry in the Browse menu. It renders what mnist_tasks.registry returns
 for `MNIST_MODELS_URI`, read through the Amazon provider's connection
-(`MNIST_AWS_CONN_ID`); the registry does all the checking.
+(`MNIST_AWS_CONN_ID`); the registry does all the checking. Above the table, a chart
+of each version's accuracy on MNIST and on the users' labelled test set, drawn as
+inline SVG on the server: the page runs no scripts.
 
 Airflow does not protect the endpoints of plugins. Every route here depends on
 the auth manager's check that the caller may read the runs of mnist_retraining,
@@ -13,6 +15,8 @@ so a request without a login (the UI's session cookie or a bearer token) gets
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations at run
 # time, and the names they use are imported inside create_app.
+import math
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -36,9 +40,23 @@ REPORT_POLICY = f"{PAGE_POLICY}; img-src data:; sandbox"
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 PAGE_TEMPLATE = "mnist_models.html.j2"
 
+# The accuracy chart, in SVG user units (the <svg> shrinks with the page). The margins
+# hold the legend (top), the y labels (left) and the version labels with "latest"
+# under them (bottom); half a version label (14 digits, bold for the latest) must fit
+# right of the last point.
+CHART_WIDTH, CHART_HEIGHT = 720, 250
+CHART_MARGIN = {"top": 34, "right": 60, "bottom": 46, "left": 56}
+# A version label's width per character at the chart's 11-unit font, and the space between two.
+LABEL_CHAR_WIDTH, LABEL_GAP = 6.6, 14
+CHART_Y_INTERVALS = 5  # the y axis aims at this many gaps between gridlines; round steps make it 2 to 7
+# The least span of the y axis, for one value or equal ones: a band around them, not a flat line.
+MIN_Y_SPAN = 0.01
+# (row key, legend name) of each line, in drawing order; the template styles them by key.
+CHART_SERIES = (("accuracy", "MNIST test set"), ("labeled_accuracy", "labelled test set"))
+
 
 def render_page(*, rows: list[dict[str, Any]], models_uri: str) -> str:
-    """The page for list_versions' rows (oldest first), newest version on top."""
+    """The page for list_versions' rows (oldest first): the accuracy chart, then the table, newest version on top."""
     from mnist_tasks.registry import training_label
 
     return (
@@ -47,9 +65,113 @@ def render_page(*, rows: list[dict[str, Any]], models_uri: str) -> str:
         .render(
             dag_id=DAG_ID,
             models_uri=models_uri,
+            chart=accuracy_chart(rows),
             rows=[{**row, "model": None if row["error"] else training_label(row)} for row in reversed(rows)],
         )
     )
+
+
+def accuracy_chart(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Where the template draws accuracy per version; None when no readable version has an accuracy.
+
+    `rows` are list_versions'; unreadable ones are left out. Each version gets an x
+    position, oldest on the left. Each series of CHART_SERIES with a value gets a
+    path through its points, broken (a new "M") where a version has none, and its
+    points. The y axis spans the values, rounded out to a round step, so 0.97 and
+    0.98 stand well apart. Coordinates are SVG units of a CHART_WIDTH × CHART_HEIGHT box.
+    """
+    drawn = sorted((row for row in rows if not row["error"]), key=lambda row: row["version"])
+    values = [row[key] for row in drawn for key, _ in CHART_SERIES if row[key] is not None]
+    if not values:
+        return None
+    left, top = CHART_MARGIN["left"], CHART_MARGIN["top"]
+    right, bottom = CHART_WIDTH - CHART_MARGIN["right"], CHART_HEIGHT - CHART_MARGIN["bottom"]
+    ticks = _y_ticks(min(values), max(values))
+    low, high = ticks[0][0], ticks[-1][0]
+
+    def y_of(value: float) -> float:
+        return round(bottom - (value - low) / (high - low) * (bottom - top), 1)
+
+    xs = _x_positions(len(drawn), left, right)
+    latest = next((i for i, row in enumerate(drawn) if row["is_latest"]), None)
+    series = [_series(drawn, key, name, xs, y_of) for key, name in CHART_SERIES]
+    series = [line for line in series if line["points"]]
+    label_width = max(len(str(row["version"])) for row in drawn) * LABEL_CHAR_WIDTH + LABEL_GAP
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "plot": {"left": left, "top": top, "right": right, "bottom": bottom},
+        "y_ticks": [{"y": y_of(value), "label": label} for value, label in ticks],
+        "x_labels": [
+            {"x": xs[i], "text": str(drawn[i]["version"]), "latest": i == latest}
+            for i in _labelled(len(drawn), xs, label_width, anchor=len(drawn) - 1 if latest is None else latest)
+        ],
+        "latest": None if latest is None else {"x": xs[latest], "version": drawn[latest]["version"]},
+        "series": series,
+        "summary": _chart_summary(drawn, series, None if latest is None else drawn[latest]["version"]),
+    }
+
+
+def _y_ticks(low: float, high: float) -> list[tuple[float, str]]:
+    """(value, label) of the y axis' gridlines: a step of 1, 2 or 5 × 10^k, from below `low` to above `high`."""
+    if high - low < MIN_Y_SPAN:
+        # Accuracies lie in 0..1, so the band stays there: no "1.005" on the axis.
+        middle = min(max((low + high) / 2, MIN_Y_SPAN / 2), 1 - MIN_Y_SPAN / 2)
+        low, high = min(low, middle - MIN_Y_SPAN / 2), max(high, middle + MIN_Y_SPAN / 2)
+    rough = (high - low) / CHART_Y_INTERVALS
+    magnitude = 10 ** math.floor(math.log10(rough))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= rough * (1 - 1e-9))
+    # The tolerances keep a value that is a multiple of the step, but for float error, on its gridline.
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return [(i * step, f"{i * step:.{decimals}f}") for i in range(first, last + 1)]
+
+
+def _x_positions(count: int, left: float, right: float) -> list[float]:
+    """Evenly spaced x of `count` versions, oldest at `left`; a single one in the middle."""
+    if count == 1:
+        return [round((left + right) / 2, 1)]
+    return [round(left + i * (right - left) / (count - 1), 1) for i in range(count)]
+
+
+def _labelled(count: int, xs: list[float], label_width: float, *, anchor: int) -> list[int]:
+    """The indices of the versions whose label fits: every n-th, counted from `anchor`, so that one is always shown."""
+    spacing = xs[1] - xs[0] if count > 1 else label_width
+    every = max(1, math.ceil(label_width / spacing))
+    return [i for i in range(count) if (i - anchor) % every == 0]
+
+
+def _series(
+    drawn: list[dict[str, Any]], key: str, name: str, xs: list[float], y_of: Callable[[float], float]
+) -> dict[str, Any]:
+    """One line of the chart: its SVG path, lifting the pen over versions without a value, and its points."""
+    points, path, pen_down = [], [], False
+    for x, row in zip(xs, drawn, strict=True):
+        if row[key] is None:
+            pen_down = False
+            continue
+        point = {"x": x, "y": y_of(row[key]), "version": row["version"], "value": row[key], "latest": row["is_latest"]}
+        # Only the labelled set's size varies; MNIST's test set is always the same 10,000 digits.
+        point["test_count"] = row["labeled_test_count"] if key == "labeled_accuracy" else None
+        points.append(point)
+        path.append(f"{'L' if pen_down else 'M'}{x},{point['y']}")
+        pen_down = True
+    return {"key": key, "name": name, "path": " ".join(path), "points": points}
+
+
+def _chart_summary(drawn: list[dict[str, Any]], series: list[dict[str, Any]], latest: int | None) -> str:
+    """The chart in words, for its aria-label: what a screen reader says instead of drawing it."""
+    count = f"{len(drawn)} model version" + ("" if len(drawn) == 1 else "s")
+    parts = [f"Accuracy of {count}, oldest {drawn[0]['version']} to newest {drawn[-1]['version']}."]
+    for line in series:
+        got = [point["value"] for point in line["points"]]
+        parts.append(
+            f"On the {line['name']}, {len(got)} of {len(drawn)} versions: first {got[0]:.4f}, last {got[-1]:.4f}, "
+            f"lowest {min(got):.4f}, highest {max(got):.4f}."
+        )
+    if latest is not None:
+        parts.append(f"The latest version is {latest}.")
+    return " ".join(parts)
 
 
 @cache

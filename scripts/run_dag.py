@@ -62,6 +62,8 @@ def run_and_summarize(dag_id: str, conf: dict) -> dict:
     # "evaluation" when it fails the run, so both outcomes report the accuracy.
     evaluation = xcoms.get(("evaluate", "return_value")) or xcoms.get(("evaluate", "evaluation")) or {}
     published = xcoms.get(("publish", "return_value")) or {}
+    labeled_set = (xcoms.get(("prepare", "return_value")) or {}).get("labeled") or {}
+    labeled_evaluation = evaluation.get("labeled") or {}
     return {
         "dag_id": dag_id,
         "run_id": dag_run.run_id,
@@ -71,6 +73,16 @@ def run_and_summarize(dag_id: str, conf: dict) -> dict:
         "accuracy_threshold": evaluation.get("threshold"),
         "champion_accuracy": evaluation.get("champion_accuracy"),
         "gate": None if "passed" not in evaluation else ("passed" if evaluation["passed"] else "failed"),
+        "gate_message": evaluation.get("message"),
+        # The users' labelled set: how much of it trained and tested, what was left out and why, and the accuracy.
+        "labeled": {
+            "train_count": labeled_set.get("train_count"),
+            "test_count": labeled_set.get("test_count"),
+            "excluded": labeled_set.get("excluded"),
+            "accuracy": labeled_evaluation.get("accuracy"),
+            "champion_accuracy": labeled_evaluation.get("champion_accuracy"),
+            "gated": labeled_evaluation.get("gated"),
+        },
         "model_version": published.get("version"),
         # Set when nothing changed since the version latest points at: the run trained nothing.
         "unchanged_since": xcoms.get(("anything_new", "unchanged_since")),

@@ -260,3 +260,40 @@ def test_the_script_scores_models_side_by_side_through_predict(tmp_path):
         assert scores["accuracy"] == 0.1 and scores["unread"] == 0
         assert set(scores["by_style"].values()) == set(scores["by_format"].values()) == {0.1}
         assert scores["by_digit"] == {str(d): float(d == digit) for d in range(10)}
+
+
+def test_the_labelled_benchmark_trains_on_fonts_it_never_tests_on():
+    import benchmark_handwriting_labeled as labeled_bench
+
+    labeled, held_out = labeled_bench.font_groups()
+    assert labeled and held_out
+    assert not {font.package for font in labeled} & {font.package for font in held_out}
+    assert set(labeled) | set(held_out) == set(bench.FONTS)
+
+    glyphs = labeled_bench.labeled_glyphs(count=3, seed=0)
+    assert sorted(g.digit for g in glyphs) == sorted(list(range(10)) * 3)
+    assert {g.font for g in glyphs} <= set(labeled)
+    x, y = labeled_bench.labeled_arrays(glyphs, seed=0)
+    assert x.shape == (len(y), 28, 28) and x.dtype == np.float32
+    assert len(y) == 3 * 10 * len(bench.STYLES)  # every style of every glyph reads as a digit
+    assert sorted(set(y.tolist())) == list(range(10))
+
+
+def test_the_labelled_benchmark_table_says_whether_30_digits_met_the_goal():
+    import benchmark_handwriting_labeled as labeled_bench
+
+    def column(low: float, n: int) -> dict:
+        return {
+            "by_style": {style: low if i == 0 else 0.99 for i, style in enumerate(bench.STYLES)},
+            "accuracy": 0.98, "labeled_images": n, "train_seconds": 1.0,
+        }  # fmt: skip
+
+    result = {
+        "labeled_fonts": ["a"], "held_out_fonts": ["b"],
+        "images": {"total": 8, "by_style": dict.fromkeys(bench.STYLES, 2)},
+        "models": {"dense N=0": column(0.9, 0), "dense N=30": column(0.975, 1200), "cnn N=30": column(0.96, 1200)},
+    }  # fmt: skip
+    printed = labeled_bench.table(result)
+    assert "dense N=30: met, lowest style 97.5%" in printed
+    assert "cnn N=30: not met, lowest style 96.0%" in printed
+    assert "dense N=0: " not in printed

@@ -118,6 +118,9 @@ def test_settings_the_pipeline_reads_are_passed(compose):
         "MNIST_MODELS_URI",
         "MNIST_PREDICT_INPUT_URI",
         "MNIST_PREDICTIONS_URI",
+        "MNIST_REVIEW_URI",
+        "MNIST_LABELED_URI",
+        "MNIST_REVIEW_LOG_URI",
     ):
         assert key in common, key
     assert common["MNIST_ARTIFACTS_URI"] == "s3://mnist-artifacts/"

@@ -14,13 +14,17 @@ import pytest
 
 from mnist_tasks import pipeline
 from mnist_tasks.artifacts import ArtifactIntegrityError, ArtifactStore
+from mnist_tasks.labeled import combined_data_sha256
 from mnist_tasks.registry import download_model, read_latest, verify_version
 from tests.e2e.conftest import tiny_mirror  # noqa: F401  (a fixture)
+from tests.test_labeled import stroke_png
 
 pytestmark = pytest.mark.slow
 
 ARTIFACTS_URI = "s3://pipeline-artifacts/store/"
 MODELS_URI = "s3://pipeline-models/mnist/"
+LABELED_BUCKET = "pipeline-inbox"
+LABELED_URI = f"s3://{LABELED_BUCKET}/labeled/"
 PARAMS = {"epochs": 2, "batch_size": 16, "learning_rate": 0.001, "hidden_units": 32, "seed": 3}
 
 
@@ -68,6 +72,7 @@ def _run(workers, s3_client, tiny_mirror, tmp_path, run_id: str, version: int): 
         run_id=run_id,
         started_at=None,
         downloaded=downloaded,
+        prepared=prepared,
         trained=trained,
         evaluated=evaluated,
         identity=novelty["identity"],
@@ -138,6 +143,7 @@ def test_a_retried_publish_completes_the_same_version(workers, s3_client, tiny_m
         run_id=run_id,
         started_at=None,
         downloaded=first["download"],
+        prepared=first["prepare"],
         trained=first["train"],
         evaluated=first["evaluate"],
         identity=first["novelty"]["identity"],
@@ -183,3 +189,74 @@ def test_tf_serving_finds_the_latest_version_under_serving_and_it_predicts_as_th
     published = download_model(s3_client=s3_client, models_uri=MODELS_URI, version=1, dest_dir=tmp_path / "keras")
     expected = keras.models.load_model(published["model_path"], safe_mode=True).predict(images, verbose=0)
     assert np.allclose(served(images=tf.constant(images))["output_0"].numpy(), expected, atol=1e-5)
+
+
+def test_prepare_stores_the_labelled_arrays_and_names_the_data_by_both_sets(
+    workers, s3_client, tiny_mirror, tmp_path  # noqa: F811
+):
+    store = workers("worker-a")
+    s3_client.create_bucket(Bucket=LABELED_BUCKET)
+    downloaded = pipeline.download(store=store, mirrors=[tiny_mirror[0].as_uri() + "/"], raw_dir=tmp_path / "raw")
+
+    def prepared():
+        return pipeline.prepare(
+            store=store, downloaded=downloaded, cache_root=tmp_path / "prepared", s3_client=s3_client,
+            labeled_uri=LABELED_URI,
+        )  # fmt: skip
+
+    empty = prepared()
+    assert empty["data_sha256"] == empty["mnist_data_sha256"] == downloaded["data_sha256"]
+    assert (empty["labeled"]["sha256"], empty["labeled"]["arrays"]) == (None, {})
+
+    _label(s3_client, 30)
+    s3_client.put_object(Bucket=LABELED_BUCKET, Key="labeled/x/stray.png", Body=stroke_png(99))
+    grown = prepared()
+    labeled = grown["labeled"]
+    assert grown["data_sha256"] == combined_data_sha256(downloaded["data_sha256"], labeled["sha256"])
+    assert grown["data_sha256"] != downloaded["data_sha256"]
+    assert labeled["train_count"] + labeled["test_count"] == 30
+    assert labeled["excluded"] == {"not_a_digit_folder": 1}
+    y_test = np.load(store.get(labeled["arrays"]["y_test"]))
+    assert len(y_test) == labeled["test_count"]
+    assert prepared()["labeled"]["arrays"] == labeled["arrays"]  # found in the store, by the set's identity
+
+
+def _label(s3_client, count: int) -> None:
+    for i in range(count):
+        s3_client.put_object(Bucket=LABELED_BUCKET, Key=f"labeled/{i % 10}/{i}.png", Body=stroke_png(i))
+
+
+def test_labelled_images_train_and_gate_beside_mnist(workers, s3_client, tiny_mirror, tmp_path):  # noqa: F811
+    store = workers("worker-a")
+    s3_client.create_bucket(Bucket=LABELED_BUCKET)
+    _label(s3_client, 200)
+    downloaded = pipeline.download(store=store, mirrors=[tiny_mirror[0].as_uri() + "/"], raw_dir=tmp_path / "raw")
+    prepared = pipeline.prepare(
+        store=store, downloaded=downloaded, cache_root=tmp_path / "prepared", s3_client=s3_client,
+        labeled_uri=LABELED_URI,
+    )  # fmt: skip
+    labeled = prepared["labeled"]
+    trained = pipeline.train(store=store, prepared=prepared, dag_id="d", run_id="r", params=PARAMS)
+    assert trained["labeled_train_count"] == labeled["train_count"]
+
+    def evaluated(min_test_images: int, labeled_threshold: float) -> dict:
+        return pipeline.evaluate(
+            store=store, s3_client=s3_client, models_uri=MODELS_URI, prepared=prepared, trained=trained,
+            dag_id="d", run_id="r", threshold=0.0, max_regression=1.0, labeled_threshold=labeled_threshold,
+            labeled_min_test_images=min_test_images,
+        )  # fmt: skip
+
+    judged = evaluated(min_test_images=1, labeled_threshold=1.0)
+    assert judged["labeled"]["test_count"] == labeled["test_count"] > 0
+    assert judged["labeled"]["gated"] is True
+    accuracy = judged["labeled"]["accuracy"]
+    assert judged["passed"] is (accuracy == 1.0)
+    verdict = "passed: labelled test accuracy" if accuracy == 1.0 else "failed: labelled test accuracy"
+    assert f"labelled-set gate {verdict} {accuracy:.4f}" in judged["message"]
+    metrics = json.loads(store.get(judged["artifacts"]["metrics.json"]).read_text())
+    assert metrics["labeled"]["per_class"].keys() == {str(d) for d in range(10)}
+
+    too_few = evaluated(min_test_images=labeled["test_count"] + 1, labeled_threshold=1.0)
+    assert too_few["passed"] is True
+    assert too_few["labeled"]["gated"] is False
+    assert f"fewer than labeled_min_test_images {labeled['test_count'] + 1}" in too_few["message"]

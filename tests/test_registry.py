@@ -139,9 +139,11 @@ def test_list_versions_has_one_row_per_published_version_oldest_first(
     assert [r["run_id"] for r in rows] == [f"scheduled__{v}" for v in (V1, V2, V3)]
     assert [r["data_sha256"] for r in rows] == [f"{v:064d}" for v in (V1, V2, V3)]
     assert set(rows[0]) == {
-        "error", "version", "created_at", "architecture", "augment", "accuracy", "passed", "data_sha256", "run_id",
-        "is_latest",
+        "error", "version", "created_at", "architecture", "augment", "accuracy", "labeled_accuracy",
+        "labeled_test_count", "passed", "data_sha256", "run_id", "is_latest",
     }
+    # Published before the labelled set existed: no figure for it.
+    assert {(r["labeled_accuracy"], r["labeled_test_count"]) for r in rows} == {(None, None)}
     assert all(r["error"] is None for r in rows)
     # These manifests predate the architecture Params: such versions were the dense model, unaugmented.
     assert {(r["architecture"], r["augment"]) for r in rows} == {("dense", "off")}

@@ -95,9 +95,11 @@ def test_train_writes_a_loadable_model_and_its_history(trained: dict[str, Any]) 
         "learning_rate": 0.01,
         "lr_schedule": "cosine",
         "adam_beta_2": 0.95,
+        "labeled_weight": 10,
         "seed": 1,
         "validation_split": 0.1,
     }
+    assert trained["labeled_train_count"] == 0
     assert json.loads(json.dumps(trained)) == trained  # plain JSON types, fit for XCom
 
     history = json.loads(Path(trained["history_path"]).read_text())

@@ -34,6 +34,7 @@ def test_task_graph_is_exactly_the_pipeline(dag):
         ("prepare", "evaluate"),
         ("train", "evaluate"),
         ("download", "publish"),
+        ("prepare", "publish"),  # the data's identity and the labelled set's summary, for the manifest
         ("train", "publish"),
         ("evaluate", "publish"),
         ("anything_new", "publish"),  # the run's training identity, for the manifest
@@ -91,9 +92,12 @@ def test_params_have_descriptions_and_defaults(dag):
         "lr_schedule": "cosine",
         "adam_beta_2": 0.95,
         "hidden_units": 128,
+        "labeled_weight": 10,
         "seed": 42,
         "accuracy_threshold": 0.93,
         "max_regression": 0.005,
+        "labeled_accuracy_threshold": 0.8,
+        "labeled_min_test_images": 50,
         "force": False,
     }
     for name, param in dag.params.items():

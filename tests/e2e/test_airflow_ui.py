@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, EmbeddedStore, api_session, free_port_block, run_checked
+from tests.conftest import REPO, EmbeddedStore, api_session, free_port_block, run_checked, script_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -46,6 +46,7 @@ CHROMIUM_ARGS = [
 ]
 # The nightly run that unpausing starts (the default Params on real MNIST) goes first, then ours.
 RUN_TIMEOUT = 600
+LOOP_IMAGES = 200  # boxed digits for the review loop: about 40 land in the labelled test split
 
 
 @dataclass
@@ -305,6 +306,106 @@ def test_a_future_run_the_timetable_never_saw_fails_as_it_starts(stack, api):
     assert run["note"].startswith("Failed as it started: logical date 2099-01-01T00:00:00+00:00 is in the future")
     tasks = api.get(f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns/from-the-future/taskInstances", timeout=30).json()
     assert {ti["state"] for ti in tasks["task_instances"]} <= {None}  # nothing ran
+
+
+def boxed_digit_png(digit: int, seed: int) -> bytes:
+    """A handwriting font's digit inside a printed box, as on a form: a style MNIST never showed the model."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    fonts = script_module("benchmark_handwriting").FONTS
+    rng = np.random.default_rng(seed)
+    image = Image.new("L", (72, 72), 255)
+    draw = ImageDraw.Draw(image)
+    inset = int(rng.integers(2, 8))
+    draw.rectangle((inset, inset, 71 - inset, 71 - inset), outline=0, width=int(rng.integers(2, 4)))
+    font = ImageFont.truetype(str(fonts[seed % 4].path), int(rng.integers(36, 48)))
+    centre = tuple(36 + int(shift) for shift in rng.integers(-3, 4, 2))
+    draw.text(centre, str(digit), fill=0, font=font, anchor="mm")
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _dag_runs_done(api, stack, dag_id: str) -> list[dict]:
+    """Every run of the DAG, once none is queued or running."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        runs = _runs(api, stack, dag_id)
+        if all(run["state"] in ("success", "failed") for run in runs):
+            return runs
+        assert time.monotonic() < deadline, f"{dag_id} runs still going: {runs}\n{stack.logs()}"
+        time.sleep(3)
+
+
+def _trigger(api, stack, dag_id: str, conf: dict) -> str:
+    answer = api.post(
+        f"{stack.url}/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()["dag_run_id"]
+
+
+def test_the_loop_unsure_digits_labelled_in_the_review_page_train_the_next_version(page, stack, api):
+    """Batch predictions on a style the model misreads, its review items labelled from the keyboard in the review
+    page, a run that trains on them and publishes a better version on them, and a run with nothing new."""
+    from playwright.sync_api import expect
+
+    from mnist_tasks.registry import read_latest, read_manifest
+
+    admin = stack.store.client("admin")
+    _dag_runs_done(api, stack, DAG_ID)
+    _dag_runs_done(api, stack, "mnist_batch_predict")  # started by each publish, on an empty inbox
+    for i in range(LOOP_IMAGES):
+        key = f"images/boxed-{i % 10}-{i:04d}.png"
+        admin.put_object(Bucket="mnist-inbox", Key=key, Body=boxed_digit_png(i % 10, i))
+    scoring = _trigger(api, stack, "mnist_batch_predict", {"min_confidence": 1.0, "max_images": LOOP_IMAGES})
+    states = {run["dag_run_id"]: run["state"] for run in _dag_runs_done(api, stack, "mnist_batch_predict")}
+    assert states[scoring] == "success", stack.logs()
+
+    page.goto(f"{stack.url}/mnist-review/")
+    # The images come from the store through the page's own route, with the UI's login.
+    page.wait_for_function(
+        "() => { const image = document.querySelector('.focused img'); return image && image.complete"
+        " && image.naturalWidth > 0 }"
+    )
+    waiting = int(page.locator("#waiting").inner_text())
+    assert waiting >= LOOP_IMAGES * 0.9  # all but the few the model is sure of, right or wrong
+    page.screenshot(path=SCREENSHOTS / "08-review-page.png")
+    started = time.monotonic()
+    for _ in range(waiting):
+        item = page.locator("[data-review-key].focused")
+        digit = re.search(r"boxed-(\d)-", item.get_attribute("data-review-key"))[1]
+        page.keyboard.press(digit)
+    typed = time.monotonic() - started
+    # The page moves on at once; each label is stored as the api-server gets to it (five S3 requests each).
+    expect(page.locator("[data-review-key]")).to_have_count(0, timeout=RUN_TIMEOUT * 1000)
+    print(f"labelled {waiting} digits through the review page: typed in {typed:.1f} s, all stored after "
+          f"{time.monotonic() - started:.1f} s")
+    labeled = admin.list_objects_v2(Bucket="mnist-inbox", Prefix="labeled/")["KeyCount"]
+    assert labeled == waiting  # each image once, named by its content
+
+    conf = {"labeled_min_test_images": 10, "labeled_accuracy_threshold": 0.5}
+    learned = _trigger(api, stack, DAG_ID, conf)
+    assert _final_state(api, stack, learned) == "success", stack.logs()
+    latest = read_latest(s3_client=admin, models_uri=MODELS_URI)
+    manifest = read_manifest(s3_client=admin, models_uri=MODELS_URI, version=latest["version"])
+    assert manifest["run_id"] == learned
+    on_labels = manifest["metrics"]["labeled"]
+    assert on_labels["gated"] is True and on_labels["test_count"] >= 10
+    assert on_labels["accuracy"] > on_labels["champion_accuracy"], on_labels
+
+    page.goto(f"{stack.url}/mnist-models/")
+    page.locator("#accuracy-chart").scroll_into_view_if_needed()
+    page.screenshot(path=SCREENSHOTS / "09-models-accuracy-chart.png")
+
+    unchanged = _trigger(api, stack, DAG_ID, conf)
+    assert _final_state(api, stack, unchanged) == "success", stack.logs()
+    tasks = api.get(f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns/{unchanged}/taskInstances", timeout=30).json()
+    assert {ti["task_id"]: ti["state"] for ti in tasks["task_instances"]}["train"] == "skipped"
+    assert read_latest(s3_client=admin, models_uri=MODELS_URI)["version"] == latest["version"]
 
 
 def test_the_models_view_needs_a_login(stack, api):

@@ -21,6 +21,8 @@ from mnist_tasks.report import REPORT_FILES
 from mnist_tasks.storage import safe_name
 from tests.e2e.conftest import ARTIFACTS_BUCKET, MODELS_BUCKET
 
+INBOX_BUCKET = "mnist-inbox"  # MNIST_LABELED_URI's default bucket, which the embedded store has
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 # Tiny data that a dense net separates easily; 20% of the test labels are
@@ -151,6 +153,52 @@ def test_a_run_with_nothing_new_trains_nothing_and_publishes_nothing_unless_forc
     other = run(23, {**PASSING_CONF, "seed": 7, "max_regression": 1.0})  # another seed: another model
     assert str(other.state) == "success", _states(other)
     assert json.loads(_objects(s3_client)["mnist/latest.json"])["version"] == 20261123020000
+
+
+def test_a_labelled_set_with_bad_files_trains_reports_them_and_a_new_label_retrains(pipeline_env, s3_client):
+    """The users' labelled digits join training; corrupt files and folders that are not digits are reported,
+    not fatal; an unchanged set trains nothing, and one more label trains again."""
+    from tests.e2e.conftest import load_dag_for_test
+    from tests.test_labeled import stroke_png
+
+    def label(relative: str, body: bytes) -> None:
+        s3_client.put_object(Bucket=INBOX_BUCKET, Key=f"labeled/{relative}", Body=body)
+
+    def run(day: int):
+        return load_dag_for_test("mnist_retraining").test(
+            logical_date=datetime(2026, 11, day, 2, 0, tzinfo=UTC), run_conf={**PASSING_CONF, "max_regression": 1.0}
+        )
+
+    for i in range(60):
+        label(f"{i % 10}/{i}.png", stroke_png(i))
+    label("10/ten.png", stroke_png(100))
+    label("x/unknown.png", stroke_png(101))
+    label("4/corrupt.png", b"\x89PNG\r\n\x1a\n cut short")
+
+    first = run(20)
+    assert str(first.state) == "success", _states(first)
+    prepared = _xcoms(first)[("prepare", "return_value")]
+    assert prepared["labeled"]["excluded"] == {"not_a_digit_folder": 2, "unreadable": 1}
+    assert prepared["labeled"]["train_count"] + prepared["labeled"]["test_count"] == 60
+    objects = _objects(s3_client)
+    manifest = json.loads(objects["mnist/20261120020000/manifest.json"])
+    assert manifest["data"]["labeled"]["excluded"] == {"not_a_digit_folder": 2, "unreadable": 1}
+    assert manifest["data"]["data_sha256"] == manifest["training_identity"]["data_sha256"] == prepared["data_sha256"]
+    assert manifest["data"]["mnist_data_sha256"] != manifest["data"]["data_sha256"]
+    assert manifest["training"]["labeled_train_count"] == prepared["labeled"]["train_count"]
+    assert manifest["metrics"]["labeled"]["test_count"] == prepared["labeled"]["test_count"]
+    report = objects["mnist/20261120020000/report.html"].decode()
+    assert "labelled test accuracy" in report and "left out: not_a_digit_folder" in report
+    assert f"s3://{INBOX_BUCKET}/labeled/4/corrupt.png" in report
+
+    unchanged = run(21)
+    assert str(unchanged.state) == "success", _states(unchanged)
+    assert _states(unchanged)["train"] == "skipped"
+
+    label("7/one-more.png", stroke_png(1000))
+    grown = run(22)
+    assert str(grown.state) == "success", _states(grown)
+    assert json.loads(_objects(s3_client)["mnist/latest.json"])["version"] == 20261122020000
 
 
 def test_a_gate_that_cannot_be_met_fails_the_run_and_publishes_nothing(pipeline_env, dag, s3_client):

@@ -232,7 +232,10 @@ def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_
             dag_id="mnist_retraining", run_id=run_id, threshold=0.0, max_regression=1.0,
         )
         identity = training_identity(data_sha256=prepared["data_sha256"], params=params)
-        return {"downloaded": downloaded, "trained": trained, "evaluated": evaluated, "identity": identity}
+        return {
+            "downloaded": downloaded, "prepared": prepared, "trained": trained, "evaluated": evaluated,
+            "identity": identity,
+        }  # fmt: skip
 
     def publish(run_id: str, version: int, outputs: dict):
         return pipeline.publish(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slow
 BUCKET = "models-ui"
 MODELS_URI = f"s3://{BUCKET}/mnist/"
 OLD, NEW = 20261122020000, 20261123020000
+MID = 20261122140000  # between the two
 PAGE = "/mnist-models/"
 REPORT = b"<!doctype html><title>report</title><h1>MNIST model</h1>"
 
@@ -58,8 +60,26 @@ def registry(monkeypatch, s3_client, aws_connection):
     return s3_client
 
 
+@pytest.fixture(scope="module")
+def plugin():
+    """plugins/mnist_models.py, imported as Airflow's plugin manager finds it: from the plugins folder,
+    which importing airflow puts on sys.path (conftest points AIRFLOW__CORE__PLUGINS_FOLDER at it)."""
+    import importlib
+
+    import airflow  # noqa: F401
+
+    return importlib.import_module("mnist_models")
+
+
 def _publish(
-    s3_client, tmp_path: Path, version: int, *, run_id: str, report: bytes | None = REPORT, params: dict | None = None
+    s3_client,
+    tmp_path: Path,
+    version: int,
+    *,
+    run_id: str,
+    report: bytes | None = REPORT,
+    params: dict | None = None,
+    metrics: dict | None = None,
 ) -> None:
     run_dir = tmp_path / str(version)
     run_dir.mkdir()
@@ -74,10 +94,22 @@ def _publish(
         dag_id="mnist_retraining",
         params=params or {"epochs": 1},
         data={"data_sha256": "c390bcee1236" + "0" * 52},
-        metrics={"accuracy": 0.97314, "passed": True, "threshold": 0.93},
+        metrics=metrics or {"accuracy": 0.97314, "passed": True, "threshold": 0.93},
         started_at=None,
     )
     publish_model(s3_client=s3_client, models_uri=MODELS_URI, version=version, files=files, manifest=manifest)
+
+
+def _publish_scored(s3_client, tmp_path: Path, scores: dict[int, tuple[float, tuple | None]]) -> list[dict]:
+    """Publish each version with its (MNIST accuracy, (labelled accuracy, test images) or None); list_versions' rows."""
+    from mnist_tasks.registry import list_versions
+
+    for version, (accuracy, labeled) in scores.items():
+        metrics = {"accuracy": accuracy, "passed": True, "threshold": 0.93}
+        if labeled is not None:
+            metrics["labeled"] = dict(zip(("accuracy", "test_count"), labeled, strict=True))
+        _publish(s3_client, tmp_path, version, run_id=f"scheduled__{version}", metrics=metrics)
+    return list_versions(s3_client=s3_client, models_uri=MODELS_URI)
 
 
 @pytest.mark.parametrize("url", [PAGE, _report_url(NEW)])
@@ -161,6 +193,7 @@ def test_an_empty_registry_says_so(client, token, registry):
 
     assert response.status_code == 200
     assert f"No model has been published to {MODELS_URI} yet" in response.text
+    assert "<svg" not in response.text
 
 
 def test_an_unreadable_registry_is_an_error_naming_it(client, token, registry, monkeypatch):
@@ -227,3 +260,108 @@ def test_a_missing_report_is_404(client, token, registry, tmp_path, version):
 
     assert response.status_code == 404
     assert str(version) in response.json()["detail"]
+
+
+def test_the_chart_runs_oldest_to_newest_with_gaps_where_a_version_has_no_labelled_accuracy(plugin, registry, tmp_path):
+    # Handed newest first, as the table lists them: the chart still runs oldest to newest.
+    rows = _publish_scored(
+        registry, tmp_path, {NEW: (0.9805, (0.9375, 512)), OLD: (0.9712, (0.912, 480)), MID: (0.9768, None)}
+    )
+
+    chart = plugin.accuracy_chart(rows[::-1])
+
+    mnist, labeled = chart["series"]
+    assert [p["version"] for p in mnist["points"]] == [OLD, MID, NEW]
+    assert [p["version"] for p in labeled["points"]] == [OLD, NEW]
+    xs = [p["x"] for p in mnist["points"]]
+    assert chart["plot"]["left"] == xs[0] < xs[1] < xs[2] == chart["plot"]["right"]
+    assert [p["x"] for p in labeled["points"]] == [xs[0], xs[2]]
+    # The pen lifts over MID: two moves, no line drawn through the missing value.
+    assert labeled["path"].count("M") == 2 and "L" not in labeled["path"]
+    assert mnist["path"].count("M") == 1 and mnist["path"].count("L") == 2
+    assert [p["test_count"] for p in labeled["points"]] == [480, 512]
+    assert [p["latest"] for p in mnist["points"]] == [False, False, True]
+    assert chart["latest"] == {"x": xs[2], "version": NEW}
+
+
+def test_the_charts_y_axis_spans_the_values_so_a_point_of_accuracy_shows(plugin, registry, tmp_path):
+    chart = plugin.accuracy_chart(_publish_scored(registry, tmp_path, {OLD: (0.97, None), NEW: (0.98, None)}))
+
+    ticks = [float(tick["label"]) for tick in chart["y_ticks"]]
+    assert ticks == sorted(ticks) and 3 <= len(ticks) <= 8
+    assert ticks[0] <= 0.97 and ticks[-1] >= 0.98 and ticks[-1] - ticks[0] <= 0.02  # not 0-1
+    old, new = chart["series"][0]["points"]
+    plot = chart["plot"]
+    assert chart["y_ticks"][0]["y"] == plot["bottom"] and chart["y_ticks"][-1]["y"] == plot["top"]
+    assert old["y"] - new["y"] >= (plot["bottom"] - plot["top"]) / 3  # up is better: SVG's y grows downward
+    assert chart["series"][1:] == []  # no labelled accuracy yet: no line, no legend entry
+
+
+@pytest.mark.parametrize("accuracy", [0.97314, 1.0])
+def test_one_version_is_charted_within_a_band_around_its_accuracy(plugin, registry, tmp_path, accuracy):
+    chart = plugin.accuracy_chart(_publish_scored(registry, tmp_path, {NEW: (accuracy, None)}))
+
+    ticks = [float(tick["label"]) for tick in chart["y_ticks"]]
+    assert ticks[0] < accuracy <= ticks[-1] <= 1.0  # never above what an accuracy can be
+    assert ticks[-1] - ticks[0] <= 0.02
+    (point,) = chart["series"][0]["points"]
+    assert point["x"] == (chart["plot"]["left"] + chart["plot"]["right"]) / 2
+    assert chart["plot"]["top"] <= point["y"] < chart["plot"]["bottom"]
+    assert "1 model version," in chart["summary"]
+
+
+def test_the_chart_leaves_out_unreadable_versions_and_is_none_without_an_accuracy(plugin, registry, tmp_path):
+    from mnist_tasks.registry import list_versions
+
+    _publish_scored(registry, tmp_path, {OLD: (0.9712, (0.91, 480)), NEW: (0.9805, None)})
+    registry.put_object(Bucket=BUCKET, Key=f"mnist/{OLD}/manifest.json", Body=b"{not json")
+    rows = list_versions(s3_client=registry, models_uri=MODELS_URI)
+
+    chart = plugin.accuracy_chart(rows)
+
+    assert rows[0]["error"] and [line["key"] for line in chart["series"]] == ["accuracy"]
+    assert [p["version"] for p in chart["series"][0]["points"]] == [NEW]
+    assert plugin.accuracy_chart(rows[:1]) is None  # only the unreadable one
+    assert plugin.accuracy_chart([]) is None
+    assert plugin.accuracy_chart([{**rows[1], "accuracy": None}]) is None  # a manifest recording no accuracy
+
+
+def test_many_versions_labels_are_thinned_around_the_latest(plugin, registry, tmp_path):
+    (row,) = _publish_scored(registry, tmp_path, {OLD: (0.97, (0.9, 480))})
+    versions = [OLD + day * 1_000_000 for day in range(40)]  # one a day, as the schedule makes them
+    rows = [{**row, "version": v, "is_latest": v == versions[25]} for v in versions]
+
+    chart = plugin.accuracy_chart(rows)
+
+    labels = chart["x_labels"]
+    assert 3 <= len(labels) < 40
+    assert [label["text"] for label in labels if label["latest"]] == [str(versions[25])]
+    gaps = [b["x"] - a["x"] for a, b in pairwise(labels)]
+    assert min(gaps) > len(str(OLD)) * plugin.LABEL_CHAR_WIDTH  # no two labels overlap
+    assert len(chart["series"][0]["points"]) == 40  # every version is still a point
+
+
+def test_the_page_charts_both_accuracies_and_lists_the_labelled_one(client, token, registry, tmp_path):
+    _publish_scored(
+        registry, tmp_path, {OLD: (0.9712, None), MID: (0.9768, (0.912, 480)), NEW: (0.9805, (0.9375, 512))}
+    )
+
+    response = client.get(PAGE, headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 200
+    page = response.text
+    chart = page[page.index("<svg") : page.index("</svg>")]
+    assert 'id="accuracy-chart"' in chart and 'role="img"' in chart
+    assert page.index("</svg>") < page.index("<table")  # above the table
+    assert "On the labelled test set, 2 of 3 versions: first 0.9120, last 0.9375" in chart  # its aria-label
+    assert chart.count('<path class="series"') == 2
+    assert chart.count('data-series="accuracy"') == chart.count('data-series="labeled_accuracy"') == 1
+    assert chart.count("<title>") == 5  # a tooltip on each point
+    assert ">latest</text>" in chart
+    assert f"<title>version {NEW} (latest): labelled test set accuracy 0.9375 on 512 images</title>" in chart
+    assert f"<title>version {OLD}: MNIST test set accuracy 0.9712</title>" in chart
+    assert "<script" not in page
+    new_row = page[page.index(f'data-version="{NEW}"') :].split("</tr>")[0]
+    assert '<td class="num" title="on 512 labelled test images">0.9375</td>' in new_row
+    old_row = page[page.index(f'data-version="{OLD}"') :].split("</tr>")[0]
+    assert '<td class="num">0.9712</td>\n<td class="num">–</td>' in old_row  # from before the labelled set
