@@ -60,7 +60,7 @@ def render_page(*, rows: list[dict[str, Any]], models_uri: str) -> str:
     from mnist_tasks.registry import training_label
 
     return (
-        _templates()
+        page_templates()
         .get_template(PAGE_TEMPLATE)
         .render(
             dag_id=DAG_ID,
@@ -175,8 +175,9 @@ def _chart_summary(drawn: list[dict[str, Any]], series: list[dict[str, Any]], la
 
 
 @cache
-def _templates() -> "jinja2.Environment":
-    """This folder's templates, autoescaped: a run id from the bucket is text, never markup."""
+def page_templates() -> "jinja2.Environment":
+    """The templates beside this file (this page's and mnist_review.py's), autoescaped: a run id or a key from
+    the bucket is text, never markup."""
     import jinja2
 
     return jinja2.Environment(
@@ -188,6 +189,25 @@ def _templates() -> "jinja2.Environment":
     )
 
 
+def protected_app(title: str) -> "FastAPI":
+    """A FastAPI app whose every route needs the right to read mnist_retraining's runs (see the module's docstring).
+
+    FastAPI serves its docs and OpenAPI schema without the app's dependencies, so without
+    a login: they are off. These pages are for people; nothing calls them as an API.
+    """
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+    from fastapi import Depends, FastAPI
+
+    return FastAPI(
+        title=title,
+        dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))],
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+
 @cache
 def create_app() -> "FastAPI":
     """The plugin's FastAPI app, built once on first use: the models page and each version's report.
@@ -195,23 +215,12 @@ def create_app() -> "FastAPI":
     Its imports live here and in the steps below because Airflow imports every
     plugin file in the scheduler and in each task process too, which never serve this app.
     """
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import requires_access_dag
-    from fastapi import Depends, FastAPI
     from fastapi import Path as PathParam
     from fastapi.responses import FileResponse, HTMLResponse
 
     from mnist_tasks.report import REPORT_FILE
 
-    app = FastAPI(
-        title="MNIST models",
-        dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))],
-        # FastAPI serves these without the app's dependencies, so without a login; the
-        # page is for people, and nothing calls it as an API.
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
+    app = protected_app("MNIST models")
 
     @app.get("/", response_class=HTMLResponse)
     def models_page() -> HTMLResponse:

@@ -38,14 +38,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+# The plugins folder is on sys.path in every Airflow process: the models page's app and templates are shared.
+from mnist_models import DAG_ID, page_templates, protected_app
+
 if TYPE_CHECKING:
-    import jinja2
     from fastapi import FastAPI, Response
 
     from mnist_tasks.labeling import ReviewItem
     from mnist_tasks.settings import Settings
 
-DAG_ID = "mnist_retraining"
 URL_PREFIX = "/mnist-review"
 # mnist_models.py's PAGE_POLICY, plus this page's own script, its images and its fetch calls.
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; img-src 'self'; connect-src 'self'"
@@ -54,7 +55,6 @@ IMAGE_POLICY = "default-src 'none'; sandbox"
 PAGE_SIZE = 200  # images rendered at once: a person labels them in minutes, a browser shows them at ease
 
 # Beside this file, so they travel with the plugins folder (the Dockerfile copies it whole).
-TEMPLATES_DIR = Path(__file__).with_name("templates")
 PAGE_TEMPLATE = "mnist_review.html.j2"
 SCRIPT = Path(__file__).with_name("static") / "mnist_review.js"
 
@@ -67,23 +67,9 @@ def render_page(*, items: "list[ReviewItem]", waiting: int, offset: int, review_
             runs.append({"run": item["run"], "items": []})
         runs[-1]["items"].append(item)
     return (
-        _templates()
+        page_templates()
         .get_template(PAGE_TEMPLATE)
         .render(runs=runs, shown=len(items), waiting=waiting, offset=offset, page_size=PAGE_SIZE, review_uri=review_uri)
-    )
-
-
-@cache
-def _templates() -> "jinja2.Environment":
-    """This folder's templates, autoescaped: a key or a source from the bucket is text, never markup."""
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
     )
 
 
@@ -96,17 +82,10 @@ def create_app() -> "FastAPI":
     """
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
-    from fastapi import Depends, FastAPI, Query, Request
+    from fastapi import Depends, Query, Request
     from fastapi.responses import FileResponse, HTMLResponse, Response
 
-    app = FastAPI(
-        title="MNIST review",
-        dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))],
-        # FastAPI serves these without the app's dependencies, so without a login.
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
+    app = protected_app("MNIST review")
     may_change_runs = [Depends(requires_access_dag("PUT", DagAccessEntity.RUN, param_dag_id=DAG_ID))]
 
     async def action_body(request: Request) -> dict[str, Any]:

@@ -62,18 +62,18 @@ def _put_item(s3_client, run: str, name: str, *, facts: Any = None) -> str:
     return key
 
 
-def _keys(s3_client, prefix: str = "") -> list[str]:
+def stored_keys(s3_client, prefix: str = "") -> list[str]:
     return sorted(item["Key"] for item in s3_client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
 
 
-def _records(s3_client) -> list[tuple[str, dict]]:
+def audit_records(s3_client) -> list[tuple[str, dict]]:
     return [
         (key, json.loads(s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
-        for key in _keys(s3_client, "review-log/")
+        for key in stored_keys(s3_client, "review-log/")
     ]
 
 
-def _next_second() -> None:
+def next_second() -> None:
     """Until the clock's second changes: S3 listings give LastModified in whole seconds."""
     start = int(time.time())
     deadline = time.monotonic() + 5
@@ -85,7 +85,7 @@ def _next_second() -> None:
 def test_the_queue_is_the_images_newest_run_first_then_by_key(store):
     # Named so that the runs' names alone would put the old one first.
     old = [_put_item(store, "a-old", name) for name in ("2.png", "1.png", "deeper/0.png")]
-    _next_second()
+    next_second()
     new = [_put_item(store, "b-new", name) for name in ("z.jpg", "a.png")]
     store.put_object(Bucket=BUCKET, Key="review/b-new/notes.txt", Body=b"not an image")
     store.put_object(Bucket=BUCKET, Key="review/b-new/._a.png", Body=b"macOS' copy")
@@ -162,8 +162,8 @@ def test_label_files_the_image_by_its_content_records_it_and_takes_it_out_of_rev
     filed = store.get_object(Bucket=BUCKET, Key=labeled_key)
     assert filed["Body"].read() == IMAGE
     assert filed["ContentType"] == "image/png"
-    assert _keys(store, "review/") == []
-    [(record_key, record)] = _records(store)
+    assert stored_keys(store, "review/") == []
+    [(record_key, record)] = audit_records(store)
     assert re.fullmatch(r"review-log/\d{4}-\d\d-\d\d/\d{8}T\d{6}\.\d{6}Z-[0-9a-f-]{36}\.json", record_key)
     assert record_key.startswith(f"review-log/{record['at'][:10]}/")
     assert record == {
@@ -184,7 +184,7 @@ def test_an_image_without_facts_is_labelled_and_its_record_says_nothing_of_the_m
 
     label_image(s3_client=store, **URIS, key=f"review/{RUN}/lone.png", digit=0, user="ada")
 
-    [(_, record)] = _records(store)
+    [(_, record)] = audit_records(store)
     assert (record["model_top3"], record["model_version"], record["source"]) == (None, None, None)
 
 
@@ -196,8 +196,8 @@ def test_discard_takes_the_image_out_unlabelled_and_records_it(store):
     )
 
     assert discarded == {"review_key": key}
-    assert _keys(store, "review/") == [] and _keys(store, "labeled/") == []
-    [(_, record)] = _records(store)
+    assert stored_keys(store, "review/") == [] and stored_keys(store, "labeled/") == []
+    [(_, record)] = audit_records(store)
     assert (record["action"], record["user"], record["review_key"]) == ("discard", "ada", key)
     assert record["model_top3"] == TOP3
     assert "labeled_key" not in record and "digit" not in record
@@ -218,7 +218,7 @@ def test_an_image_taken_out_already_is_not_found_and_nothing_is_recorded_again(s
         act()
 
     assert str(raised.value) == f"s3://{BUCKET}/{key} is not waiting for review (labelled or discarded)"
-    assert len(_records(store)) == 1
+    assert len(audit_records(store)) == 1
 
 
 @pytest.mark.parametrize(
@@ -238,12 +238,12 @@ def test_an_image_taken_out_already_is_not_found_and_nothing_is_recorded_again(s
 def test_a_bad_key_or_digit_is_a_request_error_and_changes_nothing(store, key, digit, message):
     _put_item(store, RUN, "a.png")
     store.put_object(Bucket=BUCKET, Key="labeled/3/a.png", Body=IMAGE)
-    before = _keys(store)
+    before = stored_keys(store)
 
     with pytest.raises(ReviewRequestError, match=re.escape(message)):
         label_image(s3_client=store, **URIS, key=key, digit=digit, user="ada")
 
-    assert _keys(store) == before
+    assert stored_keys(store) == before
 
 
 def test_a_waiting_image_is_read_and_nothing_else_is(store):
@@ -266,9 +266,9 @@ def test_a_store_that_refuses_the_label_raises_botocores_error_naming_the_object
 
     labeled_uri = f"s3://no-such-bucket/labeled/3/{hashlib.sha256(IMAGE).hexdigest()}.png"
     assert raised.value.__notes__ == [f"cannot write {labeled_uri}"]
-    assert _keys(store, "review/") == [key, f"{key}.json"]
+    assert stored_keys(store, "review/") == [key, f"{key}.json"]
     # Recorded first: the label that did not happen has a record, which the image's next action outdates.
-    assert [record["action"] for _, record in _records(store)] == ["label"]
+    assert [record["action"] for _, record in audit_records(store)] == ["label"]
 
 
 def test_an_unreadable_review_prefix_raises_botocores_error_naming_it(store):
@@ -305,7 +305,7 @@ def test_a_delete_the_store_answers_but_refuses_is_a_removal_error_naming_the_ob
         )
 
     assert str(raised.value) == f"cannot delete s3://{BUCKET}/{key}: AccessDenied Access Denied"
-    assert _keys(store, "review/") == [key, f"{key}.json"]
+    assert stored_keys(store, "review/") == [key, f"{key}.json"]
 
 
 @pytest.mark.parametrize(

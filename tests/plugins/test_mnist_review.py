@@ -14,15 +14,15 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.test_labeling import BUCKET, audit_records, next_second, stored_keys
+
 # Migrates an Airflow database and builds the api-server's app: about ten seconds.
 pytestmark = pytest.mark.slow
 
-BUCKET = "review-ui"
 REVIEW_URI = f"s3://{BUCKET}/review/"
 LABELED_URI = f"s3://{BUCKET}/labeled/"
 REVIEW_LOG_URI = f"s3://{BUCKET}/review-log/"
@@ -86,26 +86,6 @@ def _put_item(s3_client, run: str, name: str, *, image: bytes = IMAGE, top3: lis
     return key
 
 
-def _keys(s3_client, prefix: str) -> list[str]:
-    return [item["Key"] for item in s3_client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
-
-
-def _records(s3_client) -> list[tuple[str, dict]]:
-    return [
-        (key, json.loads(s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
-        for key in _keys(s3_client, "review-log/")
-    ]
-
-
-def _next_second() -> None:
-    """Until the clock's second changes: S3 listings give LastModified in whole seconds."""
-    start = int(time.time())
-    deadline = time.monotonic() + 5
-    while int(time.time()) == start:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-
-
 def _item_html(page: str, key: str) -> str:
     return page[page.index(f'data-review-key="{key}"') :].split("</li>")[0]
 
@@ -126,7 +106,7 @@ def test_a_request_without_a_login_is_refused(client, store, method, url, body):
     response = client.request(method, url, json=body)
 
     assert response.status_code == 401
-    assert sorted(_keys(store, "")) == [f"review/{NEW_RUN}/a.png", f"review/{NEW_RUN}/a.png.json"]
+    assert sorted(stored_keys(store, "")) == [f"review/{NEW_RUN}/a.png", f"review/{NEW_RUN}/a.png.json"]
 
 
 @pytest.mark.parametrize("page", ["docs", "redoc", "openapi.json"])
@@ -142,13 +122,13 @@ def test_a_viewer_may_look_but_not_label_or_discard(client, store):
     assert client.post(f"{PAGE}label", headers=viewer, json={"key": key, "digit": 3}).status_code == 403
     assert client.post(f"{PAGE}discard", headers=viewer, json={"key": key}).status_code == 403
     assert client.get(PAGE, headers=_bearer("nobody", None)).status_code == 403
-    assert sorted(_keys(store, "")) == [key, f"{key}.json"]
+    assert sorted(stored_keys(store, "")) == [key, f"{key}.json"]
 
 
 def test_the_page_lists_the_waiting_images_newest_run_first_with_the_models_top3(client, admin, store):
     # Named so that the runs' names alone would put the old one first.
     old = [_put_item(store, "a-old", name) for name in ("2.png", "1.png")]
-    _next_second()
+    next_second()
     new = _put_item(store, "b-new", "x<script>.png", top3=[[3, 0.4], [8, 0.35], [5, 0.1]])
     store.put_object(Bucket=BUCKET, Key="review/b-new/notes.txt", Body=b"not an image")
 
@@ -253,8 +233,8 @@ def test_label_files_the_image_by_its_content_and_records_who_did_it(client, adm
     labeled_key = f"labeled/4/{hashlib.sha256(IMAGE).hexdigest()}.png"
     assert response.json() == {"review_key": key, "labeled_key": labeled_key, "digit": 4}
     assert store.get_object(Bucket=BUCKET, Key=labeled_key)["Body"].read() == IMAGE
-    assert _keys(store, "review/") == []
-    [(record_key, record)] = _records(store)
+    assert stored_keys(store, "review/") == []
+    [(record_key, record)] = audit_records(store)
     assert re.fullmatch(r"review-log/\d{4}-\d\d-\d\d/\d{8}T\d{6}\.\d{6}Z-[0-9a-f-]{36}\.json", record_key)
     assert record_key.startswith(f"review-log/{record['at'][:10]}/")
     assert record == {
@@ -277,7 +257,7 @@ def test_the_same_image_labelled_twice_is_one_object_and_under_two_digits_a_visi
         assert client.post(f"{PAGE}label", headers=admin, json={"key": key, "digit": digit}).status_code == 200
 
     name = hashlib.sha256(IMAGE).hexdigest() + ".png"
-    assert sorted(_keys(store, "labeled/")) == [f"labeled/1/{name}", f"labeled/7/{name}"]
+    assert sorted(stored_keys(store, "labeled/")) == [f"labeled/1/{name}", f"labeled/7/{name}"]
 
 
 def test_discard_removes_the_image_unlabelled_and_records_it(client, admin, store):
@@ -286,9 +266,9 @@ def test_discard_removes_the_image_unlabelled_and_records_it(client, admin, stor
     response = client.post(f"{PAGE}discard", headers=admin, json={"key": key})
 
     assert response.status_code == 200, response.text
-    assert _keys(store, "review/") == []
-    assert _keys(store, "labeled/") == []
-    [(_, record)] = _records(store)
+    assert stored_keys(store, "review/") == []
+    assert stored_keys(store, "labeled/") == []
+    [(_, record)] = audit_records(store)
     assert record["action"] == "discard"
     assert (record["user"], record["review_key"], record["model_top3"]) == ("admin", key, TOP3)
     assert "labeled_key" not in record and "digit" not in record
@@ -303,7 +283,7 @@ def test_a_repeated_action_is_404_and_changes_nothing(client, admin, store, acti
 
     assert again.status_code == 404
     assert again.json()["detail"] == f"s3://{BUCKET}/{key} is not waiting for review (labelled or discarded)"
-    assert len(_records(store)) == 1
+    assert len(audit_records(store)) == 1
 
 
 @pytest.mark.parametrize(
@@ -329,7 +309,7 @@ def test_a_bad_label_request_is_400_and_changes_nothing(client, admin, store, bo
 
     assert response.status_code == 400
     assert detail in response.json()["detail"]
-    assert len(_keys(store, "")) == 2
+    assert len(stored_keys(store, "")) == 2
 
 
 def test_a_form_post_is_refused(client, admin, store):
@@ -345,7 +325,7 @@ def test_a_form_post_is_refused(client, admin, store):
     assert form.status_code == 415
     assert text.status_code == 415
     assert "application/json" in form.json()["detail"]
-    assert sorted(_keys(store, "")) == [key, f"{key}.json"]
+    assert sorted(stored_keys(store, "")) == [key, f"{key}.json"]
 
 
 def test_a_store_that_refuses_the_label_is_502_naming_it_and_the_image_still_waits(client, admin, store, monkeypatch):
@@ -356,7 +336,7 @@ def test_a_store_that_refuses_the_label_is_502_naming_it_and_the_image_still_wai
 
     assert response.status_code == 502
     assert f"s3://no-such-bucket/labeled/3/{hashlib.sha256(IMAGE).hexdigest()}.png" in response.json()["detail"]
-    assert sorted(_keys(store, "review/")) == [key, f"{key}.json"]
+    assert sorted(stored_keys(store, "review/")) == [key, f"{key}.json"]
 
 
 def test_a_store_that_keeps_what_it_was_told_to_delete_is_502_naming_it(client, admin, store, monkeypatch):
@@ -380,7 +360,7 @@ def test_a_store_that_keeps_what_it_was_told_to_delete_is_502_naming_it(client, 
 
     assert response.status_code == 502
     assert response.json()["detail"] == f"cannot delete s3://{BUCKET}/{key}: AccessDenied Access Denied"
-    assert sorted(_keys(store, "review/")) == [key, f"{key}.json"]
+    assert sorted(stored_keys(store, "review/")) == [key, f"{key}.json"]
 
 
 def test_an_unreadable_review_prefix_is_502_naming_it(client, admin, store, monkeypatch):
