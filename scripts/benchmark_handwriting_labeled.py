@@ -31,6 +31,8 @@ from pathlib import Path
 import benchmark_handwriting as bench
 import numpy as np
 
+from mnist_tasks.params import PARAMS
+
 # Half the packages each, alternating in FONTS' order; the six bwht variants stay together.
 LABELED_PACKAGES = ("fonts-dkg-handwriting", "fonts-bwht", "fonts-humor-sans", "fonts-rufscript", "fonts-kiloji")
 GOAL = 0.97  # what 30 labelled digits per digit should lift the default model to, on each style (issue 18)
@@ -72,7 +74,7 @@ def labeled_arrays(glyphs: Sequence[bench.Glyph], *, seed: int) -> tuple[np.ndar
     return np.stack(fields).astype(np.float32), np.array(digits, dtype=np.uint8)
 
 
-def train(*, prepared: Path, architecture: str, count: int, work_dir: Path, seed: int) -> dict:
+def train(*, prepared: Path, architecture: str, count: int, weight: int, work_dir: Path, seed: int) -> dict:
     """A model of `architecture` trained on MNIST plus `count` labelled digits per digit; its path and figures."""
     from mnist_tasks.train import train_model
 
@@ -91,6 +93,7 @@ def train(*, prepared: Path, architecture: str, count: int, work_dir: Path, seed
         out_dir=work_dir / "models" / f"{architecture}-{count}",
         architecture=architecture,
         labeled_dir=labeled_dir,
+        labeled_weight=weight,
     )
     return {
         "model_path": result["model_path"],
@@ -119,12 +122,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         for count in counts:
             print(f"training {architecture} with {count} labelled digits per digit", file=sys.stderr, flush=True)
             trained = train(
-                prepared=args.prepared, architecture=architecture, count=count, work_dir=args.work_dir, seed=args.seed
-            )
+                prepared=args.prepared, architecture=architecture, count=count, weight=args.labeled_weight,
+                work_dir=args.work_dir, seed=args.seed,
+            )  # fmt: skip
             scored = bench.score_model(ref=trained["model_path"], images_dir=images_dir)
             columns[f"{architecture} N={count}"] = {**trained, **scored}
     result = {
         "seed": args.seed,
+        "labeled_weight": args.labeled_weight,
         "labeled_fonts": [font.path.name for font in labeled_fonts],
         "held_out_fonts": [font.path.name for font in held_out],
         "images": bench.image_counts(images),
@@ -139,7 +144,8 @@ def table(result: dict) -> str:
     models = result["models"]
     width = max(12, *(len(label) for label in models))
     lines = [
-        f"Labelled digits: N per digit from {len(result['labeled_fonts'])} fonts, in each style; "
+        f"Labelled digits: N per digit from {len(result['labeled_fonts'])} fonts, in each style, each trained on "
+        f"{result['labeled_weight']} times an epoch; "
         f"scored on {result['images']['total']} images of {len(result['held_out_fonts'])} other fonts",
         f"{'accuracy':<26}" + "".join(f"{label:>{width + 2}}" for label in models),
     ]
@@ -165,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--labeled", action="append", type=int, metavar="N", help="default: 0, 10 and 30")
     parser.add_argument(
         "--work-dir", type=Path, default=bench.REPO / ".data" / "bench-handwriting-labeled", help="images and models"
+    )
+    parser.add_argument(
+        "--labeled-weight", type=int, default=PARAMS["labeled_weight"].default, help="the Param (default %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=2, help="held-out glyphs per font and digit (default 2)")

@@ -289,7 +289,7 @@ def test_the_labelled_benchmark_table_says_whether_30_digits_met_the_goal():
         }  # fmt: skip
 
     result = {
-        "labeled_fonts": ["a"], "held_out_fonts": ["b"],
+        "labeled_weight": 10, "labeled_fonts": ["a"], "held_out_fonts": ["b"],
         "images": {"total": 8, "by_style": dict.fromkeys(bench.STYLES, 2)},
         "models": {"dense N=0": column(0.9, 0), "dense N=30": column(0.975, 1200), "cnn N=30": column(0.96, 1200)},
     }  # fmt: skip
