@@ -9,6 +9,7 @@ test-artifacts/airflow-ui/. Stopping the stack must leave no process behind.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -382,8 +383,7 @@ def test_the_loop_unsure_digits_labelled_in_the_review_page_train_the_next_versi
     typed = time.monotonic() - started
     # The page moves on at once; each label is stored as the api-server gets to it (five S3 requests each).
     expect(page.locator("[data-review-key]")).to_have_count(0, timeout=RUN_TIMEOUT * 1000)
-    print(f"labelled {waiting} digits through the review page: typed in {typed:.1f} s, all stored after "
-          f"{time.monotonic() - started:.1f} s")
+    stored = time.monotonic() - started
     labeled = admin.list_objects_v2(Bucket="mnist-inbox", Prefix="labeled/")["KeyCount"]
     assert labeled == waiting  # each image once, named by its content
 
@@ -396,6 +396,13 @@ def test_the_loop_unsure_digits_labelled_in_the_review_page_train_the_next_versi
     on_labels = manifest["metrics"]["labeled"]
     assert on_labels["gated"] is True and on_labels["test_count"] >= 10
     assert on_labels["accuracy"] > on_labels["champion_accuracy"], on_labels
+    figures = {
+        "labelled": waiting, "seconds_typing": round(typed, 1), "seconds_until_all_stored": round(stored, 1),
+        "labelled_test_images": on_labels["test_count"], "accuracy": on_labels["accuracy"],
+        "champion_accuracy": on_labels["champion_accuracy"], "version": latest["version"],
+        "champion_version": manifest["metrics"]["champion"]["version"],
+    }  # fmt: skip
+    (SCREENSHOTS / "loop.json").write_text(json.dumps(figures, indent=2) + "\n")
 
     page.goto(f"{stack.url}/mnist-models/")
     page.locator("#accuracy-chart").scroll_into_view_if_needed()
