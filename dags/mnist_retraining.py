@@ -15,7 +15,7 @@ accuracy and publishes the passing model to S3-compatible storage.
   filed there by the *MNIST review* page) with `predict`'s preprocessing and
   splits them about 80/20 by content hash; a file it cannot use is counted by
   reason in the log, never failing the run. The data's checksum covers both.
-  Output: `datasets/<data sha256>/prepared/`, `datasets/<labelled set sha256>/labeled/`.
+  Output: `datasets/<data sha256>/prepared/`, `datasets/labeled/<arrays sha256>/`.
 - **anything_new** compares what the model would be a function of (the data's
   checksum, the training Params, the code and the libraries) with what the
   version `latest` points at was trained from. When they are equal, training
@@ -27,7 +27,7 @@ accuracy and publishes the passing model to S3-compatible storage.
   write-up's Flatten → Dense(hidden_units, relu) → Dense(10, softmax)) or `cnn`
   (two convolutions before that head), with Adam and a 10% validation split,
   on augmented images if `augment` says so, with the labelled training digits
-  beside MNIST's, each `labeled_weight` times. The same seed gives the same model.
+  beside MNIST's, each with the sample weight `labeled_weight`. The same seed gives the same model.
   Output: `runs/<dag>/<run>/model.keras`, its SavedModel export `saved_model/`,
   `history.json`.
 - **evaluate** measures test accuracy and loss, per-class precision and recall,
@@ -35,7 +35,7 @@ accuracy and publishes the passing model to S3-compatible storage.
   (the current `latest` model, of either architecture) on the same test set.
   It **fails the run** when accuracy is below `accuracy_threshold` or more than
   `max_regression` below the champion's. On the labelled test split it does the
-  same with `labeled_accuracy_threshold`, once that split holds
+  same with `labeled_accuracy_threshold` and `labeled_max_regression`, once that split holds
   `labeled_min_test_images` (below, its accuracy is reported, not judged).
   Output: `runs/<dag>/<run>/metrics.json`, `*.png`.
 - **publish** renders `report.html` (metrics, gate, lineage, pictures), uploads
@@ -115,7 +115,8 @@ def download() -> dict:
             s3_client=client,
         )
 
-@task(multiple_outputs=False, execution_timeout=timedelta(minutes=10))
+# Long enough to decode a labelled set of 100,000 images, one at a time, every night.
+@task(multiple_outputs=False, execution_timeout=timedelta(minutes=30))
 def prepare(downloaded: dict) -> dict:
     import logging
 
@@ -211,6 +212,7 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
             threshold=p["accuracy_threshold"],
             max_regression=p["max_regression"],
             labeled_threshold=p["labeled_accuracy_threshold"],
+            labeled_max_regression=p["labeled_max_regression"],
             labeled_min_test_images=p["labeled_min_test_images"],
         )
     if not result["passed"]:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 METRICS_FILE = "metrics.json"
 PREDICT_BATCH = 2048
 DEFAULT_MAX_REGRESSION = 0.005
+DEFAULT_LABELED_MAX_REGRESSION = 0.02
 # Accuracies are counts over the same test set, so a difference of exactly the
 # tolerance is common, yet 0.98 - 0.975 is 0.0050000000000000044 in floating
 # point. This absorbs that rounding and nothing a test set could measure.
@@ -168,6 +169,7 @@ class LabeledEvaluation(TypedDict):
     confusion_matrix: list[list[int]]
     champion_accuracy: float | None
     threshold: float
+    max_regression: float
     min_test_images: int
     gated: bool
     """False when the split has fewer than min_test_images: its figure is reported, not judged."""
@@ -195,14 +197,15 @@ def evaluate_model(
     history_path: Path | None = None,
     labeled_dir: Path | None = None,
     labeled_threshold: float = 0.0,
+    labeled_max_regression: float = DEFAULT_LABELED_MAX_REGRESSION,
     labeled_min_test_images: int = 1,
 ) -> Evaluation:
     """Evaluate the model (and the champion, if any) on cache_dir's test set (x_test.npy, y_test.npy); apply the gate.
 
     With `labeled_dir` (the users' labelled test split, the same two files), both models are
     measured there too, and the gate holds there as well: `labeled_threshold`, and
-    `max_regression` against the champion. A split of fewer than `labeled_min_test_images`
-    is measured and reported, not judged.
+    `labeled_max_regression` against the champion. A split of fewer than
+    `labeled_min_test_images` is measured and reported, not judged.
 
     Writes out_dir/metrics.json and the report pictures (report.PICTURES; the
     training curves only with the run's history.json). Each model is loaded
@@ -228,7 +231,7 @@ def evaluate_model(
             labeled_dir,
             threshold=labeled_threshold,
             min_test_images=labeled_min_test_images,
-            max_regression=max_regression,
+            max_regression=labeled_max_regression,
         )
     gate = _gate(
         tested, threshold=threshold, champion_accuracy=champion_accuracy, max_regression=max_regression, labeled=labeled
@@ -359,6 +362,7 @@ def _evaluate_labeled(
         "confusion_matrix": tested.confusion.tolist(),
         "champion_accuracy": champion_accuracy,
         "threshold": threshold,
+        "max_regression": max_regression,
         "min_test_images": min_test_images,
         "gated": gated,
         "passed": passed,

@@ -10,20 +10,25 @@ images by hand. Every night `prepare` reads the whole set:
   1 in 5), else in the training split. The split is a function of the content alone, so a
   file never changes split as the set grows, and no image is tested that was trained on;
 - a file that cannot be used is left out and counted by reason (EXCLUSION_REASONS), never
-  failing the night. The same image under two digits is left out under both: nobody knows
-  which label is right. The same image twice under one digit counts once.
+  failing the night: `not_a_digit_folder` (not in a folder 0-9 directly below the set),
+  `not_an_image` (by its name), `too_large` (beyond predict's limits), `unreadable`, `blank`
+  (no ink), `conflicting_labels` (the same image under two digits: left out under both, since
+  nobody knows which label is right) and `duplicate` (the same image again under one digit:
+  one copy is used).
 
 The set's identity (`sha256`) covers each image's sha256 and label, not its name: renaming
-a file changes nothing, relabelling one changes the data and so the next night trains.
+a file changes nothing, relabelling one changes the data. What a model trained on it is a
+function of is the training split's (`train_sha256`): images that only join the test split
+change the gate's figures, not the model, so they do not make a night train again.
 An empty or missing set is the normal first state: no arrays, no identity.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from mnist_tasks.model import IMAGE_SHAPE
@@ -34,17 +39,13 @@ if TYPE_CHECKING:  # the DAG's tasks import this module's types for their XCom, 
 
 TEST_SHARE_DIVISOR = 5  # 1 in 5 images (by content hash) is for testing: the "about 80/20" split
 FETCHERS = 8  # GETs in flight: the set is many small objects, so latency, not bandwidth, is the cost
+FETCHED_AHEAD = 2 * FETCHERS  # files held at most while this thread decodes
 EXCLUDED_FILES_SHOWN = 100  # the summary names this many excluded files; the counts cover all
-# Why a file was left out; the summary counts each, in this order.
-EXCLUSION_REASONS = {
-    "not_a_digit_folder": "not in a folder named 0-9 directly under the labelled set",
-    "not_an_image": "not an image file by its name",
-    "too_large": "larger than predict accepts",
-    "unreadable": "predict's preprocessing cannot read it",
-    "blank": "predict's preprocessing finds no ink in it",
-    "conflicting_labels": "the same image is under two or more digits",
-    "duplicate": "the same image again under the same digit (one copy is used)",
-}
+DETAIL_CHARS = 300  # of an excluded file's URI and detail: what a person reads, not a whole error
+# Why a file was left out (see the module's docstring); the summary counts each, in this order.
+EXCLUSION_REASONS = (
+    "not_a_digit_folder", "not_an_image", "too_large", "unreadable", "blank", "conflicting_labels", "duplicate",
+)
 
 
 class LabeledImage(NamedTuple):
@@ -65,6 +66,8 @@ class LabeledSet(TypedDict):
     uri: str | None
     sha256: str | None
     """Of the images' sha256s and labels; None for an empty set."""
+    train_sha256: str | None
+    """The same of the training split alone: what a model trained on the set is a function of."""
     train_count: int
     test_count: int
     excluded: dict[str, int]
@@ -117,53 +120,90 @@ def _listed(s3_client: Any, labeled_uri: str) -> Iterator[tuple[str, int]]:
 
 
 def read_labeled_set(*, s3_client: Any, labeled_uri: str) -> tuple[list[LabeledImage], list[ExcludedFile]]:
-    """Every usable image of the set (sorted by sha256, duplicates and conflicts resolved) and what was left out."""
-    from botocore.exceptions import ClientError
+    """Every usable image of the set (sorted by sha256, duplicates and conflicts resolved) and what was left out.
 
-    from mnist_tasks.preprocess import MAX_FILE_BYTES, ImageError, check_file_size, digits_in_bytes, is_image_name
+    FETCHERS threads only fetch; the images are decoded one at a time in this thread, with at
+    most FETCHED_AHEAD files held, so memory and CPU stay bounded whatever the files are.
+    """
+    from mnist_tasks.preprocess import ImageError, ImageTooLargeError, check_file_size, digits_in_bytes
 
-    labeled_uri = directory_uri(labeled_uri)
-    bucket, prefix = split_s3_dir(labeled_uri)
-    excluded: list[ExcludedFile] = []
-    wanted: list[tuple[str, int]] = []
-    for key, size in _listed(s3_client, labeled_uri):
-        uri = f"s3://{bucket}/{key}"
-        relative = key.removeprefix(prefix)
-        digit = _digit_of(relative)
-        if digit is None:
-            excluded.append({"uri": uri, "reason": "not_a_digit_folder", "detail": relative})
-        elif not is_image_name(relative.rpartition("/")[2]):
-            excluded.append({"uri": uri, "reason": "not_an_image", "detail": relative})
-        elif size > MAX_FILE_BYTES:
-            excluded.append({"uri": uri, "reason": "too_large", "detail": f"{size} bytes, limit {MAX_FILE_BYTES}"})
-        else:
-            wanted.append((key, digit))
-
-    def read(key_digit: tuple[str, int]) -> LabeledImage | ExcludedFile | None:
-        key, digit = key_digit
-        uri = f"s3://{bucket}/{key}"
-        try:
-            data = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as err:
-            if is_missing(err):  # deleted since it was listed: no longer part of the set
-                return None
-            raise
-        try:
-            check_file_size(uri, len(data))  # it may have grown since it was listed
-            fields = digits_in_bytes(data, name=uri)
-        except ImageError as err:
-            reason = "too_large" if len(data) > MAX_FILE_BYTES else "unreadable"
-            return {"uri": uri, "reason": reason, "detail": str(err)}
-        if not fields:
-            return {"uri": uri, "reason": "blank", "detail": "no ink"}
-        return LabeledImage(uri, digit, hashlib.sha256(data).hexdigest(), fields[0])
-
+    bucket, _ = split_s3_dir(labeled_uri)
+    wanted, excluded = _candidates(s3_client, directory_uri(labeled_uri))
+    images: list[LabeledImage] = []
     with ThreadPoolExecutor(FETCHERS) as pool:
-        results = list(pool.map(read, wanted))
-    images = [r for r in results if isinstance(r, LabeledImage)]
-    excluded += [r for r in results if isinstance(r, dict)]
+        for (key, digit), data in _fetched(pool, s3_client, bucket, wanted):
+            uri = f"s3://{bucket}/{key}"
+            if data is None:  # deleted since it was listed: no longer part of the set
+                continue
+            try:
+                check_file_size(uri, len(data))  # it may have grown since it was listed
+                fields = digits_in_bytes(data, name=uri)
+            except ImageError as err:
+                reason = "too_large" if isinstance(err, ImageTooLargeError) else "unreadable"
+                excluded.append(_excluded(uri, reason, str(err)))
+                continue
+            if not fields:
+                excluded.append(_excluded(uri, "blank", "no ink"))
+            else:
+                images.append(LabeledImage(uri, digit, hashlib.sha256(data).hexdigest(), fields[0]))
     kept, left_out = _resolve_duplicates(images)
     return kept, excluded + left_out
+
+
+def _candidates(s3_client: Any, labeled_uri: str) -> tuple[list[tuple[str, int]], list[ExcludedFile]]:
+    """((key, digit) of each file that may be a labelled image, the files the listing alone rules out)."""
+    from mnist_tasks.preprocess import MAX_FILE_BYTES, is_image_name
+
+    bucket, prefix = split_s3_dir(labeled_uri)
+    wanted: list[tuple[str, int]] = []
+    excluded: list[ExcludedFile] = []
+    for key, size in _listed(s3_client, labeled_uri):
+        uri, relative = f"s3://{bucket}/{key}", key.removeprefix(prefix)
+        digit = _digit_of(relative)
+        if key.endswith("/"):
+            continue  # a folder's marker object, as S3 consoles make them
+        if digit is None:
+            excluded.append(_excluded(uri, "not_a_digit_folder", relative))
+        elif not is_image_name(relative.rpartition("/")[2]):
+            excluded.append(_excluded(uri, "not_an_image", relative))
+        elif size > MAX_FILE_BYTES:
+            excluded.append(_excluded(uri, "too_large", f"{size} bytes, limit {MAX_FILE_BYTES}"))
+        else:
+            wanted.append((key, digit))
+    return wanted, excluded
+
+
+def _fetched(
+    pool: ThreadPoolExecutor, s3_client: Any, bucket: str, wanted: list[tuple[str, int]]
+) -> Iterator[tuple[tuple[str, int], bytes | None]]:
+    """Each wanted file with its bytes (None: gone since the listing), in order, at most FETCHED_AHEAD ahead."""
+    from botocore.exceptions import ClientError
+
+    def fetch(key: str) -> bytes | None:
+        try:
+            return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as err:
+            if is_missing(err):
+                return None
+            raise
+
+    pending: deque[tuple[tuple[str, int], Future]] = deque()
+    for candidate in wanted:
+        if len(pending) >= FETCHED_AHEAD:
+            done, future = pending.popleft()
+            yield done, future.result()
+        pending.append((candidate, pool.submit(fetch, candidate[0])))
+    while pending:
+        done, future = pending.popleft()
+        yield done, future.result()
+
+
+def _excluded(uri: str, reason: str, detail: str) -> ExcludedFile:
+    """A file left out, its URI and detail cut to DETAIL_CHARS: the summary travels in XCom and the manifest."""
+    def cut(text: str) -> str:
+        return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 1] + "…"
+
+    return {"uri": cut(uri), "reason": reason, "detail": cut(detail)}
 
 
 def _resolve_duplicates(images: list[LabeledImage]) -> tuple[list[LabeledImage], list[ExcludedFile]]:
@@ -176,12 +216,12 @@ def _resolve_duplicates(images: list[LabeledImage]) -> tuple[list[LabeledImage],
     for _, copies in sorted(by_content.items()):
         digits = sorted({copy.digit for copy in copies})
         if len(digits) > 1:
-            labels = ", ".join(f"{copy.digit} ({copy.uri})" for copy in copies)
-            excluded += [{"uri": c.uri, "reason": "conflicting_labels", "detail": f"labelled {labels}"} for c in copies]
+            detail = f"the same image is labelled {' and '.join(map(str, digits))} ({len(copies)} copies)"
+            excluded += [_excluded(c.uri, "conflicting_labels", detail) for c in copies]
             continue
         first, *repeats = copies
         kept.append(first)
-        excluded += [{"uri": c.uri, "reason": "duplicate", "detail": f"same image as {first.uri}"} for c in repeats]
+        excluded += [_excluded(c.uri, "duplicate", f"the same image as {first.uri}") for c in repeats]
     return kept, excluded
 
 
@@ -207,6 +247,7 @@ def summary(*, labeled_uri: str | None, images: list[LabeledImage], excluded: li
     return {
         "uri": None if labeled_uri is None else directory_uri(labeled_uri),
         "sha256": set_sha256(images),
+        "train_sha256": set_sha256([image for image in images if not is_test_image(image.sha256)]),
         "train_count": len(images) - test_count,
         "test_count": test_count,
         "excluded": {reason: counts[reason] for reason in EXCLUSION_REASONS if counts[reason]},

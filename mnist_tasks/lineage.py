@@ -6,10 +6,11 @@ would publish that version again under a new number. `compare_with_latest` tells
 to stop after `prepare` instead (its `force` Param retrains anyway).
 
 The inputs are summed up in a `TrainingIdentity`, which publish records in the manifest:
-- `data_sha256`: the dataset's identity (`prepare`'s);
+- `data_sha256`: the identity of what trains (`prepare`'s `training_data_sha256`: MNIST's files
+  and the labelled set's training split);
 - `params`: the training Params as the run was given them (gate Params do not shape the model);
 - `code_sha256`: every source file of this package, by path and content;
-- `libraries`: the versions of TensorFlow, Keras and NumPy.
+- `libraries`: the versions of TensorFlow, Keras, NumPy and Pillow.
 A version published before identities existed has none, so the first run after an
 upgrade trains and publishes once. Nor does a version count whose files no longer verify
 or whose TensorFlow Serving copy is incomplete: the run publishes a whole one again.
@@ -29,8 +30,9 @@ from typing import Any, TypedDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 INPUTS = ("data_sha256", "params", "code_sha256", "libraries")  # what a TrainingIdentity sums up
-# Of the libraries a manifest records, those whose version can change the weights (not boto3 or Airflow).
-MODEL_LIBRARIES = ("tensorflow", "keras", "numpy")
+# Of the libraries a manifest records, those whose version can change the weights (not boto3 or Airflow):
+# Pillow decodes the users' labelled images before they train.
+MODEL_LIBRARIES = ("tensorflow", "keras", "numpy", "pillow")
 
 
 class TrainingIdentity(TypedDict):

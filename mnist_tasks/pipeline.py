@@ -48,6 +48,8 @@ class PreparedLabeled(LabeledSet):
 class Prepared(TypedDict):
     data_sha256: str
     """The dataset's identity: MNIST's and the labelled set's (labeled.combined_data_sha256)."""
+    training_data_sha256: str
+    """The same of what trains (MNIST and the labelled training split): part of the training identity."""
     mnist_data_sha256: str
     cache_hit: bool
     """True when the store already held the prepared arrays of this MNIST data."""
@@ -126,6 +128,7 @@ def prepare(
     return {
         **mnist,
         "data_sha256": combined_data_sha256(mnist["data_sha256"], labeled["sha256"]),
+        "training_data_sha256": combined_data_sha256(mnist["data_sha256"], labeled["train_sha256"]),
         "mnist_data_sha256": mnist["data_sha256"],
         "labeled": labeled,
     }
@@ -168,10 +171,15 @@ def _prepare_mnist(*, store: ArtifactStore, downloaded: Downloaded, cache_root: 
 def _prepare_labeled(
     *, store: ArtifactStore, s3_client: Any, labeled_uri: str | None, cache_root: Path
 ) -> PreparedLabeled:
-    """The labelled set's summary, with its arrays in the store under `datasets/<set sha256>/labeled/`."""
+    """The labelled set's summary, with its arrays in the store under `datasets/labeled/<their sha256>/`.
+
+    Keyed by the arrays' own content, not the set's: the same files make other arrays once the
+    preprocessing changes, and a key never names two contents.
+    """
+    import hashlib
+
     import numpy as np
 
-    from mnist_tasks.dataset import ARRAY_NAMES
     from mnist_tasks.labeled import read_labeled_set, split_arrays, summary
     from mnist_tasks.storage import atomic_path
 
@@ -179,17 +187,19 @@ def _prepare_labeled(
     found = summary(labeled_uri=labeled_uri, images=images, excluded=excluded)
     if found["sha256"] is None:
         return {**found, "arrays": {}}
-    keys = {name: dataset_key(found["sha256"], "labeled", f"{name}.npy") for name in ARRAY_NAMES}
-    stored = {name: store.find(key) for name, key in keys.items()}
-    if all(stored.values()):
-        return {**found, "arrays": {name: ref for name, ref in stored.items() if ref is not None}}
     local_dir = cache_root / "labeled" / found["sha256"][:16]
     local_dir.mkdir(parents=True, exist_ok=True)
-    arrays = {}
+    local = {}
     for name, array in split_arrays(images).items():
         with atomic_path(local_dir / f"{name}.npy", suffix=".npy") as tmp:
             np.save(tmp, array, allow_pickle=False)
-        arrays[name] = store.put(local_dir / f"{name}.npy", keys[name])
+        local[name] = local_dir / f"{name}.npy"
+    content = hashlib.sha256("".join(sha256_file(path) for _, path in sorted(local.items())).encode()).hexdigest()
+    arrays = {}
+    for name, path in local.items():
+        key = dataset_key("labeled", content, f"{name}.npy")
+        stored = store.find(key)
+        arrays[name] = stored if stored is not None else store.put(path, key)
     return {**found, "arrays": arrays}
 
 
@@ -203,7 +213,7 @@ def novelty(
     if not prepared["labeled"]["train_count"]:
         # Without labelled images to weigh it changes nothing, so it is not part of what the model is a function of.
         params = {name: value for name, value in params.items() if name != "labeled_weight"}
-    identity = training_identity(data_sha256=prepared["data_sha256"], params=params)
+    identity = training_identity(data_sha256=prepared["training_data_sha256"], params=params)
     comparison = compare_with_latest(s3_client=s3_client, models_uri=models_uri, identity=identity)
     latest, changed = comparison["latest_version"], comparison["changed"]
     unchanged_since = latest if latest is not None and not changed else None
@@ -286,6 +296,7 @@ def evaluate(
     threshold: float,
     max_regression: float,
     labeled_threshold: float = PARAMS["labeled_accuracy_threshold"].default,
+    labeled_max_regression: float = PARAMS["labeled_max_regression"].default,
     labeled_min_test_images: int = PARAMS["labeled_min_test_images"].default,
 ) -> dict[str, Any]:
     """The gate's verdict on the trained model, against the champion (`latest`) on the same test sets
@@ -314,6 +325,7 @@ def evaluate(
             threshold=threshold,
             max_regression=max_regression,
             labeled_threshold=labeled_threshold,
+            labeled_max_regression=labeled_max_regression,
             labeled_min_test_images=labeled_min_test_images,
             champion=champion,
             history_path=history_path,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -76,8 +77,17 @@ TARGET_STROKE = 2.0
 SUPERSAMPLE = 4
 
 
+# What Pillow raises on a corrupt file besides OSError and ValueError: its PNG reader a SyntaxError
+# ("broken PNG file"), other readers EOFError, struct.error or IndexError on data cut short or mangled.
+PILLOW_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
+
+
 class ImageError(ValueError):
     """An input cannot be used as a digit image: missing, not an image, unreadable, too large."""
+
+
+class ImageTooLargeError(ImageError):
+    """The file, or the canvas its header declares, is over a limit (refused before decoding)."""
 
 
 def is_image_name(name: str) -> bool:
@@ -88,7 +98,7 @@ def is_image_name(name: str) -> bool:
 def check_file_size(name: str | Path, size: int, *, max_bytes: int = MAX_FILE_BYTES) -> None:
     """ImageError naming the file when it is larger than `max_bytes`."""
     if size > max_bytes:
-        raise ImageError(f"{name}: file too large: {size} bytes, limit {max_bytes}")
+        raise ImageTooLargeError(f"{name}: file too large: {size} bytes, limit {max_bytes}")
 
 
 def digits_in_file(path: Path, *, multi: bool) -> list[np.ndarray]:
@@ -133,19 +143,21 @@ def _opened(open_header: Callable[[], Image.Image], name: str | Path, *, max_pix
         image = open_header()
     except Image.DecompressionBombError as exc:
         # Pillow checks its own, higher limit while reading the header, before we see the size.
-        raise ImageError(f"{name}: image too large: {exc}") from exc
+        raise ImageTooLargeError(f"{name}: image too large: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not an image (no format Pillow can read)") from exc
-    except (OSError, ValueError) as exc:
+    except PILLOW_DECODE_ERRORS as exc:
         raise ImageError(f"{name}: unreadable image: {exc}") from exc
     with image:
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageError(f"{name}: image too large: {width}x{height} = {width * height} pixels, limit {max_pixels}")
+            raise ImageTooLargeError(
+                f"{name}: image too large: {width}x{height} = {width * height} pixels, limit {max_pixels}"
+            )
         try:
             image.load()
             return ImageOps.exif_transpose(image)
-        except (OSError, ValueError) as exc:  # truncated or corrupt data; Pillow raises both
+        except PILLOW_DECODE_ERRORS as exc:  # truncated or corrupt data
             raise ImageError(f"{name}: unreadable image: {exc}") from exc
 
 

@@ -51,6 +51,7 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "tensorflow": ("tensorflow", "tensorflow-cpu"),
     "keras": ("keras",),
     "numpy": ("numpy",),
+    "pillow": ("pillow",),
     "boto3": ("boto3",),
     "apache-airflow": ("apache-airflow",),
     "apache-airflow-providers-amazon": ("apache-airflow-providers-amazon",),

@@ -50,7 +50,7 @@ class TrainResult(TypedDict):
     train_count: int
     """MNIST images in the training set, validation part included."""
     labeled_train_count: int
-    """Labelled images trained on (each labeled_weight times)."""
+    """Labelled images trained on (each with the sample weight labeled_weight)."""
     seconds: float
     """All of it: loading the arrays, building, fitting and saving the model."""
     fit_seconds: float
@@ -77,9 +77,9 @@ def train_model(
     """Train on cache_dir's x_train.npy and y_train.npy; write out_dir/model.keras and out_dir/history.json.
 
     With `labeled_dir` (the users' labelled training split, the same two files), its images
-    join the training part, each `labeled_weight` times (oversampling: a weight of 10 shows
-    each ten times an epoch). Validation stays on MNIST's held-out part, so its figures
-    compare across runs with and without labelled images.
+    join the training part, each with the sample weight `labeled_weight` (an MNIST image's is
+    1): a weight of 10 counts each as much in the loss as ten MNIST images. Validation stays
+    on MNIST's held-out part, so its figures compare across runs with and without labelled images.
 
     The same seed and data give the same weights: all seeds are set from `seed`
     and TensorFlow runs deterministic kernels (a process-wide switch, slightly slower).
@@ -147,10 +147,13 @@ def _fit(
     held_out = math.floor(len(images) * (1 - params["validation_split"]))
     validation = (images[held_out:], labels[held_out:])
     images, labels = images[:held_out], labels[:held_out]
+    weights = None
     if labeled is not None:
-        repeats = params["labeled_weight"]
-        images = np.concatenate([images, np.repeat(labeled[0], repeats, axis=0)])
-        labels = np.concatenate([labels, np.repeat(labeled[1], repeats, axis=0)])
+        # A sample weight, not copies: memory and the epoch's length stay those of the images themselves.
+        weights = np.ones(len(images) + len(labeled[1]), np.float32)
+        weights[len(images) :] = params["labeled_weight"]
+        images = np.concatenate([images, labeled[0]])
+        labels = np.concatenate([labels, labeled[1]])
     train_count = len(images)
     steps_per_epoch = math.ceil(train_count / params["batch_size"])
     model = build_model(
@@ -163,7 +166,7 @@ def _fit(
     )
     if params["augment"] == "on":
         training = {
-            "x": _augmented(params, images, labels),
+            "x": _augmented(params, images, labels, weights),
             "steps_per_epoch": steps_per_epoch,
             "shuffle": False,  # the stream shuffles itself, seeded
         }
@@ -171,6 +174,7 @@ def _fit(
         training = {
             "x": images,
             "y": labels,
+            "sample_weight": weights,
             "batch_size": params["batch_size"],
             "shuffle": True,
         }
@@ -189,8 +193,9 @@ def _fit(
     return model, history
 
 
-def _augmented(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> Any:
-    """An endless tf.data stream of shuffled, augmented training batches (augment.py), seeded by params["seed"].
+def _augmented(params: dict[str, Any], images: np.ndarray, labels: np.ndarray, weights: np.ndarray | None) -> Any:
+    """An endless tf.data stream of shuffled, augmented training batches (augment.py), seeded by params["seed"],
+    with each image's sample weight when `weights` is given.
 
     Endless, with fit's steps_per_epoch, so that each epoch continues the stream:
     every epoch gets a new shuffle and new random transforms, yet the run is reproducible.
@@ -200,8 +205,9 @@ def _augmented(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -
     from mnist_tasks.augment import augment_batch
 
     seed = params["seed"]
+    columns = (images, labels) if weights is None else (images, labels, weights)
     batches = (
-        tf.data.Dataset.from_tensor_slices((images, labels))
+        tf.data.Dataset.from_tensor_slices(columns)
         .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         .repeat()
         .batch(params["batch_size"])
@@ -211,7 +217,7 @@ def _augmented(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -
     return (
         tf.data.Dataset.zip(batches, batch_seeds)
         .map(
-            lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), batch[1]),
+            lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), *batch[1:]),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mnist_tasks.labeled import is_test_image, read_labeled_set, split_arrays, summary
+from tests.test_preprocess import png_with_a_broken_chunk
 
 BUCKET = "inbox"
 LABELED_URI = f"s3://{BUCKET}/labeled/"
@@ -52,6 +53,8 @@ def test_a_set_with_bad_files_keeps_the_good_ones_and_counts_the_rest_by_reason(
     inbox("3/deeper/nested.png", stroke_png(103))
     inbox("4/notes.txt", b"not an image")
     inbox("5/corrupt.png", b"\x89PNG\r\n\x1a\n but not really")
+    inbox("5/broken-chunk.png", png_with_a_broken_chunk(stroke_png(300)))  # Pillow raises SyntaxError on it
+    inbox("5/", b"")  # a folder's marker object, as S3 consoles make them: not a file
     inbox("6/blank.png", blank_png())
     inbox("7/again.png", stroke_png(7))  # good-7.png again, under its own digit
     inbox("8/disputed.png", stroke_png(200))
@@ -67,7 +70,7 @@ def test_a_set_with_bad_files_keeps_the_good_ones_and_counts_the_rest_by_reason(
     assert found["excluded"] == {
         "not_a_digit_folder": 4,
         "not_an_image": 1,
-        "unreadable": 1,
+        "unreadable": 2,
         "blank": 1,
         "conflicting_labels": 2,
         "duplicate": 1,
@@ -76,6 +79,8 @@ def test_a_set_with_bad_files_keeps_the_good_ones_and_counts_the_rest_by_reason(
     assert reasons["10/ten.png"] == reasons["x/what.png"] == "not_a_digit_folder"
     assert reasons["5/corrupt.png"] == "unreadable"
     assert reasons["8/disputed.png"] == reasons["9/disputed.png"] == "conflicting_labels"
+    details = {file["uri"].removeprefix(LABELED_URI): file["detail"] for file in found["excluded_files"]}
+    assert details["8/disputed.png"] == "the same image is labelled 8 and 9 (2 copies)"
     assert found["train_count"] + found["test_count"] == 20
     assert {i.field.shape for i in images} == {(28, 28)}
     good = {i.uri.removeprefix(LABELED_URI + "0/"): i for i in images if i.digit == 0}
@@ -114,6 +119,24 @@ def test_the_identity_follows_content_and_labels_not_names(s3_client, inbox):
     s3_client.delete_object(Bucket=BUCKET, Key="labeled/2/renamed.png")
     inbox("3/renamed.png", stroke_png(2))  # relabelled
     assert identity() not in (first, None)
+
+
+def test_an_image_that_lands_in_the_test_split_leaves_the_training_identity_as_it_was(s3_client, inbox):
+    def identities() -> tuple[str | None, str | None]:
+        images, excluded = read_labeled_set(s3_client=s3_client, labeled_uri=LABELED_URI)
+        found = summary(labeled_uri=LABELED_URI, images=images, excluded=excluded)
+        return found["sha256"], found["train_sha256"]
+
+    for i in range(10):
+        inbox(f"{i}/{i}.png", stroke_png(i))
+    whole, trained = identities()
+    seeds = range(100, 300)
+    tested = next(seed for seed in seeds if is_test_image(hashlib.sha256(stroke_png(seed)).hexdigest()))
+    inbox(f"4/{tested}.png", stroke_png(tested))
+    assert identities() == (identities()[0], trained) and identities()[0] != whole
+    trains = next(seed for seed in seeds if not is_test_image(hashlib.sha256(stroke_png(seed)).hexdigest()))
+    inbox(f"4/{trains}.png", stroke_png(trains))
+    assert identities()[1] != trained
 
 
 def test_a_missing_bucket_is_an_empty_set(s3_client):

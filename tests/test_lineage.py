@@ -36,7 +36,8 @@ def test_the_identity_changes_with_the_data_and_the_params_and_not_with_their_or
     assert identity == training_identity(data_sha256="d" * 64, params=dict(reversed(PARAMS.items())))
     assert identity == training_identity(data_sha256="d" * 64, params={**PARAMS, "epochs": 4.0})
     assert identity["code_sha256"] == code_sha256()
-    assert set(identity["libraries"]) == {"tensorflow", "keras", "numpy"} and identity["libraries"]["tensorflow"]
+    assert set(identity["libraries"]) == {"tensorflow", "keras", "numpy", "pillow"}
+    assert identity["libraries"]["tensorflow"]
     assert training_identity(data_sha256="e" * 64, params=PARAMS)["sha256"] != identity["sha256"]
     assert training_identity(data_sha256="d" * 64, params={**PARAMS, "seed": 7})["sha256"] != identity["sha256"]
 

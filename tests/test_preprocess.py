@@ -107,6 +107,20 @@ def mnist_style(digit: int) -> np.ndarray:
     return field
 
 
+def png_with_a_broken_chunk(png: bytes) -> bytes:
+    """`png` with the second half of its pixel data in a chunk whose type is not letters."""
+    start = png.index(b"IDAT") - 4
+    length = struct.unpack(">I", png[start : start + 4])[0]
+    pixels = png[start + 8 : start + 8 + length]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    half = len(pixels) // 2
+    broken = chunk(b"IDAT", pixels[:half]) + chunk(b"\x9fTl\xd8", pixels[half:])
+    return png[:start] + broken + png[start + 12 + length :]
+
+
 def png_header_only(path: Path, *, width: int, height: int) -> Path:
     """A valid PNG signature and header claiming width x height, with no pixel data at all."""
 
@@ -298,11 +312,14 @@ def test_load_image_names_the_file_and_the_problem(tmp_path):
     glyph(1).save(good)
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:200])
+    broken_chunk = tmp_path / "broken-chunk.png"  # Pillow's PNG reader raises SyntaxError on it
+    broken_chunk.write_bytes(png_with_a_broken_chunk(good.read_bytes()))
 
     cases = [
         (tmp_path / "missing.png", {}, "cannot read"),
         (text, {}, "not an image"),
         (truncated, {}, "unreadable image"),
+        (broken_chunk, {}, "unreadable image: broken PNG file"),
         (good, {"max_bytes": 100}, f"file too large: {good.stat().st_size} bytes, limit 100"),
         (good, {"max_pixels": 1000}, f"image too large: {glyph(1).width}x{glyph(1).height}"),
     ]

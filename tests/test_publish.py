@@ -121,6 +121,7 @@ def test_build_manifest_records_provenance() -> None:
         "tensorflow",
         "keras",
         "numpy",
+        "pillow",
         "boto3",
         "apache-airflow",
         "apache-airflow-providers-amazon",

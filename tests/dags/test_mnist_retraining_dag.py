@@ -97,6 +97,7 @@ def test_params_have_descriptions_and_defaults(dag):
         "accuracy_threshold": 0.93,
         "max_regression": 0.005,
         "labeled_accuracy_threshold": 0.8,
+        "labeled_max_regression": 0.02,
         "labeled_min_test_images": 50,
         "force": False,
     }

@@ -158,8 +158,10 @@ def test_a_run_with_nothing_new_trains_nothing_and_publishes_nothing_unless_forc
 def test_a_labelled_set_with_bad_files_trains_reports_them_and_a_new_label_retrains(pipeline_env, s3_client):
     """The users' labelled digits join training; corrupt files and folders that are not digits are reported,
     not fatal; an unchanged set trains nothing, and one more label trains again."""
+    from mnist_tasks.labeled import is_test_image
     from tests.e2e.conftest import load_dag_for_test
     from tests.test_labeled import stroke_png
+    from tests.test_preprocess import png_with_a_broken_chunk
 
     def label(relative: str, body: bytes) -> None:
         s3_client.put_object(Bucket=INBOX_BUCKET, Key=f"labeled/{relative}", Body=body)
@@ -174,17 +176,21 @@ def test_a_labelled_set_with_bad_files_trains_reports_them_and_a_new_label_retra
     label("10/ten.png", stroke_png(100))
     label("x/unknown.png", stroke_png(101))
     label("4/corrupt.png", b"\x89PNG\r\n\x1a\n cut short")
+    label("5/broken-chunk.png", png_with_a_broken_chunk(stroke_png(102)))  # Pillow raises SyntaxError on it
+    label("6/", b"")  # a folder's marker object, as S3 consoles make them: not a file
 
     first = run(20)
     assert str(first.state) == "success", _states(first)
     prepared = _xcoms(first)[("prepare", "return_value")]
-    assert prepared["labeled"]["excluded"] == {"not_a_digit_folder": 2, "unreadable": 1}
+    assert prepared["labeled"]["excluded"] == {"not_a_digit_folder": 2, "unreadable": 2}
     assert prepared["labeled"]["train_count"] + prepared["labeled"]["test_count"] == 60
     objects = _objects(s3_client)
     manifest = json.loads(objects["mnist/20261120020000/manifest.json"])
-    assert manifest["data"]["labeled"]["excluded"] == {"not_a_digit_folder": 2, "unreadable": 1}
-    assert manifest["data"]["data_sha256"] == manifest["training_identity"]["data_sha256"] == prepared["data_sha256"]
-    assert manifest["data"]["mnist_data_sha256"] != manifest["data"]["data_sha256"]
+    assert manifest["data"]["labeled"]["excluded"] == {"not_a_digit_folder": 2, "unreadable": 2}
+    assert manifest["data"]["data_sha256"] == prepared["data_sha256"] != prepared["mnist_data_sha256"]
+    # What trained: MNIST and the labelled training split; the test split only judges.
+    assert manifest["training_identity"]["data_sha256"] == prepared["training_data_sha256"]
+    assert prepared["training_data_sha256"] not in (prepared["data_sha256"], prepared["mnist_data_sha256"])
     assert manifest["training"]["labeled_train_count"] == prepared["labeled"]["train_count"]
     assert manifest["metrics"]["labeled"]["test_count"] == prepared["labeled"]["test_count"]
     report = objects["mnist/20261120020000/report.html"].decode()
@@ -195,10 +201,18 @@ def test_a_labelled_set_with_bad_files_trains_reports_them_and_a_new_label_retra
     assert str(unchanged.state) == "success", _states(unchanged)
     assert _states(unchanged)["train"] == "skipped"
 
-    label("7/one-more.png", stroke_png(1000))
-    grown = run(22)
+    # A new image that lands in the test split changes no model: nothing trains.
+    test_only = next(seed for seed in range(1000, 2000) if is_test_image(hashlib.sha256(stroke_png(seed)).hexdigest()))
+    label(f"7/{test_only}.png", stroke_png(test_only))
+    judged_only = run(22)
+    assert str(judged_only.state) == "success", _states(judged_only)
+    assert _states(judged_only)["train"] == "skipped"
+
+    trains = next(seed for seed in range(1000, 2000) if not is_test_image(hashlib.sha256(stroke_png(seed)).hexdigest()))
+    label(f"7/{trains}.png", stroke_png(trains))
+    grown = run(23)
     assert str(grown.state) == "success", _states(grown)
-    assert json.loads(_objects(s3_client)["mnist/latest.json"])["version"] == 20261122020000
+    assert json.loads(_objects(s3_client)["mnist/latest.json"])["version"] == 20261123020000
 
 
 def test_a_gate_that_cannot_be_met_fails_the_run_and_publishes_nothing(pipeline_env, dag, s3_client):
