@@ -149,9 +149,9 @@ TRAINING_PARAMS = (
         "labeled_weight",
         int,
         10,
-        "How much each image of the users' labelled set (MNIST_LABELED_URI) counts in training against an "
-        "MNIST image, which counts 1 (its sample weight): a few hundred labelled digits among 54,000 of "
-        "MNIST's need it to count. Without labelled images it changes nothing.",
+        "How many times each image of the users' labelled set (MNIST_LABELED_URI) is trained on per epoch, "
+        "against once for an MNIST image: a few hundred labelled digits among 54,000 of MNIST's need it to "
+        "count. At most 200,000 labelled images an epoch in all. Without labelled images it changes nothing.",
         minimum=1,
         maximum=100,
     ),

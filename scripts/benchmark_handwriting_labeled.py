@@ -144,8 +144,8 @@ def table(result: dict) -> str:
     models = result["models"]
     width = max(12, *(len(label) for label in models))
     lines = [
-        f"Labelled digits: N per digit from {len(result['labeled_fonts'])} fonts, in each style, each with the sample "
-        f"weight {result['labeled_weight']}; "
+        f"Labelled digits: N per digit from {len(result['labeled_fonts'])} fonts, in each style, each trained on "
+        f"{result['labeled_weight']} times an epoch; "
         f"scored on {result['images']['total']} images of {len(result['held_out_fonts'])} other fonts",
         f"{'accuracy':<26}" + "".join(f"{label:>{width + 2}}" for label in models),
     ]

@@ -256,3 +256,11 @@ def test_augment_off_trains_cnn_on_the_images_as_they_are(prepared: Path, tmp_pa
     )
     assert plain["params"]["augment"] == "off"
     assert plain["final"]["val_accuracy"] >= 0.9
+
+
+def test_labelled_images_repeat_labeled_weight_times_up_to_the_epochs_bound() -> None:
+    from mnist_tasks.train import MAX_LABELED_PER_EPOCH, labeled_repeats
+
+    assert labeled_repeats(10, 300) == 10
+    assert labeled_repeats(100, 100_000) == MAX_LABELED_PER_EPOCH // 100_000
+    assert labeled_repeats(100, 10 * MAX_LABELED_PER_EPOCH) == 1  # every image still trains, once
