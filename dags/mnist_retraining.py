@@ -27,7 +27,7 @@ accuracy and publishes the passing model to S3-compatible storage.
   write-up's Flatten → Dense(hidden_units, relu) → Dense(10, softmax)) or `cnn`
   (two convolutions before that head), with Adam and a 10% validation split,
   on augmented images if `augment` says so, with the labelled training digits
-  beside MNIST's, each with the sample weight `labeled_weight`. The same seed gives the same model.
+  beside MNIST's, each `labeled_weight` times an epoch. The same seed gives the same model.
   Output: `runs/<dag>/<run>/model.keras`, its SavedModel export `saved_model/`,
   `history.json`.
 - **evaluate** measures test accuracy and loss, per-class precision and recall,
