@@ -41,6 +41,17 @@ def client():
     return TestClient(create_app(apps="core"))
 
 
+def _serving_module(client) -> dict:
+    """The globals of the plugin module whose app the client serves. Not sys.modules["mnist_review"]: once a
+    session has loaded the plugins folder again (each dag.test() of another test module may), that holds the
+    newest load, and the api-server app keeps the module it was built from."""
+    from starlette.routing import Mount
+
+    mount = next(route for route in client.app.routes if isinstance(route, Mount) and route.path == "/mnist-review")
+    page = next(route for route in mount.app.routes if getattr(route, "path", None) == "/")
+    return page.endpoint.__globals__
+
+
 def _bearer(username: str, role: str | None) -> dict[str, str]:
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
@@ -166,8 +177,7 @@ def test_the_page_names_the_run_and_flags_missing_or_damaged_details(client, adm
 
 
 def test_a_long_queue_is_shown_a_page_at_a_time(client, admin, store, monkeypatch):
-    # The module Airflow's plugin manager loaded, whose app the client serves.
-    monkeypatch.setattr(sys.modules["mnist_review"], "PAGE_SIZE", 2)
+    monkeypatch.setitem(_serving_module(client), "PAGE_SIZE", 2)
     keys = [_put_item(store, NEW_RUN, f"{i}.png") for i in range(5)]
 
     first = client.get(PAGE, headers=admin).text
@@ -340,8 +350,8 @@ def test_a_store_that_refuses_the_label_is_502_naming_it_and_the_image_still_wai
 
 
 def test_a_store_that_keeps_what_it_was_told_to_delete_is_502_naming_it(client, admin, store, monkeypatch):
-    plugin = sys.modules["mnist_review"]
-    access = plugin._review_access
+    plugin = _serving_module(client)
+    access = plugin["_review_access"]
 
     def delete_objects(*, Bucket, Delete):  # boto3's argument names
         # As a store with a deny policy answers: 200, with every key listed as kept.
@@ -353,7 +363,7 @@ def test_a_store_that_keeps_what_it_was_told_to_delete_is_502_naming_it(client, 
         monkeypatch.setattr(s3_client, "delete_objects", delete_objects)
         return s3_client, settings
 
-    monkeypatch.setattr(plugin, "_review_access", keeping_access)
+    monkeypatch.setitem(plugin, "_review_access", keeping_access)
     key = _put_item(store, NEW_RUN, "a.png")
 
     response = client.post(f"{PAGE}discard", headers=admin, json={"key": key})
