@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from mnist_tasks.model import IMAGE_SHAPE
-from mnist_tasks.storage import directory_uri, is_missing, s3_error_code, split_s3_dir
+from mnist_tasks.storage import directory_uri, s3_error_code, split_s3_dir
 
 if TYPE_CHECKING:  # the DAG's tasks import this module's types for their XCom, without numpy
     import numpy as np
@@ -177,22 +177,14 @@ def _fetched(
     pool: ThreadPoolExecutor, s3_client: Any, bucket: str, wanted: list[tuple[str, int]]
 ) -> Iterator[tuple[tuple[str, int], bytes | None]]:
     """Each wanted file with its bytes (None: gone since the listing), in order, at most FETCHED_AHEAD ahead."""
-    from botocore.exceptions import ClientError
-
-    def fetch(key: str) -> bytes | None:
-        try:
-            return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as err:
-            if is_missing(err):
-                return None
-            raise
+    from mnist_tasks.registry import get_bytes
 
     pending: deque[tuple[tuple[str, int], Future]] = deque()
     for candidate in wanted:
         if len(pending) >= FETCHED_AHEAD:
             done, future = pending.popleft()
             yield done, future.result()
-        pending.append((candidate, pool.submit(fetch, candidate[0])))
+        pending.append((candidate, pool.submit(get_bytes, s3_client, bucket, candidate[0])))
     while pending:
         done, future = pending.popleft()
         yield done, future.result()

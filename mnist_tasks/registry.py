@@ -258,7 +258,7 @@ def training_label(trained: dict[str, Any]) -> str:
     return f"{trained['architecture']}, augmented" if trained["augment"] == "on" else trained["architecture"]
 
 
-def _get_bytes(s3_client: Any, bucket: str, key: str) -> bytes | None:
+def get_bytes(s3_client: Any, bucket: str, key: str) -> bytes | None:
     """Whole object, or None when the key does not exist (other errors propagate)."""
     try:
         return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -282,7 +282,7 @@ def _load_manifest(
     """
     bucket, _ = split_s3_dir(models_uri)
     key = version_prefix(models_uri, version) + MANIFEST_FILE
-    raw = _get_bytes(s3_client, bucket, key)
+    raw = get_bytes(s3_client, bucket, key)
     if raw is None:
         raise VersionNotFoundError(f"no version {version} in {models_uri}: s3://{bucket}/{key} does not exist")
     sha = hashlib.sha256(raw).hexdigest()
@@ -312,7 +312,7 @@ def read_seal(*, s3_client: Any, models_uri: str, version: int) -> str | None:
     """The sha256 a version's seal records for its manifest, or None when it has no seal."""
     bucket, _ = split_s3_dir(models_uri)
     key = version_prefix(models_uri, version) + SEAL_FILE
-    raw = _get_bytes(s3_client, bucket, key)
+    raw = get_bytes(s3_client, bucket, key)
     if raw is None:
         return None
     seal = re.fullmatch(rf"([0-9a-f]{{64}})  {re.escape(MANIFEST_FILE)}\n", raw.decode(errors="replace"))
@@ -377,7 +377,7 @@ def claim_version(*, s3_client: Any, models_uri: str, version: int, manifest: di
 def read_claim(*, s3_client: Any, models_uri: str, version: int) -> dict[str, Any] | None:
     """The claim of a version (the manifest it was claimed with, without files), or None."""
     bucket, _ = split_s3_dir(models_uri)
-    raw = _get_bytes(s3_client, bucket, version_prefix(models_uri, version) + CLAIM_FILE)
+    raw = get_bytes(s3_client, bucket, version_prefix(models_uri, version) + CLAIM_FILE)
     return None if raw is None else json.loads(raw)
 
 
@@ -483,7 +483,7 @@ def refuse_missing_pointer(*, s3_client: Any, models_uri: str, besides: int | No
     bucket, _ = split_s3_dir(models_uri)
     for version in reversed(_version_dirs(s3_client, models_uri)):
         key = version_prefix(models_uri, version) + MANIFEST_FILE
-        if version != besides and _get_bytes(s3_client, bucket, key) is not None:
+        if version != besides and get_bytes(s3_client, bucket, key) is not None:
             raise PointerMissingError(
                 f"{models_uri}{LATEST_FILE} is missing, yet version {version} (and maybe others) is published: "
                 "the champion is unknown, so nothing is compared or published. "
