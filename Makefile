@@ -27,7 +27,6 @@ export AIRFLOW_HOME
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export TF_CPP_MIN_LOG_LEVEL := 2
 
 # The local stack: data under .data/, the mirror and the models in the embedded object
 # store (scripts/local_s3.py: SeaweedFS on 127.0.0.1, its data in .local/s3/). Commands
@@ -142,28 +141,34 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# api-server, scheduler, dag-processor and triggerer in the background (logs in .local/),
-# with the embedded object store and the mirror; unpauses mnist_retraining.
-# The scheduler's and the triggerer's log servers (Airflow's defaults, 8793 and 8794):
-# Airflow 3.3.2 binds them to every interface, and they answer only requests signed with
-# this installation's [api] secret_key.
+# PostgreSQL (Debian's package, a private instance in .local/postgres on 127.0.0.1), then the
+# api-server, scheduler, dag-processor and triggerer in the background (logs in .local/), with
+# the embedded object store and the mirror; unpauses mnist_retraining. `make run` keeps its own
+# SQLite database: it is one process. The scheduler's and the triggerer's log servers (Airflow's
+# defaults, 8793 and 8794): Airflow 3.3.2 binds them to every interface, and they answer only
+# requests signed with this stack's [api] secret_key.
+AIRFLOW_POSTGRES_PORT ?= 5632
 AIRFLOW_WORKER_LOG_PORT ?= 8793
 AIRFLOW_TRIGGERER_LOG_PORT ?= 8794
 airflow: export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT := $(AIRFLOW_WORKER_LOG_PORT)
 airflow: export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT := $(AIRFLOW_TRIGGERER_LOG_PORT)
 airflow: mirror
-	$(STORE) $(BIN)/python scripts/local_airflow.py start --port $(AIRFLOW_PORT) --state-dir $(STATE)
+	scripts/install_system_packages.sh --postgres-only
+	$(STORE) $(BIN)/python scripts/local_airflow.py start --port $(AIRFLOW_PORT) --postgres-port $(AIRFLOW_POSTGRES_PORT) \
+		--state-dir $(STATE)
 
 # The production topology without Docker: PostgreSQL and Redis (Debian's packages, private
 # instances), its own embedded object store with the mirror, Airflow on the CeleryExecutor with a
-# worker for the queue `default` and one for `training`; task logs go to S3. Its own ports,
-# so it runs beside `make airflow`. Logs, pid files and generated secrets in .local/cluster/.
+# worker for the queue `default` and one for `training`, at 127.0.0.2 and 127.0.0.3; task logs go
+# to S3 when a task ends, and are read from the worker while it runs. Its own ports, so it runs
+# beside `make airflow`. Logs, pid files and generated secrets in .local/cluster/. Run it again to
+# start only what is not running (a worker that died); it prints what it started.
 CLUSTER_STATE := $(STATE)/cluster
 CLUSTER_PORT ?= 8180
 CLUSTER_S3_PORT ?= 9180
 CLUSTER_POSTGRES_PORT ?= 5532
 CLUSTER_REDIS_PORT ?= 6479
-CLUSTER_LOG_PORTS ?= 8893 8894 8895
+CLUSTER_LOG_PORTS ?= 8893 8894
 cluster: $(VENV)/.installed
 	scripts/install_system_packages.sh
 	$(BIN)/python scripts/local_cluster.py start --state-dir $(CLUSTER_STATE) --port $(CLUSTER_PORT) \

@@ -50,7 +50,15 @@ import pendulum
 from airflow.sdk import AssetOrTimeSchedule, Param, dag, task
 
 # plugins/: Airflow puts the plugins folder on sys.path in all its processes.
-from mnist_dags import PastCronTimetable, airflow_param, default_args, not_retried, published_model_asset, s3_client
+from mnist_dags import (
+    PastCronTimetable,
+    airflow_param,
+    default_args,
+    not_retried,
+    on_tensorflow_queue,
+    published_model_asset,
+    s3_client,
+)
 
 from mnist_tasks.params import BATCH_PREDICT_PARAMS
 from mnist_tasks.settings import Settings
@@ -105,7 +113,11 @@ def mnist_batch_predict() -> None:
                 max_shards=conf.getint("core", "max_map_length"),
             )
 
-    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.scoring_queue)
+    @task(
+        multiple_outputs=False,
+        execution_timeout=timedelta(minutes=60),
+        **on_tensorflow_queue(_SETTINGS, _SETTINGS.scoring_queue),
+    )
     def score(shard: dict, **context) -> dict:
         import logging
 

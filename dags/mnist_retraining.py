@@ -58,7 +58,8 @@ before use, so any task may run on any worker. `anything_new`, `train` and
   `MNIST_ARTIFACTS_URI` (default `s3://mnist-artifacts/`), `MNIST_LABELED_URI`
   (default `s3://mnist-inbox/labeled/`), `MNIST_MIRRORS`
   (default: the public MNIST mirrors), `MNIST_DATA_DIR` (each worker's own
-  cache), `MNIST_TRAINING_QUEUE`, `MNIST_RETRY_DELAY_SECONDS` (default 300).
+  cache), `MNIST_TRAINING_QUEUE`, `MNIST_RETRY_DELAY_SECONDS` (default 300; for the
+  tasks on the training queue `MNIST_TRAINING_RETRY_DELAY_SECONDS`, default 15).
 - Alerts (optional): an SMTP connection `mnist_alerts_smtp` with
   `MNIST_ALERT_EMAIL_TO`, and/or an HTTP connection `mnist_alerts_webhook`
   (Slack-compatible JSON); `MNIST_RUN_DEADLINE_MINUTES` (default 120),
@@ -84,6 +85,7 @@ from mnist_dags import (
     default_args,
     force_param,
     not_retried,
+    on_tensorflow_queue,
     published_model_asset,
     s3_client,
 )
@@ -92,6 +94,7 @@ from mnist_tasks.params import GATE_PARAMS, TRAINING_PARAMS
 from mnist_tasks.settings import Settings
 
 _SETTINGS = Settings.from_env()
+_ON_TRAINING_QUEUE = on_tensorflow_queue(_SETTINGS, _SETTINGS.training_queue)
 
 # Downstream DAGs (batch predictions) run when a new model is published.
 PUBLISHED_MODEL = published_model_asset(_SETTINGS)
@@ -145,7 +148,7 @@ def prepare(downloaded: dict) -> dict:
     return prepared
 
 # On the training queue: the identity sums up the code and libraries of the workers that train.
-@task.short_circuit(execution_timeout=timedelta(minutes=5), queue=_SETTINGS.training_queue)
+@task.short_circuit(execution_timeout=timedelta(minutes=5), **_ON_TRAINING_QUEUE)
 def anything_new(prepared: dict, **context) -> dict | bool:
     """The run's training identity (for publish's manifest) when there is something to train; False ends
     the run here, with the later tasks skipped."""
@@ -171,7 +174,7 @@ def anything_new(prepared: dict, **context) -> dict | bool:
         return False
     return found["identity"]
 
-@task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), queue=_SETTINGS.training_queue)
+@task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), **_ON_TRAINING_QUEUE)
 def train(prepared: dict, **context) -> dict:
     from mnist_tasks import pipeline
     from mnist_tasks.artifacts import ArtifactUnusableError
@@ -187,7 +190,7 @@ def train(prepared: dict, **context) -> dict:
             params={spec.name: p[spec.name] for spec in TRAINING_PARAMS},
         )
 
-@task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), queue=_SETTINGS.training_queue)
+@task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), **_ON_TRAINING_QUEUE)
 def evaluate(prepared: dict, trained: dict, **context) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 

@@ -7,7 +7,9 @@ Heavy libraries are imported by the command that needs them, so `--help` is inst
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,11 +57,13 @@ def _train(args: argparse.Namespace) -> dict:
     from mnist_tasks.train import train_model
 
     check_prepared(args.cache_dir, "train")
-    return train_model(
-        cache_dir=args.cache_dir,
-        out_dir=args.out,
-        **{spec.name: getattr(args, spec.name) for spec in TRAINING_PARAMS},
-    )
+    # Keras prints some verdicts to stdout (TerminateOnNaN's "Invalid loss"); stdout is for the JSON result.
+    with contextlib.redirect_stdout(sys.stderr):
+        return train_model(
+            cache_dir=args.cache_dir,
+            out_dir=args.out,
+            **{spec.name: getattr(args, spec.name) for spec in TRAINING_PARAMS},
+        )
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
@@ -396,6 +400,7 @@ def _is_own_error(err: Exception) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    _log_to_stderr()
     # Read before parsing: a bad setting fails the parser's defaults too.
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
@@ -412,6 +417,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         detail = "" if _is_own_error(err) else f" ({type(err).__name__}; --debug shows the traceback)"
         print(f"error: {err}{detail}", file=sys.stderr)
         sys.exit(2)
+
+
+def _log_to_stderr() -> None:
+    """This package's INFO lines (train's one line per epoch) and any library's warnings, as plain lines on stderr.
+
+    Other libraries stay at WARNING: botocore's INFO, for one, would announce where it found credentials.
+    """
+    logging.basicConfig(format="%(message)s")  # a no-op when logging is configured already (under pytest)
+    logging.getLogger("mnist_tasks").setLevel(logging.INFO)
 
 
 def _print_result(result: object) -> None:

@@ -63,6 +63,10 @@ class Settings:
     cores to spare, and keeps `training` on its training machines. Default: the training queue."""
     retry_delay_seconds: int
     """Wait before a failed task's first retry (it doubles for each later one)."""
+    training_retry_delay_seconds: int
+    """The same for the TensorFlow tasks (the training and scoring queues'). What fails them
+    and a retry can mend is nearly always their worker lost, whose task the scheduler has
+    already waited out (its heartbeat timeout): waiting minutes more only delays the run."""
 
     @property
     def published_model_uri(self) -> str:
@@ -97,6 +101,7 @@ class Settings:
             training_queue=(training_queue := env.get("MNIST_TRAINING_QUEUE", "").strip() or "default"),
             scoring_queue=env.get("MNIST_SCORING_QUEUE", "").strip() or training_queue,
             retry_delay_seconds=_positive_int(env, "MNIST_RETRY_DELAY_SECONDS", 300),
+            training_retry_delay_seconds=_positive_int(env, "MNIST_TRAINING_RETRY_DELAY_SECONDS", 15),
         )
 
 

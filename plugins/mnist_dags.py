@@ -127,6 +127,11 @@ def default_args(settings: Settings, *, execution_timeout: timedelta) -> dict[st
     }
 
 
+def on_tensorflow_queue(settings: Settings, queue: str) -> dict[str, Any]:
+    """A TensorFlow task's queue, and its first retry's shorter wait (Settings.training_retry_delay_seconds)."""
+    return {"queue": queue, "retry_delay": timedelta(seconds=settings.training_retry_delay_seconds)}
+
+
 def s3_client(settings: Settings) -> Any:
     """boto3 S3 client from the Airflow connection (endpoint, region, credentials)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook

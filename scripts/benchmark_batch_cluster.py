@@ -95,6 +95,8 @@ def on_cluster(state_dir: Path, cache_dir: Path, sizes: list[int], rounds: int) 
     api.call("PATCH", "dags/mnist_batch_predict", json={"is_paused": False})
     rates: dict[tuple[int, int], list[float]] = {}
     ran_on: dict[int, list[list[str]]] = {}
+    # Task instances report their worker's address; the table names the worker.
+    worker_at = {w.address: w.name for w in local_cluster.WORKERS}
     try:
         for size in sizes:
             for _ in range(rounds):
@@ -106,7 +108,8 @@ def on_cluster(state_dir: Path, cache_dir: Path, sizes: list[int], rounds: int) 
                     seconds = (datetime.fromisoformat(run["end_date"]) - datetime.fromisoformat(run["start_date"]))
                     rates.setdefault((size, shards), []).append(size / seconds.total_seconds())
                     if shards > 1:
-                        hosts = sorted(ti["hostname"] for ti in run["task_instances"] if ti["task_id"] == "score")
+                        shards_ran = [ti for ti in run["task_instances"] if ti["task_id"] == "score"]
+                        hosts = sorted(worker_at.get(ti["hostname"], ti["hostname"]) for ti in shards_ran)
                         ran_on.setdefault(size, []).append(hosts)
     finally:
         api.call("PATCH", "dags/mnist_batch_predict", json={"is_paused": was_paused})

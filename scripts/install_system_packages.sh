@@ -2,18 +2,22 @@
 # Debian packages the test suite needs; installs only what is missing.
 #   docker-compose  validates docker-compose.yaml (no Docker engine is needed for that)
 #   chromium        the browser tests/e2e/test_airflow_ui.py drives with Playwright
-#   postgresql, redis-server  the metadata database and the Celery broker of `make cluster`
-#                   and tests/system/test_cluster.py, which run their own private instances
+#   postgresql, redis-server  the metadata database (of `make airflow` and `make cluster`) and
+#                   the Celery broker (`make cluster`), run as private instances by those and the tests
 #   fonts-*         handwriting fonts whose digits scripts/benchmark_handwriting.py renders and
 #                   scores (`make bench-handwriting`); test material only, never training data.
 #                   The files are the ones its FONTS names.
-# `--fonts-only` installs just the fonts (what `make bench-handwriting` needs).
+# `--fonts-only` installs just the fonts (what `make bench-handwriting` needs), `--postgres-only`
+# just PostgreSQL (what `make airflow` needs).
 set -euo pipefail
+only=${1:-}
 missing=()
-if [ "${1:-}" != "--fonts-only" ]; then
+if [ -z "$only" ] || [ "$only" = "--postgres-only" ]; then
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+fi
+if [ -z "$only" ]; then
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   [ -x /usr/bin/chromium ] || missing+=(chromium)
-  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
   command -v redis-server >/dev/null || missing+=(redis-server)
 fi
 fonts=(
@@ -34,6 +38,7 @@ fonts=(
   fonts-kiloji:/usr/share/fonts/truetype/kiloji/kiloji.ttf
   fonts-seto:/usr/share/fonts/truetype/seto/setofont.ttf
 )
+[ "$only" = "--postgres-only" ] && fonts=()
 for font in "${fonts[@]}"; do
   package=${font%%:*}
   if [ ! -e "${font#*:}" ] && [[ " ${missing[*]} " != *" $package "* ]]; then missing+=("$package"); fi

@@ -1,39 +1,45 @@
-"""Start or stop a local Airflow: api-server (the UI), scheduler, dag-processor and triggerer.
+"""Start or stop a local Airflow: PostgreSQL, api-server (the UI), scheduler, dag-processor and triggerer.
 
-    python scripts/local_airflow.py start --port 8080 --state-dir .local
+    python scripts/local_airflow.py start --port 8080 --postgres-port 5632 --state-dir .local
     python scripts/local_airflow.py stop --state-dir .local
 
 Airflow's home, DAG folder and plugin folder come from the environment
 (AIRFLOW_HOME, AIRFLOW__CORE__DAGS_FOLDER, AIRFLOW__CORE__PLUGINS_FOLDER), as do
 the settings the DAG reads (MNIST_*, AIRFLOW_CONN_AWS_DEFAULT); `make airflow`
 sets them all. Each component runs in the background with its pid file and log
-in the state dir. `start` migrates the SQLite database, starts what is not
-running yet, waits until the UI answers, unpauses mnist_retraining and prints
-how to log in. `stop` ends every component together with the task processes
-it started.
+in the state dir. `start` starts a private PostgreSQL (scripts/local_postgres.py)
+and migrates its database, starts what is not running yet, waits until the UI
+answers, unpauses mnist_retraining, prints how to log in and what it started.
+`stop` ends every component together with the task processes it started.
 
 The executor is the LocalExecutor, which runs tasks as subprocesses of the
-scheduler; Airflow 3 accepts it with SQLite (unlike Airflow 2), and it is what
-`airflow standalone` uses. Log-ins go through the SimpleAuthManager with one
-admin user, whose password Airflow generates on first start and keeps in
-$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated.
+scheduler. The database is PostgreSQL, not SQLite: on SQLite a trigger from the
+UI beside a starting task answered 500 (`database is locked`). Log-ins go
+through the SimpleAuthManager with one admin user, whose password Airflow
+generates on first start and keeps in
+$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated. The database's
+password and Airflow's keys are generated on the first start and kept in
+<state dir>/secrets.json (mode 0600).
 
 scripts/local_cluster.py starts the same components with the same functions
-(migrate, start_components, wait_for_ui, unpause), given another environment:
-the CeleryExecutor, PostgreSQL, and Celery workers of its own.
+(stack_secrets, migrate, start_components, wait_for_ui, unpause), given another
+environment: the CeleryExecutor, Redis, and Celery workers of its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import local_postgres
 from local_processes import answers, running, spawn, wait_until
 from local_processes import stop as stop_session
 
@@ -45,24 +51,82 @@ USER = "admin"
 COMPONENTS = ("scheduler", "triggerer", "dag-processor", "api-server")
 
 
-def start(port: int, state_dir: Path) -> None:
-    env = _environment(port)
+def start(port: int, postgres_port: int, state_dir: Path) -> None:
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    keys = stack_secrets(state_dir)
+    started = ["postgres"] if local_postgres.start(postgres_port, state_dir, password=keys["postgres_password"]) else []
+    env = _environment(port, postgres_port, keys)
     migrate(env, state_dir)
-    start_components(env, port=port, state_dir=state_dir)
+    started += start_components(env, port=port, state_dir=state_dir)
     wait_for_ui(port, state_dir)
     unpause(env, state_dir)
     print(login_line(env, port))
-    print(f"{DAG_ID} is unpaused; logs: {state_dir}/airflow-*.log; `make stop` stops everything")
+    print(started_line(started, ["postgres", *COMPONENTS]))
+    print(f"{DAG_ID} is unpaused; logs: {state_dir}/*.log; `make stop` stops everything")
 
 
-def _environment(port: int) -> dict[str, str]:
+def _environment(port: int, postgres_port: int, keys: dict[str, str]) -> dict[str, str]:
     return {
+        **RECOVERY_DEFAULTS,
         **os.environ,
+        **database_environment(postgres_port, keys),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # Tasks at once; the LocalExecutor keeps this many worker processes (default 32).
         "AIRFLOW__CORE__PARALLELISM": "4",
         **login_environment(port),
     }
+
+
+def stack_secrets(state_dir: Path, *, extra_passwords: tuple[str, ...] = ()) -> dict[str, str]:
+    """A stack's passwords and keys: generated on its first start, kept in <state dir>/secrets.json (0600), read back.
+
+    Each is long enough for its algorithm: the JWT secret signs with HMAC-SHA512,
+    which wants 64 bytes or more (Airflow's own generated one has 24, and warns).
+    """
+    path = state_dir / "secrets.json"
+    keys = json.loads(path.read_text()) if path.exists() else {}
+    wanted = {
+        "postgres_password": lambda: secrets.token_hex(24),
+        **{name: lambda: secrets.token_hex(24) for name in extra_passwords},
+        "jwt_secret": lambda: secrets.token_urlsafe(64),
+        "api_secret_key": lambda: secrets.token_urlsafe(64),
+        # A Fernet key is 32 random bytes, url-safe base64 (what Fernet.generate_key returns).
+        "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
+    }
+    missing = {name: generate() for name, generate in wanted.items() if name not in keys}
+    if missing:
+        keys.update(missing)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.unlink(missing_ok=True)
+        # Created 0600, never wider for a moment, and renamed over the old file.
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            json.dump(keys, out, indent=2)
+        temporary.replace(path)
+    return keys
+
+
+def database_environment(postgres_port: int, keys: dict[str, str]) -> dict[str, str]:
+    """The database and the keys every component of a stack shares (the same on every host of a cluster)."""
+    return {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": local_postgres.database_url(postgres_port, keys["postgres_password"]),
+        # The API's tokens, the encryption of connections and variables, the signing of log requests.
+        "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
+        "AIRFLOW__CORE__FERNET_KEY": keys["fernet_key"],
+        "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
+    }
+
+
+# How fast a task whose worker died comes back (docker-compose.yaml has the same values,
+# tests/test_compose.py checks it). The task's supervisor, a process apart from the
+# task, heartbeats every 5 s ([workers] min_heartbeat_interval) however busy TensorFlow
+# keeps the cores, so 60 s is twelve missed heartbeats: Airflow's 300 s only delays
+# the retry of a dead worker's task. The scheduler looks every 10 s (its default).
+# The environment overrides both; see the README's "Operations".
+RECOVERY_DEFAULTS = {
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "10",
+}
 
 
 def login_environment(port: int) -> dict[str, str]:
@@ -85,8 +149,9 @@ def migrate(env: dict[str, str], state_dir: Path) -> None:
         sys.exit(f"`airflow db migrate` failed; see {migrate_log}")
 
 
-def start_components(env: dict[str, str], *, port: int, state_dir: Path) -> None:
-    """Start in the background, all with `env`, each of COMPONENTS that is not running yet."""
+def start_components(env: dict[str, str], *, port: int, state_dir: Path) -> list[str]:
+    """Start in the background, all with `env`, each of COMPONENTS that is not running yet; return those."""
+    started = []
     for component in COMPONENTS:
         if running(pid_file(state_dir, component)) is None:
             spawn(
@@ -95,6 +160,18 @@ def start_components(env: dict[str, str], *, port: int, state_dir: Path) -> None
                 log_file=log_file(state_dir, component),
                 env=env,
             )
+            started.append(component)
+    return started
+
+
+def started_line(started: list[str], components: list[str]) -> str:
+    """What `start` did, so that running it again to bring back what died shows that it did only that."""
+    if started == components:
+        return "started " + ", ".join(started)
+    if not started:
+        return "everything was running: started nothing"
+    running_already = [c for c in components if c not in started]
+    return f"started {', '.join(started)} (not running); already running: {', '.join(running_already)}"
 
 
 def wait_for_ui(port: int, state_dir: Path) -> None:
@@ -130,8 +207,11 @@ def login_line(env: dict[str, str], port: int) -> str:
 
 
 def stop(state_dir: Path) -> None:
+    state_dir = state_dir.resolve()
     stopped = stop_components(state_dir, COMPONENTS)
-    print(f"Airflow: {'stopped ' + ', '.join(stopped) if stopped else 'not running'}")
+    if local_postgres.stop(state_dir):
+        stopped.append("postgres")
+    print(f"make airflow's stack: {'stopped ' + ', '.join(stopped) if stopped else 'not running'}")
 
 
 def stop_components(state_dir: Path, components: Iterable[str]) -> list[str]:
@@ -168,10 +248,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--postgres-port", type=int, default=5632)
     parser.add_argument("--state-dir", type=Path, default=Path(".local"))
     args = parser.parse_args()
     if args.action == "start":
-        start(args.port, args.state_dir)
+        start(args.port, args.postgres_port, args.state_dir)
     else:
         stop(args.state_dir)
 

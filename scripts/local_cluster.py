@@ -7,7 +7,8 @@ What `start` brings up, each in the background with its pid file and log in the
 state dir (`make cluster` runs it; `make stop` stops it all):
 
 - PostgreSQL (Debian's `postgresql` package), a private instance: its own data
-  dir, port on 127.0.0.1 and unix socket, a database and a user for Airflow;
+  dir, port on 127.0.0.1 and unix socket, a database and a user for Airflow
+  (scripts/local_postgres.py, as `make airflow` runs it);
 - Redis (`redis-server`) on 127.0.0.1 without persistence, the Celery broker;
 - the embedded object store (scripts/local_s3.py: SeaweedFS) with the project's
   buckets, the offline MNIST mirror, and `airflow-logs`, where task logs go
@@ -16,37 +17,43 @@ state dir (`make cluster` runs it; `make stop` stops it all):
   scripts/local_airflow.py starts them with), and two Celery workers: one on the
   queue `default`, one on `training`, where the DAG sends its TensorFlow tasks
   (MNIST_TRAINING_QUEUE); both serve `scoring`, the queue of batch predictions'
-  shards (MNIST_SCORING_QUEUE), so shards spread over both. Each worker has its own working and data directory
-  and its own log-server port, as if it ran on a host of its own; the tasks it
-  runs report its name as their hostname.
+  shards (MNIST_SCORING_QUEUE), so shards spread over both.
+
+Each worker runs as if on a host of its own: its own working and data directory,
+and its own address, a loopback address of this machine (127.0.0.2, 127.0.0.3),
+which its task instances report as their hostname. Its log server listens there,
+on the port every worker shares ([logging] worker_log_server_port), so the
+api-server reads a running or a dead worker's task log at
+http://<hostname>:<port>, as it does across hosts.
 
 Generated secrets (the database's and Redis' passwords, the JWT secret, the
 Fernet key, the API's secret key) are kept in `secrets.json` (mode 0600) in the
 state dir and shared by every component through its environment. PostgreSQL's
 data survives `stop`, and so does the object store's (in <state dir>/s3/).
-`start` again starts only what is not running.
+`start` again starts only what is not running, and says which: after a worker
+died, it prints `started worker-training (not running); already running: ...`.
+
+    python scripts/local_cluster.py worker --name NAME --address ADDRESS -- CELERY WORKER COMMAND
+
+is how `start` runs a worker: it serves the worker's task logs on ADDRESS, then
+becomes the Celery worker, so both go together, as on a host that loses power.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import os
-import pwd
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import local_airflow
+import local_postgres
 import local_s3
-from local_processes import as_user, running, spawn, wait_until
+from local_processes import running, spawn, wait_until
 from local_processes import stop as stop_session
 
 HOST = "127.0.0.1"
@@ -57,21 +64,22 @@ ARTIFACTS_URI = "s3://mnist-artifacts/"
 TASK_LOGS_URI = "s3://airflow-logs/logs"
 TRAINING_QUEUE = "training"
 SCORING_QUEUE = "scoring"
-DATABASE = "airflow"  # the database's name and its owner's
 
 
 @dataclass(frozen=True)
 class Worker:
     name: str
-    """Its Celery hostname (the node is celery@<name>) and the hostname its task instances report."""
+    """Its Celery hostname: the node is celery@<name>, and its pid file and log are named after it."""
+    address: str
+    """Where its log server listens, and the hostname its task instances report (the api-server asks it there)."""
     queues: tuple[str, ...]
     concurrency: int
 
 
 WORKERS = (
-    Worker("worker-default", queues=("default", SCORING_QUEUE), concurrency=2),
+    Worker("worker-default", "127.0.0.2", queues=("default", SCORING_QUEUE), concurrency=2),
     # TensorFlow takes every core it sees: one training task at a time.
-    Worker("worker-training", queues=(TRAINING_QUEUE, SCORING_QUEUE), concurrency=1),
+    Worker("worker-training", "127.0.0.3", queues=(TRAINING_QUEUE, SCORING_QUEUE), concurrency=1),
 )
 
 
@@ -81,38 +89,42 @@ class Ports:
     s3: int = 9180
     postgres: int = 5532
     redis: int = 6479
-    # Each worker serves its task logs while they run, and the triggerer its own:
-    # three ports, none of them Airflow's default 8793/8794 that `make airflow` holds.
-    default_worker_log: int = 8893
-    training_worker_log: int = 8894
-    triggerer_log: int = 8895
-
-    def worker_log(self, worker: Worker) -> int:
-        return self.default_worker_log if worker.name == WORKERS[0].name else self.training_worker_log
+    # Every worker serves the logs of its running tasks on this port, each on its own
+    # address, and the triggerer its own on the next: not Airflow's default 8793/8794,
+    # which `make airflow` holds.
+    worker_log: int = 8893
+    triggerer_log: int = 8894
 
 
 def start(ports: Ports, state_dir: Path) -> None:
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     _record_ports(ports, state_dir)
-    keys = _secrets(state_dir)
-    _start_postgres(ports.postgres, state_dir, password=keys["postgres_password"])
-    _start_redis(ports.redis, state_dir, password=keys["redis_password"])
+    keys = local_airflow.stack_secrets(state_dir, extra_passwords=("redis_password",))
+    services = {
+        "postgres": local_postgres.start(ports.postgres, state_dir, password=keys["postgres_password"]),
+        "redis": _start_redis(ports.redis, state_dir, password=keys["redis_password"]),
+        "object store": running(local_s3.store_dir(state_dir) / "weed.pid") is None,
+    }
+    started = [name for name, was_started in services.items() if was_started]
     store = _start_store(ports.s3, state_dir)
 
     env = _airflow_environment(ports, state_dir, keys, store)
     local_airflow.migrate(env, state_dir)
-    local_airflow.start_components(env, port=ports.api, state_dir=state_dir)
-    for worker in WORKERS:
-        _start_worker(worker, env, ports, state_dir)
+    started += local_airflow.start_components(env, port=ports.api, state_dir=state_dir)
+    started += [worker.name for worker in WORKERS if _start_worker(worker, env, ports, state_dir)]
     local_airflow.wait_for_ui(ports.api, state_dir)
     _wait_for_workers(env, state_dir)
     local_airflow.unpause(env, state_dir)
 
     print(local_airflow.login_line(env, ports.api))
+    components = [*services, *local_airflow.COMPONENTS, *(w.name for w in WORKERS)]
+    print(local_airflow.started_line(started, components))
     print(
         f"{local_airflow.DAG_ID} is unpaused; CeleryExecutor with "
-        + ", ".join(f"{w.name} (queues {','.join(w.queues)}, concurrency {w.concurrency})" for w in WORKERS)
+        + ", ".join(
+            f"{w.name} at {w.address} (queues {','.join(w.queues)}, concurrency {w.concurrency})" for w in WORKERS
+        )
     )
     print(f"logs and pid files: {state_dir}/*.log, *.pid and s3/; task logs: {TASK_LOGS_URI} on http://{HOST}:{ports.s3}")
     print("`make stop` stops everything")
@@ -127,21 +139,48 @@ def stop(state_dir: Path) -> None:
     stopped += local_airflow.stop_components(state_dir, [c for c in local_airflow.COMPONENTS if c != "scheduler"])
     if stop_session(state_dir / "redis.pid", grace_seconds=10):
         stopped.append("redis")
-    # SIGINT is PostgreSQL's fast shutdown: it ends the sessions, writes a checkpoint and exits.
-    if stop_session(state_dir / "postgres.pid", grace_seconds=60, first_signal=signal.SIGINT):
+    if local_postgres.stop(state_dir):
         stopped.append("postgres")
-    print(f"cluster: {'stopped ' + ', '.join(stopped) if stopped else 'not running'}")
+    print(f"make cluster's stack: {'stopped ' + ', '.join(stopped) if stopped else 'not running'}")
     print(local_s3.stop_line(state_dir))
 
 
 def worker_hostname() -> str:
-    """The cluster workers' [core] hostname_callable: their task instances report the worker's name.
+    """The cluster workers' [core] hostname_callable: their task instances report the worker's own address.
 
-    All workers share this machine's name, so without it nothing in the UI or the
-    API would tell which worker ran a task. The name does not resolve: the UI reads
-    a finished task's log from S3, not from the worker's log server.
+    All workers share this machine's name, which would tell neither a person nor
+    the api-server which worker ran a task. The api-server reads a running task's
+    log, and a dead worker's, from http://<hostname>:<worker_log_server_port>, so
+    the hostname must be an address it reaches: the loopback address the worker's
+    log server listens on. On hosts of their own, workers report their host's
+    name (Airflow's default), and the same port serves the same way.
     """
-    return os.environ["MNIST_CLUSTER_WORKER"]
+    return os.environ["MNIST_CLUSTER_WORKER_ADDRESS"]
+
+
+def run_worker(address: str, log_port: int, celery_worker: list[str]) -> None:
+    """Serve the worker's task logs on its own address in a child process, then become the Celery worker.
+
+    Airflow's own log server listens on every address, so two workers on one host
+    could not share the port the api-server asks. The child stays in the worker's
+    session: `stop` and a SIGKILL of the session end both, as a lost host does.
+    """
+    subprocess.Popen([sys.executable, __file__, "serve-logs", "--address", address, "--port", str(log_port)])
+    os.execv(celery_worker[0], celery_worker)
+
+
+def serve_logs(address: str, port: int) -> None:
+    """Airflow's log server (airflow.utils.serve_logs: what `airflow celery worker` runs), on one address only."""
+    import uvicorn
+
+    uvicorn.run(
+        "airflow.utils.serve_logs.log_server:get_app",
+        factory=True,
+        host=address,
+        port=port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 def _record_ports(ports: Ports, state_dir: Path) -> None:
@@ -149,133 +188,20 @@ def _record_ports(ports: Ports, state_dir: Path) -> None:
     recorded = state_dir / "cluster.json"
     anything_running = any(running(pid) is not None for pid in state_dir.glob("*.pid"))
     if anything_running and recorded.exists():
-        before = Ports(**json.loads(recorded.read_text())["ports"])
-        if before != ports:
-            sys.exit(f"a cluster from {state_dir} is running with {before}; `make stop` first")
+        before = json.loads(recorded.read_text())["ports"]
+        if before != asdict(ports):
+            sys.exit(f"a cluster from {state_dir} is running with the ports {before}; `make stop` first")
     recorded.write_text(json.dumps({"ports": asdict(ports)}, indent=2) + "\n")
-
-
-def _secrets(state_dir: Path) -> dict[str, str]:
-    """This cluster's passwords and keys: generated on the first start, then read back."""
-    path = state_dir / "secrets.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    keys = {
-        "postgres_password": secrets.token_hex(24),
-        "redis_password": secrets.token_hex(24),
-        "jwt_secret": secrets.token_urlsafe(48),
-        "api_secret_key": secrets.token_urlsafe(48),
-        # A Fernet key is 32 random bytes, url-safe base64 (what Fernet.generate_key returns).
-        "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
-    }
-    # Created 0600, never wider for a moment.
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        json.dump(keys, out, indent=2)
-    return keys
-
-
-# --- PostgreSQL -------------------------------------------------------------
-
-
-def _start_postgres(port: int, state_dir: Path, *, password: str) -> None:
-    pid_file, log = state_dir / "postgres.pid", state_dir / "postgres.log"
-    root, user = postgres_dir(state_dir), _postgres_user()
-    socket = ["-h", str(root), "-p", str(port)]
-    if running(pid_file) is None:
-        _prepare_postgres_dir(root, user)
-        if not (root / "data" / "PG_VERSION").exists():
-            initdb = [_pg_bin("initdb"), "-D", str(root / "data"), "-E", "UTF8", "--locale=C"]
-            _run_as(user, initdb + ["--auth-local=peer", "--auth-host=scram-sha-256"], cwd=root, log=log)
-        server = [_pg_bin("postgres"), "-D", str(root / "data"), "-p", str(port)]
-        server += ["-c", f"listen_addresses={HOST}", "-c", f"unix_socket_directories={root}"]
-        proc = spawn(server, pid_file=pid_file, log_file=log, cwd=root, user=user)
-        wait_until(
-            lambda: _run_as(user, [_pg_bin("pg_isready"), "-q", *socket], cwd=root, check=False),
-            alive=lambda: proc.poll() is None,
-            timeout=60,
-            failure=f"PostgreSQL did not start on {HOST}:{port}; see {log}",
-        )
-    # Through the socket, as the database's superuser (peer authentication). The SQL,
-    # password included, goes on stdin: a command line is visible to every user.
-    sql = f"""
-        SELECT 'CREATE ROLE {DATABASE} LOGIN'
-            WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{DATABASE}')\\gexec
-        ALTER ROLE {DATABASE} PASSWORD '{password}';
-        SELECT 'CREATE DATABASE {DATABASE} OWNER {DATABASE}'
-            WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}')\\gexec
-    """
-    psql = [_pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *socket, "-d", "postgres"]
-    _run_as(user, psql, cwd=root, log=state_dir / "postgres-setup.log", stdin=sql)
-
-
-def postgres_dir(state_dir: Path) -> Path:
-    """Where PostgreSQL keeps its data dir and its socket: <state dir>/postgres when it can.
-
-    PostgreSQL refuses to run as root, so as root it runs as the `postgres` user,
-    which must be able to reach that directory. A checkout under /root, or a state
-    dir made by mkdtemp (0700), is closed to it; then, and when the socket's path
-    would pass the 107-byte limit of a unix socket, the directory is one under
-    /tmp named after the state dir, so the same state dir always finds its data.
-    """
-    state_dir = state_dir.resolve()
-    own = state_dir / "postgres"
-    socket_fits = len(str(own / ".s.PGSQL.65535")) < 100
-    user = _postgres_user()
-    if socket_fits and (user is None or _run_as(user, ["test", "-x", str(state_dir)], cwd=Path("/"), check=False)):
-        return own
-    key = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"mnist-cluster-postgres-{key}"
-
-
-def _postgres_user() -> str | None:
-    """Who runs PostgreSQL: `postgres` when we are root (which it refuses to run as), else we do."""
-    return "postgres" if os.geteuid() == 0 else None
-
-
-def _prepare_postgres_dir(root: Path, user: str | None) -> None:
-    """The directory exists, belongs to the server's user, and no one else may enter it."""
-    if root.is_symlink() or (root.exists() and not root.is_dir()):
-        sys.exit(f"{root} is not a directory")
-    root.mkdir(mode=0o700, exist_ok=True)
-    if user is not None:
-        owner = pwd.getpwnam(user)
-        if root.stat().st_uid != owner.pw_uid:
-            if root.parent == Path(tempfile.gettempdir()) and any(root.iterdir()):
-                # In a world-writable /tmp, a directory someone else filled is not ours to adopt.
-                sys.exit(f"{root} exists and belongs to someone else; remove it or use another state dir")
-            os.chown(root, owner.pw_uid, owner.pw_gid)
-    root.chmod(0o700)
-
-
-def _pg_bin(name: str) -> str:
-    """A PostgreSQL program: Debian keeps initdb and postgres off PATH, in /usr/lib/postgresql/<version>/bin."""
-    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
-    found = str(versions[-1]) if versions else shutil.which(name)
-    if not found:
-        sys.exit(f"{name} not found: install PostgreSQL (scripts/install_system_packages.sh does)")
-    return found
-
-
-def _run_as(
-    user: str | None, command: list[str], *, cwd: Path, log: Path | None = None, stdin: str = "", check: bool = True
-) -> bool:
-    """Run a command to its end as `user` (None: as we are); True when it succeeded."""
-    with open(log or os.devnull, "ab") as out:
-        done = subprocess.run(
-            command, cwd=cwd, input=stdin.encode(), stdout=out, stderr=subprocess.STDOUT, **as_user(user)
-        )
-    if check and done.returncode != 0:
-        sys.exit(f"{Path(command[0]).name} failed; see {log}")
-    return done.returncode == 0
 
 
 # --- Redis, the mirror ------------------------------------------------------
 
 
-def _start_redis(port: int, state_dir: Path, *, password: str) -> None:
+def _start_redis(port: int, state_dir: Path, *, password: str) -> bool:
+    """Start Redis unless it runs; True when it started it."""
     pid_file, log = state_dir / "redis.pid", state_dir / "redis.log"
     if running(pid_file) is not None:
-        return
+        return False
     # In a file (0600), not on the command line, for the password's sake. No
     # persistence: messages still queued go with Redis; the scheduler retries
     # (or fails) their tasks after [scheduler] task_queued_timeout.
@@ -331,30 +257,28 @@ def _airflow_environment(
     ports: Ports, state_dir: Path, keys: dict[str, str], store: local_s3.Credentials
 ) -> dict[str, str]:
     """What every Airflow component gets: the caller's environment, with the cluster's topology on top."""
-    database = f"{DATABASE}:{keys['postgres_password']}@{HOST}:{ports.postgres}/{DATABASE}"
     return {
         # What `make` exports, unless the caller says otherwise.
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **local_airflow.RECOVERY_DEFAULTS,
         **os.environ,
         "AIRFLOW_HOME": str(state_dir / "airflow"),
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{database}",
+        **local_airflow.database_environment(ports.postgres, keys),
         "AIRFLOW__CELERY__BROKER_URL": f"redis://:{keys['redis_password']}@{HOST}:{ports.redis}/0",
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{database}",
-        # Generated once and the same in every component: the API's tokens, the
-        # encryption of connections and variables, the signing of log requests.
-        "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
-        "AIRFLOW__CORE__FERNET_KEY": keys["fernet_key"],
-        "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
+        "AIRFLOW__CELERY__RESULT_BACKEND": local_postgres.database_url(
+            ports.postgres, keys["postgres_password"], scheme="db+postgresql"
+        ),
         **local_airflow.login_environment(ports.api),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{ports.api}/execution/",
         # Task logs go to S3 when a task ends; the UI reads them there, whichever worker wrote them.
         "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
         "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": TASK_LOGS_URI,
         "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "aws_default",
+        # Until then, the api-server reads a task's log from its worker's log server on this port.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports.worker_log),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports.triggerer_log),
         # The store's identity limited to the project's buckets (its admin only creates them).
         "AIRFLOW_CONN_AWS_DEFAULT": local_s3.client_environment(store)["AIRFLOW_CONN_AWS_DEFAULT"],
@@ -366,10 +290,11 @@ def _airflow_environment(
     }
 
 
-def _start_worker(worker: Worker, env: dict[str, str], ports: Ports, state_dir: Path) -> None:
+def _start_worker(worker: Worker, env: dict[str, str], ports: Ports, state_dir: Path) -> bool:
+    """Start the worker unless it runs; True when it started it."""
     pid_file = local_airflow.pid_file(state_dir, worker.name)
     if running(pid_file) is not None:
-        return
+        return False
     # Its own directory, as on a host of its own: the working dir, MNIST_DATA_DIR
     # (never shared: tasks exchange data through the artifact store) and local task logs.
     home = state_dir / worker.name
@@ -378,15 +303,24 @@ def _start_worker(worker: Worker, env: dict[str, str], ports: Ports, state_dir: 
         **env,
         "MNIST_DATA_DIR": str(home / "data"),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports.worker_log(worker)),
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "local_cluster.worker_hostname",
-        "MNIST_CLUSTER_WORKER": worker.name,
+        "MNIST_CLUSTER_WORKER_ADDRESS": worker.address,
         # Makes this module importable in the worker's processes, for the hostname callable.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")])),
     }
-    command = [local_airflow.airflow_executable(), "celery", "worker", "--celery-hostname", worker.name]
-    command += ["--queues", ",".join(worker.queues), "--concurrency", str(worker.concurrency)]
-    spawn(command, pid_file=pid_file, log_file=local_airflow.log_file(state_dir, worker.name), env=worker_env, cwd=home)
+    # Its log server is run_worker's, on the worker's address: not the one Airflow's starts on every address.
+    celery_worker = [local_airflow.airflow_executable(), "celery", "worker", "--celery-hostname", worker.name]
+    celery_worker += ["--queues", ",".join(worker.queues), "--concurrency", str(worker.concurrency)]
+    celery_worker += ["--skip-serve-logs"]
+    command = [sys.executable, __file__, "worker", "--address", worker.address, "--port", str(ports.worker_log)]
+    spawn(
+        [*command, "--", *celery_worker],
+        pid_file=pid_file,
+        log_file=local_airflow.log_file(state_dir, worker.name),
+        env=worker_env,
+        cwd=home,
+    )
+    return True
 
 
 def _wait_for_workers(env: dict[str, str], state_dir: Path) -> None:
@@ -413,36 +347,45 @@ def _wait_for_workers(env: dict[str, str], state_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("action", choices=["start", "stop", "worker", "serve-logs"])
     parser.add_argument("--state-dir", type=Path, default=Path(".local/cluster"))
     defaults = Ports()
-    parser.add_argument("--port", type=int, default=defaults.api, help="the UI and the API")
+    parser.add_argument(
+        "--port", type=int, default=defaults.api, help="the UI and the API (worker, serve-logs: the log server's)"
+    )
     parser.add_argument("--s3-port", type=int, default=defaults.s3)
     parser.add_argument("--postgres-port", type=int, default=defaults.postgres)
     parser.add_argument("--redis-port", type=int, default=defaults.redis)
     parser.add_argument(
         "--log-ports",
         type=int,
-        nargs=3,
-        metavar=("DEFAULT_WORKER", "TRAINING_WORKER", "TRIGGERER"),
-        default=[defaults.default_worker_log, defaults.training_worker_log, defaults.triggerer_log],
-        help="where the workers and the triggerer serve the logs of what they are running",
+        nargs=2,
+        metavar=("WORKERS", "TRIGGERER"),
+        default=[defaults.worker_log, defaults.triggerer_log],
+        help="where the workers (each on its address) and the triggerer serve the logs of what they are running",
     )
-    args = parser.parse_args()
+    parser.add_argument("--address", help="worker, serve-logs: the address the worker's log server listens on")
+    # worker: the Celery worker's command line follows `--`, options and all.
+    argv = sys.argv[1:]
+    celery_worker = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: len(argv) - len(celery_worker) - (1 if celery_worker else 0)])
     if args.action == "stop":
         stop(args.state_dir)
-        return
-    default_worker_log, training_worker_log, triggerer_log = args.log_ports
-    ports = Ports(
-        api=args.port,
-        s3=args.s3_port,
-        postgres=args.postgres_port,
-        redis=args.redis_port,
-        default_worker_log=default_worker_log,
-        training_worker_log=training_worker_log,
-        triggerer_log=triggerer_log,
-    )
-    start(ports, args.state_dir)
+    elif args.action == "worker":
+        run_worker(args.address, args.port, celery_worker)
+    elif args.action == "serve-logs":
+        serve_logs(args.address, args.port)
+    else:
+        worker_log, triggerer_log = args.log_ports
+        ports = Ports(
+            api=args.port,
+            s3=args.s3_port,
+            postgres=args.postgres_port,
+            redis=args.redis_port,
+            worker_log=worker_log,
+            triggerer_log=triggerer_log,
+        )
+        start(ports, args.state_dir)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -259,6 +260,42 @@ def aws_connection_json(endpoint: str, **extra: object) -> str:
             "extra": {"endpoint_url": endpoint, "region_name": "us-east-1", **extra},
         }
     )
+
+
+# Debian's Chromium in a container: no sandbox, no GPU, nothing that phones home.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@contextmanager
+def airflow_ui_page(url: str, user: str, password: str, *, login_screenshot: Path | None = None) -> Iterator:
+    """A Playwright page of headless Chromium, logged in to the Airflow UI at `url` as a person logs in."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.get_by_label("Username").fill(user)
+            page.get_by_label("Password").fill(password)
+            if login_screenshot:
+                login_screenshot.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=login_screenshot)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(f"{url}/")
+            yield page
+        finally:
+            browser.close()
 
 
 def api_session(url: str, user: str, password: str) -> requests.Session:

@@ -3,12 +3,17 @@
 The commands run in this process through main(), on tiny synthetic data: download
 from a local HTTP server, prepare, train, evaluate, and models list/show/promote
 against moto's S3 server. What each printed is checked against what it wrote.
+`train` also runs as a person runs it, in a process of its own, for what the terminal shows.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +22,20 @@ import pytest
 import mnist_tasks.dataset
 from mnist_tasks.registry import read_manifest
 from mnist_tasks.storage import sha256_file
+from tests.conftest import REPO
 from tests.test_cli import publish_test_model, run
 from tests.test_dataset import Tiny, _arrays, web  # noqa: F401  (web: a local HTTP server fixture)
 
 # Fixtures: the tiny prepared dataset, and a model trained on it as `train` does.
-from tests.test_train import FAST, TEST_COUNT, TRAIN_COUNT, prepared, trained  # noqa: F401
+from tests.test_train import (  # noqa: F401
+    FAST,
+    TEST_COUNT,
+    TRAIN_COUNT,
+    prepared,
+    synthetic_digits,
+    trained,
+    write_prepared,
+)
 
 MODELS_BUCKET = "cli-commands"
 MODELS_URI = f"s3://{MODELS_BUCKET}/mnist/"
@@ -100,6 +114,31 @@ def test_train_writes_the_model_and_its_history_and_prints_their_checksums(prepa
     assert printed["params"]["augment"] == "off"  # auto, for the dense model
     assert printed["train_count"] == TRAIN_COUNT
     assert set(printed["final"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+def test_train_in_a_terminal_prints_the_json_alone_on_stdout_and_an_epoch_a_line_on_stderr(prepared, tmp_path):  # noqa: F811
+    # Whatever the caller's environment says (the Makefile exports a level): the package's own setting is tested.
+    env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "-m", "mnist_tasks", "train", "--cache-dir", str(prepared), "--out", str(tmp_path)]
+    done = subprocess.run([*command, *FAST_ARGS], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model_path"] == str(tmp_path / "model.keras")
+    # Nothing else: TensorFlow's C++ start-up lines (CPU features, absl, NodeDef) are off.
+    figures = r"loss [\d.]+, accuracy [\d.]+, val_loss [\d.]+, val_accuracy [\d.]+, learning_rate \S+ \(\d+\.\d s\)"
+    lines = done.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"], done.stderr
+    assert all(re.fullmatch(rf"epoch \d/3: {figures}", line) for line in lines), done.stderr
+
+
+def test_a_diverging_train_prints_nothing_on_stdout(tmp_path, capsys):
+    x, y = synthetic_digits(200, seed=5)
+    x[7, 3, 3] = np.inf  # the loss is NaN in the first epoch, and Keras' TerminateOnNaN prints why
+    data = write_prepared(tmp_path / "data", x_train=x, y_train=y, x_test=x, y_test=y)
+
+    code, out, err = run(["train", "--cache-dir", str(data), "--out", str(tmp_path / "out"), *FAST_ARGS], capsys)
+    assert (code, out) == (2, "")
+    assert "Invalid loss" in err and err.endswith("no model was written\n")
 
 
 def test_evaluate_and_train_refuse_arrays_changed_after_prepare_wrote_them(prepared, tmp_path, capsys):  # noqa: F811

@@ -113,6 +113,7 @@ def test_settings_the_pipeline_reads_are_passed(compose):
         "MNIST_NOTIFY_ON_SUCCESS",
         "MNIST_RUN_DEADLINE_MINUTES",
         "MNIST_RETRY_DELAY_SECONDS",
+        "MNIST_TRAINING_RETRY_DELAY_SECONDS",
         "AIRFLOW__API__BASE_URL",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
         "MNIST_MODELS_URI",
@@ -184,6 +185,23 @@ def test_task_logs_go_to_s3(compose):
     assert common["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "true"
     assert common["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"] == "s3://airflow-logs/logs"
     assert common["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"] == "aws_default"
+
+
+def test_a_dead_workers_task_comes_back_as_fast_here_as_on_make_cluster(compose):
+    """The heartbeat timeout, how often the scheduler looks, and the TensorFlow tasks' retry delay."""
+    from mnist_tasks.settings import Settings
+
+    common = compose["x-airflow-common"]["environment"]
+    make_cluster = script_module("local_airflow").RECOVERY_DEFAULTS
+    assert {key: _default(common[key]) for key in make_cluster} == make_cluster
+    retry_delay = int(_default(common["MNIST_TRAINING_RETRY_DELAY_SECONDS"]))
+    assert retry_delay == Settings.from_env({}).training_retry_delay_seconds
+
+
+def _default(value: str) -> str:
+    """A compose value's default: `${NAME:-default}` gives `default`, a plain value itself."""
+    reference = REFERENCE.fullmatch(value)
+    return reference[2].removeprefix(":-") if reference else value
 
 
 def test_visibility_timeout_outlasts_the_longest_task_and_run(compose):

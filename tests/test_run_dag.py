@@ -82,6 +82,7 @@ def test_a_failed_run_ends_with_a_summary_naming_the_failed_task_and_exit_code_1
         "MNIST_ARTIFACTS_URI": (tmp_path / "store").as_uri() + "/",
         "MNIST_MIRRORS": mirror.as_uri() + "/",
         "MNIST_RETRY_DELAY_SECONDS": "1",
+        "MNIST_TRAINING_RETRY_DELAY_SECONDS": "1",
     }
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
 

@@ -73,6 +73,13 @@ def test_cluster_settings_defaults_and_environment():
         Settings.from_env({"MNIST_RETRY_DELAY_SECONDS": "0"})
 
 
+def test_tensorflow_tasks_retry_sooner_unless_told_otherwise():
+    assert Settings.from_env({}).training_retry_delay_seconds == 15
+    assert Settings.from_env({"MNIST_TRAINING_RETRY_DELAY_SECONDS": "120"}).training_retry_delay_seconds == 120
+    with pytest.raises(SettingsError, match="MNIST_TRAINING_RETRY_DELAY_SECONDS must be a whole number greater than 0"):
+        Settings.from_env({"MNIST_TRAINING_RETRY_DELAY_SECONDS": "-1"})
+
+
 def test_batch_shards_go_to_the_training_queue_unless_they_have_a_queue_of_their_own():
     assert (Settings.from_env({}).scoring_queue, Settings.from_env({"MNIST_TRAINING_QUEUE": "gpu"}).scoring_queue) == (
         "default",

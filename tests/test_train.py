@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,23 @@ def test_train_writes_a_loadable_model_and_its_history(trained: dict[str, Any]) 
     assert model.optimizer.beta_2 == pytest.approx(0.95)  # adam_beta_2 reached the optimizer
 
 
+def test_each_epoch_is_logged_at_info_with_its_figures_and_the_scheduled_rate(
+    prepared: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+
+    result = train_model(cache_dir=prepared, out_dir=tmp_path / "out", seed=1, **FAST)
+
+    records = [r for r in caplog.records if r.name == "mnist_tasks.train"]
+    assert [r.levelno for r in records] == [logging.INFO] * 3  # one per epoch
+    history = json.loads(Path(result["history_path"]).read_text())["history"]
+    # Cosine from 0.01 to 0 over the three epochs' steps: each epoch starts at 0.005 * (1 + cos(pi * epoch / 3)).
+    for record, row, rate in zip(records, history, ["0.01", "0.0075", "0.0025"], strict=True):
+        figures = ", ".join(f"{name} {row[name]:.4f}" for name in ("loss", "accuracy", "val_loss", "val_accuracy"))
+        expected = rf"epoch {row['epoch']}/3: {figures}, learning_rate {rate} \(\d+\.\d s\)"
+        assert re.fullmatch(expected, record.getMessage()), record.getMessage()
+
+
 def test_same_seed_gives_the_same_model(trained: dict[str, Any], prepared: Path, tmp_path: Path) -> None:
     again = train_model(cache_dir=prepared, out_dir=tmp_path / "again", seed=1, **FAST)
 
@@ -184,11 +202,16 @@ def test_divergence_in_a_later_epoch_is_reported_for_that_epoch() -> None:
         _per_epoch(finite, params)
 
 
-def test_the_write_up_recipe_trains_with_a_constant_rate(prepared: Path, tmp_path: Path) -> None:
+def test_the_write_up_recipe_trains_with_a_constant_rate(
+    prepared: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from mnist_tasks.params import WRITE_UP_RECIPE
 
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
     result = train_model(cache_dir=prepared, out_dir=tmp_path / "out", **{**WRITE_UP_RECIPE, "epochs": 1})
     assert result["params"]["lr_schedule"] == "constant"
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "mnist_tasks.train"]
+    assert line.startswith("epoch 1/1: loss ") and "learning_rate" not in line  # a constant rate is in the Params
     model = _load(result["model_path"])
     assert float(model.optimizer.learning_rate) == pytest.approx(0.001)  # a plain rate, not a schedule
     assert model.optimizer.beta_2 == pytest.approx(0.999)  # Keras' default, as the write-up's plain "adam"

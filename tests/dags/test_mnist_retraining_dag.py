@@ -193,7 +193,8 @@ def _parse_in_a_fresh_interpreter(env: dict[str, str]) -> dict:
 
 
 def test_tensorflow_tasks_run_on_the_training_queue_and_light_tasks_on_default():
-    tasks = _parse_in_a_fresh_interpreter({"MNIST_TRAINING_QUEUE": "training", "MNIST_RETRY_DELAY_SECONDS": "7"})
+    delays = {"MNIST_RETRY_DELAY_SECONDS": "7", "MNIST_TRAINING_RETRY_DELAY_SECONDS": "3"}
+    tasks = _parse_in_a_fresh_interpreter({"MNIST_TRAINING_QUEUE": "training", **delays})
     queues = {task: queue for task, (queue, _) in tasks[DAG_ID].items()}
     assert queues == {
         "download": "default",
@@ -208,7 +209,12 @@ def test_tensorflow_tasks_run_on_the_training_queue_and_light_tasks_on_default()
         "score": "training",
         "combine": "default",
     }
-    assert {delay for dag in tasks.values() for _, delay in dag.values()} == {7.0}
+    # A TensorFlow task's retry waits the training delay: its worker was lost, and the heartbeat timeout waited already.
+    delays = {task: delay for dag in tasks.values() for task, (_, delay) in dag.items()}
+    assert delays == {
+        **{task: 7.0 for task in ("download", "prepare", "publish", "list_images", "combine")},
+        **{task: 3.0 for task in ("anything_new", "train", "evaluate", "score")},
+    }
 
 
 def test_batch_shards_may_have_a_queue_of_their_own():
@@ -223,7 +229,10 @@ def test_batch_shards_may_have_a_queue_of_their_own():
 
 def test_without_a_training_queue_everything_runs_on_default(dag):
     assert {t.queue for t in dag.tasks} == {"default"}
-    assert {t.retry_delay for t in dag.tasks} == {timedelta(minutes=5)}
+    assert {t.task_id: t.retry_delay for t in dag.tasks} == {
+        **{task: timedelta(minutes=5) for task in ("download", "prepare", "publish")},
+        **{task: timedelta(seconds=15) for task in ("anything_new", "train", "evaluate")},
+    }
 
 
 @pytest.mark.parametrize("name", ["learning_rate", "accuracy_threshold", "max_regression"])

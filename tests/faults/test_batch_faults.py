@@ -32,6 +32,7 @@ def test_a_shard_that_dies_mid_way_is_retried_and_the_run_has_each_row_once(
     monkeypatch.setenv("MNIST_PREDICTIONS_URI", f"s3://{PREDICTIONS}/predictions/")
     monkeypatch.setenv("MNIST_REVIEW_URI", f"s3://{INBOX}/review/")
     monkeypatch.setenv("MNIST_RETRY_DELAY_SECONDS", "1")
+    monkeypatch.setenv("MNIST_TRAINING_RETRY_DELAY_SECONDS", "1")
     ensure_buckets(s3_client, MODELS_URI.split("/")[2], INBOX, PREDICTIONS)
     publish_test_model(s3_client, model_file, models_uri=MODELS_URI, version=20261120020000)
     seven = dark_digit(tmp_path / "seven.png", 7)

@@ -27,6 +27,7 @@ PASSING_CONF = {"epochs": 2, "batch_size": 16, "accuracy_threshold": 0.5}
 def _retrying_dag(monkeypatch):
     """mnist_retraining with its real retry settings (2 retries, exponential back-off), the delay shortened."""
     monkeypatch.setenv("MNIST_RETRY_DELAY_SECONDS", "1")
+    monkeypatch.setenv("MNIST_TRAINING_RETRY_DELAY_SECONDS", "1")
     return load_dag_for_test("mnist_retraining", keep_retries=True)
 
 
