@@ -58,8 +58,8 @@ before use, so any task may run on any worker. `anything_new`, `train` and
   `MNIST_ARTIFACTS_URI` (default `s3://mnist-artifacts/`), `MNIST_LABELED_URI`
   (default `s3://mnist-inbox/labeled/`), `MNIST_MIRRORS`
   (default: the public MNIST mirrors), `MNIST_DATA_DIR` (each worker's own
-  cache), `MNIST_TRAINING_QUEUE`, `MNIST_RETRY_DELAY_SECONDS` (default 300; for the
-  tasks on the training queue `MNIST_TRAINING_RETRY_DELAY_SECONDS`, default 15).
+  cache), `MNIST_TRAINING_QUEUE`, `MNIST_RETRY_DELAY_SECONDS` (default 300; for
+  `anything_new`, `train` and `evaluate` `MNIST_TRAINING_RETRY_DELAY_SECONDS`, default 15).
 - Alerts (optional): an SMTP connection `mnist_alerts_smtp` with
   `MNIST_ALERT_EMAIL_TO`, and/or an HTTP connection `mnist_alerts_webhook`
   (Slack-compatible JSON); `MNIST_RUN_DEADLINE_MINUTES` (default 120),

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -295,7 +294,6 @@ def main() -> None:
         help="only the training comparisons (still several minutes), not the whole run nor the integrity profile",
     )
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     data = prepared_arrays(args.work_dir)
     results: dict = {}
     results["training"], defaults_runs = bench_training(data, args.repeats)

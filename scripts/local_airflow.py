@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import json
 import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -49,6 +51,17 @@ USER = "admin"
 # Stopped in this order: no new task starts once the scheduler is gone, and the
 # api-server, which running tasks report to, goes last.
 COMPONENTS = ("scheduler", "triggerer", "dag-processor", "api-server")
+
+# How fast a task whose worker died comes back (docker-compose.yaml has the same values,
+# tests/test_compose.py checks it). The task's supervisor, a process apart from the
+# task, heartbeats every 5 s ([workers] min_heartbeat_interval) however busy TensorFlow
+# keeps the cores, so 60 s is twelve missed heartbeats: Airflow's 300 s only delays
+# the retry of a dead worker's task. The scheduler looks every 10 s (its default).
+# The environment overrides both; see the README's "Operations".
+RECOVERY_DEFAULTS = {
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "10",
+}
 
 
 def start(port: int, postgres_port: int, state_dir: Path) -> None:
@@ -85,7 +98,6 @@ def stack_secrets(state_dir: Path, *, extra_passwords: tuple[str, ...] = ()) -> 
     which wants 64 bytes or more (Airflow's own generated one has 24, and warns).
     """
     path = state_dir / "secrets.json"
-    keys = json.loads(path.read_text()) if path.exists() else {}
     wanted = {
         "postgres_password": lambda: secrets.token_hex(24),
         **{name: lambda: secrets.token_hex(24) for name in extra_passwords},
@@ -94,15 +106,20 @@ def stack_secrets(state_dir: Path, *, extra_passwords: tuple[str, ...] = ()) -> 
         # A Fernet key is 32 random bytes, url-safe base64 (what Fernet.generate_key returns).
         "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
     }
-    missing = {name: generate() for name, generate in wanted.items() if name not in keys}
-    if missing:
-        keys.update(missing)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.unlink(missing_ok=True)
-        # Created 0600, never wider for a moment, and renamed over the old file.
-        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-            json.dump(keys, out, indent=2)
-        temporary.replace(path)
+    # Two starts at once (two terminals) must not each write keys of their own.
+    with open(state_dir / "secrets.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        keys = json.loads(path.read_text()) if path.exists() else {}
+        missing = {name: generate() for name, generate in wanted.items() if name not in keys}
+        if missing:
+            keys.update(missing)
+            # mkstemp creates the file 0600, never wider for a moment; it is renamed over the old one.
+            descriptor, temporary = tempfile.mkstemp(dir=state_dir, prefix=".secrets-")
+            with os.fdopen(descriptor, "w") as out:
+                json.dump(keys, out, indent=2)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, path)
     return keys
 
 
@@ -115,18 +132,6 @@ def database_environment(postgres_port: int, keys: dict[str, str]) -> dict[str, 
         "AIRFLOW__CORE__FERNET_KEY": keys["fernet_key"],
         "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
     }
-
-
-# How fast a task whose worker died comes back (docker-compose.yaml has the same values,
-# tests/test_compose.py checks it). The task's supervisor, a process apart from the
-# task, heartbeats every 5 s ([workers] min_heartbeat_interval) however busy TensorFlow
-# keeps the cores, so 60 s is twelve missed heartbeats: Airflow's 300 s only delays
-# the retry of a dead worker's task. The scheduler looks every 10 s (its default).
-# The environment overrides both; see the README's "Operations".
-RECOVERY_DEFAULTS = {
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "10",
-}
 
 
 def login_environment(port: int) -> dict[str, str]:
@@ -166,7 +171,7 @@ def start_components(env: dict[str, str], *, port: int, state_dir: Path) -> list
 
 def started_line(started: list[str], components: list[str]) -> str:
     """What `start` did, so that running it again to bring back what died shows that it did only that."""
-    if started == components:
+    if set(started) == set(components):
         return "started " + ", ".join(started)
     if not started:
         return "everything was running: started nothing"

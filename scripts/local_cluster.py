@@ -33,7 +33,7 @@ data survives `stop`, and so does the object store's (in <state dir>/s3/).
 `start` again starts only what is not running, and says which: after a worker
 died, it prints `started worker-training (not running); already running: ...`.
 
-    python scripts/local_cluster.py worker --name NAME --address ADDRESS -- CELERY WORKER COMMAND
+    python scripts/local_cluster.py worker --address ADDRESS --log-port PORT -- CELERY WORKER COMMAND
 
 is how `start` runs a worker: it serves the worker's task logs on ADDRESS, then
 becomes the Celery worker, so both go together, as on a host that loses power.
@@ -53,7 +53,7 @@ from pathlib import Path
 import local_airflow
 import local_postgres
 import local_s3
-from local_processes import running, spawn, wait_until
+from local_processes import answers, running, spawn, wait_until
 from local_processes import stop as stop_session
 
 HOST = "127.0.0.1"
@@ -165,7 +165,7 @@ def run_worker(address: str, log_port: int, celery_worker: list[str]) -> None:
     could not share the port the api-server asks. The child stays in the worker's
     session: `stop` and a SIGKILL of the session end both, as a lost host does.
     """
-    subprocess.Popen([sys.executable, __file__, "serve-logs", "--address", address, "--port", str(log_port)])
+    subprocess.Popen([sys.executable, __file__, "serve-logs", "--address", address, "--log-port", str(log_port)])
     os.execv(celery_worker[0], celery_worker)
 
 
@@ -190,7 +190,8 @@ def _record_ports(ports: Ports, state_dir: Path) -> None:
     if anything_running and recorded.exists():
         before = json.loads(recorded.read_text())["ports"]
         if before != asdict(ports):
-            sys.exit(f"a cluster from {state_dir} is running with the ports {before}; `make stop` first")
+            # Also a cluster started by an older checkout, whose ports had other names.
+            sys.exit(f"a cluster from {state_dir} is running with other settings, {before}; `make stop` first")
     recorded.write_text(json.dumps({"ports": asdict(ports)}, indent=2) + "\n")
 
 
@@ -312,7 +313,7 @@ def _start_worker(worker: Worker, env: dict[str, str], ports: Ports, state_dir: 
     celery_worker = [local_airflow.airflow_executable(), "celery", "worker", "--celery-hostname", worker.name]
     celery_worker += ["--queues", ",".join(worker.queues), "--concurrency", str(worker.concurrency)]
     celery_worker += ["--skip-serve-logs"]
-    command = [sys.executable, __file__, "worker", "--address", worker.address, "--port", str(ports.worker_log)]
+    command = [sys.executable, __file__, "worker", "--address", worker.address, "--log-port", str(ports.worker_log)]
     spawn(
         [*command, "--", *celery_worker],
         pid_file=pid_file,
@@ -324,13 +325,17 @@ def _start_worker(worker: Worker, env: dict[str, str], ports: Ports, state_dir: 
 
 
 def _wait_for_workers(env: dict[str, str], state_dir: Path) -> None:
-    """Until every worker answers a Celery ping through the broker."""
+    """Until every worker answers a Celery ping through the broker, and its log server at its address."""
     from celery import Celery
 
     app = Celery(broker=env["AIRFLOW__CELERY__BROKER_URL"])
     expected = {f"celery@{w.name}" for w in WORKERS}
+    log_port = env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"]
 
     def all_answer() -> bool:
+        # Any HTTP answer will do: the log server refuses a request that is not signed.
+        if not all(answers(f"http://{w.address}:{log_port}/log/") for w in WORKERS):
+            return False
         return expected <= set(app.control.inspect(timeout=2).ping() or {})
 
     try:
@@ -338,7 +343,7 @@ def _wait_for_workers(env: dict[str, str], state_dir: Path) -> None:
             all_answer,
             alive=lambda: all(running(local_airflow.pid_file(state_dir, w.name)) is not None for w in WORKERS),
             timeout=180,
-            failure="the Celery workers did not answer; see "
+            failure="the Celery workers or their log servers did not answer; see "
             + ", ".join(str(local_airflow.log_file(state_dir, w.name)) for w in WORKERS),
         )
     finally:
@@ -350,9 +355,7 @@ def main() -> None:
     parser.add_argument("action", choices=["start", "stop", "worker", "serve-logs"])
     parser.add_argument("--state-dir", type=Path, default=Path(".local/cluster"))
     defaults = Ports()
-    parser.add_argument(
-        "--port", type=int, default=defaults.api, help="the UI and the API (worker, serve-logs: the log server's)"
-    )
+    parser.add_argument("--port", type=int, default=defaults.api, help="the UI and the API")
     parser.add_argument("--s3-port", type=int, default=defaults.s3)
     parser.add_argument("--postgres-port", type=int, default=defaults.postgres)
     parser.add_argument("--redis-port", type=int, default=defaults.redis)
@@ -365,16 +368,21 @@ def main() -> None:
         help="where the workers (each on its address) and the triggerer serve the logs of what they are running",
     )
     parser.add_argument("--address", help="worker, serve-logs: the address the worker's log server listens on")
+    parser.add_argument("--log-port", type=int, help="worker, serve-logs: the port it listens on")
     # worker: the Celery worker's command line follows `--`, options and all.
     argv = sys.argv[1:]
-    celery_worker = argv[argv.index("--") + 1 :] if "--" in argv else []
-    args = parser.parse_args(argv[: len(argv) - len(celery_worker) - (1 if celery_worker else 0)])
+    ours, celery_worker = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    args = parser.parse_args(ours)
+    if args.action in ("worker", "serve-logs") and not (args.address and args.log_port):
+        parser.error(f"{args.action} needs --address and --log-port")
+    if args.action == "worker" and not celery_worker:
+        parser.error("worker needs the Celery worker's command line after --")
     if args.action == "stop":
         stop(args.state_dir)
     elif args.action == "worker":
-        run_worker(args.address, args.port, celery_worker)
+        run_worker(args.address, args.log_port, celery_worker)
     elif args.action == "serve-logs":
-        serve_logs(args.address, args.port)
+        serve_logs(args.address, args.log_port)
     else:
         worker_log, triggerer_log = args.log_ports
         ports = Ports(

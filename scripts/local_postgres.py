@@ -92,7 +92,8 @@ def postgres_dir(state_dir: Path) -> Path:
     if socket_fits and (user is None or _run_as(user, ["test", "-x", str(state_dir)], cwd=Path("/"), check=False)):
         return own
     key = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"mnist-postgres-{key}"
+    # Named when only `make cluster` ran PostgreSQL; renamed, it would lose the data of existing clusters.
+    return Path(tempfile.gettempdir()) / f"mnist-cluster-postgres-{key}"
 
 
 def _postgres_user() -> str | None:

@@ -117,7 +117,7 @@ def test_train_writes_the_model_and_its_history_and_prints_their_checksums(prepa
 
 
 def test_train_in_a_terminal_prints_the_json_alone_on_stdout_and_an_epoch_a_line_on_stderr(prepared, tmp_path):  # noqa: F811
-    # Whatever the caller's environment says (the Makefile exports a level): the package's own setting is tested.
+    # Whatever the caller's environment says: the package's own setting is tested.
     env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
     command = [sys.executable, "-m", "mnist_tasks", "train", "--cache-dir", str(prepared), "--out", str(tmp_path)]
     done = subprocess.run([*command, *FAST_ARGS], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -49,10 +49,10 @@ ON_TRAINING_WORKER = {"anything_new", "train", "evaluate"}
 ON_DEFAULT_WORKER = {"download", "prepare", "publish"}
 # One epoch keeps the runs short. Unpausing starts the nightly run (the default Params)
 # first; one epoch falls short of its model, so the first run is judged by
-# accuracy_threshold alone. The second trains 40 epochs of under a second each, so that
-# train still runs for a while after its first epoch's line is in the log; it meets the
-# champion (the first) with the default max_regression. It is forced, as nothing new
-# would end it before train.
+# accuracy_threshold alone. The second trains 40 epochs of about 0.7 s each, so that
+# train runs for another 25 s after its first epoch's line is in the log (the UI's page
+# is open by then); it meets the champion (the first) with the default max_regression.
+# It is forced, as nothing new would end it before train.
 FIRST_CONF = {"epochs": 1, "seed": 42, "max_regression": 1.0}
 SECOND_CONF = {"epochs": 40, "seed": 42, "force": True}
 # Two cores, shared: the nightly run, then ours, each waiting for the one before.
@@ -446,36 +446,24 @@ def test_a_training_worker_killed_mid_train_is_back_within_minutes_and_its_logs_
 ):
     """The running train's log, read from the training worker's log server through the API and in the UI;
     then the worker SIGKILLed, restarted as `make cluster` does, and the run recovering with the shipped
-    settings. The timeline is written to test-artifacts/cluster/recovery.json."""
+    settings. Screenshots and the timeline (recovery.json) go to test-artifacts/cluster/."""
     from mnist_tasks.registry import read_latest, verify_version
 
     local_processes, _ = scripts
     assert first_run["final_state"] == "success", cluster.logs()
     versions_before = _versions(s3)
-    # Logged in before the run starts: the first epoch's line leaves train a few seconds to live.
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    served = f"http://{ADDRESS[TRAINING_WORKER]}:{cluster.worker_log_port}/log/"
     with airflow_ui_page(cluster.url, cluster.user, cluster.password) as page:
         run_id = _trigger(api, cluster, SECOND_CONF)["dag_run_id"]
-        train = _wait_for_running(api, cluster, run_id, "train")
-        assert train["hostname"] == ADDRESS[TRAINING_WORKER]
-        # While it runs, the api-server reads the try's log from the worker's log server, at its address.
-        served = f"http://{ADDRESS[TRAINING_WORKER]}:{cluster.worker_log_port}/log/"
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while True:
-            sources, lines = _log_entries(api, cluster, run_id, 1)
-            if any(re.search(EPOCH_LINE, e["event"]) for e in lines):
-                break
-            assert _task_instances(api, cluster, run_id)["train"]["state"] == "running", lines
-            assert time.monotonic() < deadline, lines
-            time.sleep(0.5)
+        assert _wait_for_running(api, cluster, run_id, "train")["hostname"] == ADDRESS[TRAINING_WORKER]
         ui_log = f"{cluster.url}/dags/{DAG_ID}/runs/{run_id}/tasks/train?try_number=1"
-        page.goto(ui_log)
+        page.goto(ui_log)  # loaded while train starts: once its first epoch is logged, a reload shows it
+        # While it runs, the api-server reads the try's log from the worker's log server, at its address.
+        sources, lines = _wait_for_epoch_line(api, cluster, run_id)
+        page.reload()
         page.get_by_text(re.compile(EPOCH_LINE)).first.wait_for()
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=SCREENSHOTS / "01-running-train-log.png")
-        assert [s for s in sources if not s.startswith(served)] == [], sources
-        epochs = [e for e in lines if re.search(EPOCH_LINE, e["event"])]
-        assert {e.get("level") for e in epochs} == {"info"}, epochs
-        assert not [e for e in lines if e.get("level") == "error"], lines
 
         # Like the machine losing power: every process of the worker's session, the task's and
         # the log server's included, at once.
@@ -485,63 +473,25 @@ def test_a_training_worker_killed_mid_train_is_back_within_minutes_and_its_logs_
         killed_at = datetime.now(UTC)
         killed_while = _task_instances(api, cluster, run_id)["train"]
         assert (killed_while["state"], killed_while["try_number"]) == ("running", 1), killed_while
-        # With the worker gone, its address refuses: the page says so, not that a name did not resolve.
-        down_sources, _ = _log_entries(api, cluster, run_id, 1)
-        assert any("Could not read served logs" in s and ADDRESS[TRAINING_WORKER] in s for s in down_sources), (
-            down_sources
-        )
-        assert not any("resolve" in s for s in down_sources), down_sources
-        page.goto(ui_log)
-        page.get_by_text("Log message source details").first.click()
-        refused = re.compile(f"Could not read served logs.*{re.escape(ADDRESS[TRAINING_WORKER])}")
-        page.get_by_text(refused).first.wait_for()
-        page.screenshot(path=SCREENSHOTS / "02-killed-try-worker-down.png")
+        _shows_the_killed_try_while_its_worker_is_down(api, cluster, run_id, page, ui_log)
 
         # Starting the cluster again starts the worker that is missing, says so, and starts nothing else.
         printed = cluster.start()
         assert f"started {TRAINING_WORKER} (not running); already running: " in printed, printed
         restarted = cluster.pids()
         assert restarted.pop(killed) and restarted == others, f"{others} -> {restarted}\n{cluster.logs()}"
-
         final = _final_state(api, cluster, run_id)
         assert final == "success", f"{_task_instances(api, cluster, run_id)}\n{cluster.logs()}"
-        # The killed try's log, from the disk of the restarted worker at the same address: its lines up to the kill.
-        sources, lines = _log_entries(api, cluster, run_id, 1)
-        assert [s for s in sources if not s.startswith(served)] == [], sources
-        assert any(re.search(EPOCH_LINE, e["event"]) for e in lines), lines
-        page.goto(ui_log)
-        page.get_by_text(re.compile(EPOCH_LINE)).first.wait_for()
-        page.screenshot(path=SCREENSHOTS / "03-killed-try-after-restart.png")
-        # Why the try ended, in the scheduler's words: the task's audit log.
-        page.get_by_text("Audit Log", exact=True).click()
-        page.get_by_text("heartbeat timeout", exact=True).first.wait_for()
-        page.screenshot(path=SCREENSHOTS / "04-audit-log-heartbeat-timeout.png")
+        _shows_the_killed_try_after_its_worker_is_back(api, cluster, run_id, page, ui_log)
 
+    assert [s for s in sources if not s.startswith(served)] == [], sources
+    assert {e.get("level") for e in lines if re.search(EPOCH_LINE, e["event"])} == {"info"}, lines
+    assert not [e for e in lines if e.get("level") == "error"], lines
     task_instances = _task_instances(api, cluster, run_id)
     # The first try died with its worker; the scheduler noticed the missing heartbeat and retried it.
     assert task_instances["train"]["try_number"] == 2, task_instances["train"]
     assert {task_instances[t]["hostname"] for t in ON_TRAINING_WORKER} == {ADDRESS[TRAINING_WORKER]}, task_instances
-    found = api.get(
-        f"{cluster.url}/api/v2/eventLogs", params={"dag_id": DAG_ID, "run_id": run_id, "task_id": "train"}, timeout=60
-    )
-    assert found.status_code == 200, found.text
-    timed_out = found.json()["event_logs"]
-    (heartbeat_timeout,) = [e for e in timed_out if e["event"] == "heartbeat timeout"]
-    run = _get(api, cluster, f"dagRuns/{run_id}")
-    timeline = {
-        "killed": killed_at.isoformat(),
-        "heartbeat_timeout_noticed": heartbeat_timeout["when"],
-        "retry_started": task_instances["train"]["start_date"],
-        "run_succeeded": run["end_date"],
-    }
-    seconds = {event: (datetime.fromisoformat(at) - killed_at).total_seconds() for event, at in timeline.items()}
-    (SCREENSHOTS / "recovery.json").write_text(json.dumps({"at": timeline, "seconds_after_kill": seconds}, indent=2))
-    print(f"recovery after SIGKILL of {TRAINING_WORKER}: {seconds} (goal: success within {RECOVERY_GOAL_SECONDS} s)")
-    # The shipped settings (60 s without a heartbeat, the scheduler looking every 10 s, 15-30 s
-    # before the first retry) bound when the retry starts; the margin is a busy machine's. The
-    # last heartbeat came up to one interval (5 s) before the kill.
-    assert seconds["heartbeat_timeout_noticed"] >= 60 - 5 - 1, timeline
-    assert seconds["retry_started"] < 60 + 10 + 30 + 120, timeline
+    _record_recovery(api, cluster, run_id, killed_at)
 
     new_versions = _versions(s3) - versions_before
     assert len(new_versions) == 1, f"{new_versions}\n{cluster.logs()}"
@@ -552,6 +502,68 @@ def test_a_training_worker_killed_mid_train_is_back_within_minutes_and_its_logs_
         s3_client=s3, models_uri=MODELS_URI, version=version, manifest_sha256=latest["manifest_sha256"]
     )
     assert manifest["run_id"] == run_id, cluster.logs()
+
+
+def _wait_for_epoch_line(api, cluster, run_id: str) -> tuple[list[str], list[dict]]:
+    """The running train's log once it holds an epoch line, as the API reads it (sources, entries)."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        sources, lines = _log_entries(api, cluster, run_id, 1)
+        if any(re.search(EPOCH_LINE, e["event"]) for e in lines):
+            return sources, lines
+        assert _task_instances(api, cluster, run_id)["train"]["state"] == "running", lines
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.5)
+
+
+def _shows_the_killed_try_while_its_worker_is_down(api, cluster, run_id: str, page, ui_log: str) -> None:
+    """Its page says which address no longer answers, not that a name did not resolve."""
+    sources, _ = _log_entries(api, cluster, run_id, 1)
+    refused = f"Could not read served logs: HTTPConnectionPool(host='{ADDRESS[TRAINING_WORKER]}'"
+    assert any(s.startswith(refused) for s in sources), sources
+    assert not any("resolve" in s for s in sources), sources
+    page.goto(ui_log)
+    page.get_by_text("Log message source details").first.click()
+    page.get_by_text(refused).first.wait_for()
+    page.screenshot(path=SCREENSHOTS / "02-killed-try-worker-down.png")
+
+
+def _shows_the_killed_try_after_its_worker_is_back(api, cluster, run_id: str, page, ui_log: str) -> None:
+    """The killed try's log, from the disk of the worker restarted at the same address: its lines up to the kill;
+    and why it ended, in the scheduler's words, in the task's audit log."""
+    sources, lines = _log_entries(api, cluster, run_id, 1)
+    served = f"http://{ADDRESS[TRAINING_WORKER]}:{cluster.worker_log_port}/log/"
+    assert [s for s in sources if not s.startswith(served)] == [], sources
+    assert any(re.search(EPOCH_LINE, e["event"]) for e in lines), lines
+    page.goto(ui_log)
+    page.get_by_text(re.compile(EPOCH_LINE)).first.wait_for()
+    page.screenshot(path=SCREENSHOTS / "03-killed-try-after-restart.png")
+    page.get_by_text("Audit Log", exact=True).click()
+    page.get_by_text("heartbeat timeout", exact=True).first.wait_for()
+    page.screenshot(path=SCREENSHOTS / "04-audit-log-heartbeat-timeout.png")
+
+
+def _record_recovery(api, cluster, run_id: str, killed_at: datetime) -> None:
+    """Write when, after the kill, the scheduler noticed, the retry started and the run succeeded."""
+    found = api.get(
+        f"{cluster.url}/api/v2/eventLogs", params={"dag_id": DAG_ID, "run_id": run_id, "task_id": "train"}, timeout=60
+    )
+    assert found.status_code == 200, found.text
+    (heartbeat_timeout,) = [e for e in found.json()["event_logs"] if e["event"] == "heartbeat timeout"]
+    # The shipped setting, not Airflow's 300 s.
+    assert "within time limit (60 seconds)" in heartbeat_timeout["extra"], heartbeat_timeout
+    timeline = {
+        "killed": killed_at.isoformat(),
+        "heartbeat_timeout_noticed": heartbeat_timeout["when"],
+        "retry_started": _task_instances(api, cluster, run_id)["train"]["start_date"],
+        "run_succeeded": _get(api, cluster, f"dagRuns/{run_id}")["end_date"],
+    }
+    seconds = {event: (datetime.fromisoformat(at) - killed_at).total_seconds() for event, at in timeline.items()}
+    (SCREENSHOTS / "recovery.json").write_text(json.dumps({"at": timeline, "seconds_after_kill": seconds}, indent=2))
+    print(f"recovery after SIGKILL of {TRAINING_WORKER}: {seconds} (goal: success within {RECOVERY_GOAL_SECONDS} s)")
+    # 60 s without a heartbeat, the scheduler looking every 10 s, 15-30 s before the first retry:
+    # the retry starts within 100 s of the kill; the margin is a busy machine's.
+    assert seconds["retry_started"] < 60 + 10 + 30 + 120, timeline
 
 
 def _wait_for_running(api, cluster, run_id: str, task_id: str) -> dict:
