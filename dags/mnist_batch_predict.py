@@ -27,9 +27,9 @@ Each row has the file's `s3://` URI, the digit, its probability, a status
 (`ok`, `blank`: no ink, `low_confidence`: below `min_confidence`, `error`: not
 a readable image, with the reason), the model version and (Parquet) the top 3.
 A file that cannot be read does not stop the others. A retried shard rewrites
-its own part; a re-run of the run replaces all its files. A shard whose worker
-died is retried after `MNIST_TRAINING_RETRY_DELAY_SECONDS` (default 15), the
-other tasks after `MNIST_RETRY_DELAY_SECONDS` (default 300).
+its own part; a re-run of the run replaces all its files. A failed shard (most
+often: its worker died) is retried after `MNIST_TRAINING_RETRY_DELAY_SECONDS`
+(default 15), the other tasks after `MNIST_RETRY_DELAY_SECONDS` (default 300).
 
 **Needs**
 - The Airflow connection `aws_default` (or `MNIST_AWS_CONN_ID`), reaching the

@@ -13,8 +13,9 @@ answers, unpauses mnist_retraining, prints how to log in and what it started.
 `stop` ends every component together with the task processes it started.
 
 The executor is the LocalExecutor, which runs tasks as subprocesses of the
-scheduler. The database is PostgreSQL, not SQLite: on SQLite a trigger from the
-UI beside a starting task answered 500 (`database is locked`). Log-ins go
+scheduler. The database is PostgreSQL, not SQLite, which Airflow's docs keep for
+development: on SQLite a trigger beside a starting task once answered 500 (its
+`INSERT INTO log` failed). Log-ins go
 through the SimpleAuthManager with one admin user, whose password Airflow
 generates on first start and keeps in
 $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated. The database's

@@ -2,9 +2,9 @@
 
 Its data dir and unix socket are under the state dir it is given, it listens on
 127.0.0.1 only, and it holds one database and one role, both named `airflow`,
-with a generated password. SQLite cannot hold Airflow's concurrency (a trigger
-beside a starting task answered 500, `database is locked`), so both local stacks
-run on this, as Airflow's docs ask of anything beyond development.
+with a generated password. Both local stacks run on this, as Airflow's docs ask
+of anything beyond development: on SQLite, a trigger beside a starting task once
+answered 500 (its `INSERT INTO log` failed).
 """
 
 from __future__ import annotations
