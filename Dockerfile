@@ -4,6 +4,7 @@
 FROM apache/airflow:3.3.2-python3.11
 COPY --chown=airflow:root requirements.txt constraints.txt pyproject.toml /opt/mnist/
 COPY --chown=airflow:root mnist_tasks /opt/mnist/mnist_tasks
+COPY --chown=airflow:root mnist_airflow /opt/mnist/mnist_airflow
 RUN pip install --no-cache-dir -r /opt/mnist/requirements.txt -c /opt/mnist/constraints.txt \
  && pip install --no-cache-dir --no-deps /opt/mnist
 COPY --chown=airflow:root dags /opt/airflow/dags

@@ -14,7 +14,7 @@ registry's `latest.json` URI) **and** every day at 06:00 UTC, whichever comes fi
 2. `score` runs once per shard (dynamic task mapping, on `MNIST_SCORING_QUEUE`,
    by default the training queue, so on any worker that serves it):
    it streams the shard's images (bounded concurrent GETs), preprocesses them
-   like MNIST's own digits (mnist_tasks/preprocess.py's docstring has the steps),
+   like MNIST's own digits (mnist_tasks/inference/preprocess.py's docstring has the steps),
    predicts them in batches and writes its part of the rows. Its log shows the
    images done, the rate and the ETA. Images below `min_confidence`, and blank
    ones, are copied to `$MNIST_REVIEW_URI/<run id>/` with the model's top 3.
@@ -52,8 +52,8 @@ import pendulum
 from airflow.sdk import AssetOrTimeSchedule, Param, dag, task
 
 # plugins/: Airflow puts the plugins folder on sys.path in all its processes.
-from mnist_dags import (
-    PastCronTimetable,
+from mnist_airflow.schedules import PastCronTimetable
+from mnist_airflow.wiring import (
     airflow_param,
     default_args,
     not_retried,
@@ -61,7 +61,6 @@ from mnist_dags import (
     published_model_asset,
     s3_client,
 )
-
 from mnist_tasks.params import BATCH_PREDICT_PARAMS
 from mnist_tasks.settings import Settings
 
@@ -98,7 +97,7 @@ def mnist_batch_predict() -> None:
     def list_images(**context) -> list[dict]:
         from airflow.sdk.configuration import conf
 
-        from mnist_tasks.batch_predict import NOT_RETRIED, list_shards
+        from mnist_tasks.inference.batch import NOT_RETRIED, list_shards
 
         settings = Settings.from_env()
         p = context["params"]
@@ -123,8 +122,8 @@ def mnist_batch_predict() -> None:
     def score(shard: dict, **context) -> dict:
         import logging
 
-        from mnist_tasks.batch_predict import NOT_RETRIED
-        from mnist_tasks.batch_shard import score_shard
+        from mnist_tasks.inference.batch import NOT_RETRIED
+        from mnist_tasks.inference.shard import score_shard
 
         settings = Settings.from_env()
         with not_retried(*NOT_RETRIED):
@@ -139,9 +138,8 @@ def mnist_batch_predict() -> None:
 
     @task(multiple_outputs=False)
     def combine(shards: list[dict], scored: list[dict], **context) -> dict:
-        from mnist_alerting import alert_drift
-
-        from mnist_tasks.batch_predict import combine_shards
+        from mnist_airflow.alerting import alert_drift
+        from mnist_tasks.inference.batch import combine_shards
 
         settings = Settings.from_env()
         p = context["params"]
@@ -163,7 +161,7 @@ def mnist_batch_predict() -> None:
 
 def _run_dir(base_uri: str, run_id: str) -> str:
     """The run's own directory under a base URI (run ids hold ':' and '+': storage.safe_name keeps them apart)."""
-    from mnist_tasks.storage import safe_name
+    from mnist_tasks.files import safe_name
 
     return f"{base_uri.rstrip('/')}/{safe_name(run_id)}/"
 

@@ -77,9 +77,9 @@ import pendulum
 from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, dag, task
 
 # plugins/: Airflow puts the plugins folder on sys.path in all its processes.
-from mnist_alerting import alert_run_failure, alert_run_overdue, alert_run_success
-from mnist_dags import (
-    PastCronTimetable,
+from mnist_airflow.alerting import alert_run_failure, alert_run_overdue, alert_run_success
+from mnist_airflow.schedules import PastCronTimetable
+from mnist_airflow.wiring import (
     airflow_param,
     artifact_store,
     default_args,
@@ -89,7 +89,6 @@ from mnist_dags import (
     published_model_asset,
     s3_client,
 )
-
 from mnist_tasks.params import GATE_PARAMS, TRAINING_PARAMS
 from mnist_tasks.settings import Settings
 
@@ -104,8 +103,8 @@ PUBLISHED_MODEL = published_model_asset(_SETTINGS)
 # otherwise also push every key as an XCom of its own, which nothing reads.
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=20))
 def download() -> dict:
-    from mnist_tasks import pipeline
-    from mnist_tasks.dataset import DataIntegrityError
+    from mnist_tasks.data.download import DataIntegrityError
+    from mnist_tasks.flow import pipeline
 
     settings = Settings.from_env()
     client = s3_client(settings)
@@ -123,9 +122,9 @@ def download() -> dict:
 def prepare(downloaded: dict) -> dict:
     import logging
 
-    from mnist_tasks import pipeline
-    from mnist_tasks.artifacts import ArtifactUnusableError
-    from mnist_tasks.dataset import DataIntegrityError
+    from mnist_tasks.data.download import DataIntegrityError
+    from mnist_tasks.flow import pipeline
+    from mnist_tasks.flow.artifacts import ArtifactUnusableError
 
     settings = Settings.from_env()
     client = s3_client(settings)
@@ -154,7 +153,7 @@ def anything_new(prepared: dict, **context) -> dict | bool:
     the run here, with the later tasks skipped."""
     import logging
 
-    from mnist_tasks import pipeline
+    from mnist_tasks.flow import pipeline
     from mnist_tasks.registry import PublishVerificationError
 
     settings = Settings.from_env()
@@ -176,9 +175,9 @@ def anything_new(prepared: dict, **context) -> dict | bool:
 
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), **_ON_TRAINING_QUEUE)
 def train(prepared: dict, **context) -> dict:
-    from mnist_tasks import pipeline
-    from mnist_tasks.artifacts import ArtifactUnusableError
-    from mnist_tasks.train import TrainingDivergedError
+    from mnist_tasks.flow import pipeline
+    from mnist_tasks.flow.artifacts import ArtifactUnusableError
+    from mnist_tasks.model.train import TrainingDivergedError
 
     p = context["params"]
     with not_retried(ArtifactUnusableError, TrainingDivergedError):
@@ -194,10 +193,10 @@ def train(prepared: dict, **context) -> dict:
 def evaluate(prepared: dict, trained: dict, **context) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from mnist_tasks import pipeline
-    from mnist_tasks.artifacts import ArtifactUnusableError
+    from mnist_tasks.flow import pipeline
+    from mnist_tasks.flow.artifacts import ArtifactUnusableError
+    from mnist_tasks.model.loading import ModelChecksumError
     from mnist_tasks.registry import PublishVerificationError
-    from mnist_tasks.storage import ModelChecksumError
 
     settings = Settings.from_env()
     client = s3_client(settings)
@@ -226,10 +225,10 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
 
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
 def publish(downloaded: dict, prepared: dict, trained: dict, evaluated: dict, identity: dict, **context) -> dict:
-    from mnist_tasks import pipeline
-    from mnist_tasks.artifacts import ArtifactUnusableError
-    from mnist_tasks.publish import GateFailedError, VersionConflictError, version_for
+    from mnist_tasks.flow import pipeline
+    from mnist_tasks.flow.artifacts import ArtifactUnusableError
     from mnist_tasks.registry import DamagedObjectError, LatestMovedError
+    from mnist_tasks.registry.publish import GateFailedError, VersionConflictError, version_for
 
     settings = Settings.from_env()
     client = s3_client(settings)

@@ -1,6 +1,6 @@
 """What an alert says: a subject, plain text, HTML for email and a Slack-compatible payload.
 
-Formatting only. The Airflow side (plugins/mnist_alerting.py) gathers the facts
+Formatting only. The Airflow side (mnist_airflow/alerting.py) gathers the facts
 from a callback's context and sends the result through Airflow's notifiers.
 Every alert names the DAG and the run and links to the run's page in the UI.
 """

@@ -1,6 +1,6 @@
 """The run's Params: one definition of each one's type, default, bounds and meaning.
 
-The DAG's trigger form (plugins/mnist_dags.py builds Airflow Params from these),
+The DAG's trigger form (mnist_airflow/wiring.py builds Airflow Params from these),
 the CLI's options and `train_model` all check values against the same bounds,
 so every value the form accepts trains, and the CLI refuses what the form refuses.
 NaN and infinity are never accepted.
@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mnist_tasks.model import ARCHITECTURES
+from mnist_tasks.model.architecture import ARCHITECTURES
 
 
 class ParamError(ValueError):

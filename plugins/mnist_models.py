@@ -218,7 +218,7 @@ def create_app() -> "FastAPI":
     from fastapi import Path as PathParam
     from fastapi.responses import FileResponse, HTMLResponse
 
-    from mnist_tasks.report import REPORT_FILE
+    from mnist_tasks.model.report import REPORT_FILE
 
     app = protected_app("MNIST models")
 
@@ -285,7 +285,7 @@ def _download_report(version: int, dest_dir: Path) -> str:
     from fastapi import HTTPException
 
     from mnist_tasks import registry
-    from mnist_tasks.report import REPORT_FILE
+    from mnist_tasks.model.report import REPORT_FILE
 
     s3_client, models_uri = _registry_access()
     try:

@@ -1,7 +1,7 @@
 """The "MNIST review" page of the Airflow UI: people label the images batch predictions were unsure of.
 
 A FastAPI app that the api-server mounts under /mnist-review, shown inside the UI
-through an entry in the Browse menu. It only wires: mnist_tasks/labeling.py lists the
+through an entry in the Browse menu. It only wires: mnist_tasks/feedback/labeling.py lists the
 queue, labels, discards and keeps the audit record, on three prefixes of the settings
 (MNIST_REVIEW_URI, MNIST_LABELED_URI, MNIST_REVIEW_LOG_URI; its docstring shows their
 layout), through the Amazon provider's connection (`MNIST_AWS_CONN_ID`). Its errors
@@ -44,7 +44,7 @@ from mnist_models import DAG_ID, page_templates, protected_app
 if TYPE_CHECKING:
     from fastapi import FastAPI, Response
 
-    from mnist_tasks.labeling import ReviewItem
+    from mnist_tasks.feedback.labeling import ReviewItem
     from mnist_tasks.settings import Settings
 
 URL_PREFIX = "/mnist-review"
@@ -132,7 +132,7 @@ def _as_http_errors() -> Iterator[None]:
     from botocore.exceptions import BotoCoreError, ClientError
     from fastapi import HTTPException
 
-    from mnist_tasks import labeling
+    from mnist_tasks.feedback import labeling
 
     try:
         yield
@@ -149,7 +149,7 @@ def _as_http_errors() -> Iterator[None]:
 
 def _review_page(offset: int) -> str:
     """The page's HTML: the queue from a listing, and the JSON of the shown images only."""
-    from mnist_tasks import labeling
+    from mnist_tasks.feedback import labeling
 
     s3_client, settings = _review_access()
     with _as_http_errors():
@@ -164,8 +164,8 @@ def _review_image(key: str) -> "Response":
     from fastapi import HTTPException
     from fastapi.responses import Response
 
-    from mnist_tasks import labeling
-    from mnist_tasks.storage import split_s3_dir
+    from mnist_tasks.feedback import labeling
+    from mnist_tasks.s3 import split_s3_dir
 
     s3_client, settings = _review_access()
     with _as_http_errors():
@@ -185,7 +185,7 @@ def _review_image(key: str) -> "Response":
 
 def _label(body: dict[str, Any], user: str) -> dict[str, Any]:
     """POST /label: the body's "key" and "digit" go to label_image as they are, which checks them."""
-    from mnist_tasks import labeling
+    from mnist_tasks.feedback import labeling
 
     s3_client, settings = _review_access()
     with _as_http_errors():
@@ -203,7 +203,7 @@ def _label(body: dict[str, Any], user: str) -> dict[str, Any]:
 
 def _discard(body: dict[str, Any], user: str) -> dict[str, Any]:
     """POST /discard: the body's "key" goes to discard_image as it is, which checks it."""
-    from mnist_tasks import labeling
+    from mnist_tasks.feedback import labeling
 
     s3_client, settings = _review_access()
     with _as_http_errors():

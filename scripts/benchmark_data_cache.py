@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def _seed_style(raw_dir: Path) -> None:
-    from mnist_tasks.dataset import read_idx_images, read_idx_labels
+    from mnist_tasks.data.idx import read_idx_images, read_idx_labels
 
     for split in ("train", "t10k"):
         images = read_idx_images(raw_dir / f"{split}-images-idx3-ubyte.gz").astype("float32") / 255.0
@@ -32,7 +32,8 @@ def _seed_style(raw_dir: Path) -> None:
 
 
 def _ours(mirror: str, data_dir: Path) -> dict:
-    from mnist_tasks.dataset import download_mnist, load_prepared, prepare_dataset
+    from mnist_tasks.data.download import download_mnist
+    from mnist_tasks.data.prepare import load_prepared, prepare_dataset
 
     download_mnist(mirrors=[mirror], raw_dir=data_dir / "raw")
     prepared = prepare_dataset(raw_dir=data_dir / "raw", cache_root=data_dir / "prepared")

@@ -58,7 +58,7 @@ def labeled_glyphs(*, count: int, seed: int) -> list[bench.Glyph]:
 
 def labeled_arrays(glyphs: Sequence[bench.Glyph], *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(x float32 (N, 28, 28), y uint8 (N,)): each glyph in every style, as PNG, read by predict's preprocessing."""
-    from mnist_tasks.preprocess import digits_in_bytes
+    from mnist_tasks.inference.preprocess import digits_in_bytes
 
     fields, digits = [], []
     for glyph in glyphs:
@@ -76,7 +76,7 @@ def labeled_arrays(glyphs: Sequence[bench.Glyph], *, seed: int) -> tuple[np.ndar
 
 def train(*, prepared: Path, architecture: str, count: int, weight: int, work_dir: Path, seed: int) -> dict:
     """A model of `architecture` trained on MNIST plus `count` labelled digits per digit; its path and figures."""
-    from mnist_tasks.train import train_model
+    from mnist_tasks.model.train import train_model
 
     labeled_dir = None
     labeled_count = 0

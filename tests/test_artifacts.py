@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.artifacts import ArtifactIntegrityError, ArtifactMissingError, ArtifactStore
+from mnist_tasks.flow.artifacts import ArtifactIntegrityError, ArtifactMissingError, ArtifactStore
 
 BUCKET = "artifacts"
 

@@ -5,7 +5,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from mnist_tasks.augment import MAX_SHIFT, _affine_transforms, augment_batch  # noqa: E402
+from mnist_tasks.data.augment import MAX_SHIFT, _affine_transforms, augment_batch  # noqa: E402
 
 
 def _dot(row: int, col: int) -> np.ndarray:

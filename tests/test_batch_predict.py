@@ -9,12 +9,12 @@ import json
 import pytest
 from PIL import Image
 
-import mnist_tasks.batch_shard
-from mnist_tasks.batch_predict import ShardingError, combine_shards, list_shards
-from mnist_tasks.batch_shard import score_shard
+import mnist_tasks.inference.shard
+from mnist_tasks.files import ChecksumMismatchError
+from mnist_tasks.inference.batch import ShardingError, combine_shards, list_shards
+from mnist_tasks.inference.shard import score_shard
 from mnist_tasks.params import ParamError
 from mnist_tasks.registry import NothingPublishedError
-from mnist_tasks.storage import ChecksumMismatchError
 from tests.test_cli import dark_digit, model_file, publish_test_model  # noqa: F401  (model_file: fixture)
 from tests.test_predict import model  # noqa: F401  (fixture)
 
@@ -115,7 +115,7 @@ def inbox(buckets, model_file, tmp_path, monkeypatch):  # noqa: F811
     buckets.upload_file(str(tmp_path / "blank.png"), "inbox", "in/e-blank.png")
     buckets.put_object(Bucket="inbox", Key="in/folder/", Body=b"")  # a console's "folder"
     buckets.put_object(Bucket="inbox", Key="in/notes.txt", Body=b"x")
-    monkeypatch.setattr(mnist_tasks.batch_shard, "MAX_FILE_BYTES", big - 1)
+    monkeypatch.setattr(mnist_tasks.inference.shard, "MAX_FILE_BYTES", big - 1)
     return big
 
 
@@ -190,19 +190,19 @@ def test_a_shard_that_dies_mid_way_writes_no_part_and_its_retry_completes_the_ru
 ):
     shards = _list(buckets, tmp_path, shard_size=3)
     first = _score(buckets, tmp_path, shards[0])
-    monkeypatch.setattr(mnist_tasks.batch_shard, "BATCH_SIZE", 1)  # rows are written image by image
-    real_fetch = mnist_tasks.batch_shard._fetch
+    monkeypatch.setattr(mnist_tasks.inference.shard, "BATCH_SIZE", 1)  # rows are written image by image
+    real_fetch = mnist_tasks.inference.shard._fetch
 
     def dying(getter, bucket, obj):
         if obj["key"] == "in/e-blank.png":
             raise ConnectionResetError("the worker lost its connection")  # after d-big.png was scored
         return real_fetch(getter, bucket, obj)
 
-    monkeypatch.setattr(mnist_tasks.batch_shard, "_fetch", dying)
+    monkeypatch.setattr(mnist_tasks.inference.shard, "_fetch", dying)
     with pytest.raises(ConnectionResetError):
         _score(buckets, tmp_path, shards[1])
     assert _keys(buckets, "out", "runs/r1/parts/part-00001") == []  # the parts are uploaded only whole
-    monkeypatch.setattr(mnist_tasks.batch_shard, "_fetch", real_fetch)
+    monkeypatch.setattr(mnist_tasks.inference.shard, "_fetch", real_fetch)
 
     result = _combine(buckets, tmp_path, shards, [first, _score(buckets, tmp_path, shards[1])])
 
@@ -223,8 +223,8 @@ def test_a_part_changed_after_its_shard_finished_is_refused_by_name(buckets, inb
 
 @pytest.mark.slow
 def test_a_shard_logs_images_done_rate_and_eta(buckets, inbox, tmp_path, monkeypatch):
-    monkeypatch.setattr(mnist_tasks.batch_shard, "PROGRESS_SECONDS", 0.0)  # every batch
-    monkeypatch.setattr(mnist_tasks.batch_shard, "BATCH_SIZE", 2)
+    monkeypatch.setattr(mnist_tasks.inference.shard, "PROGRESS_SECONDS", 0.0)  # every batch
+    monkeypatch.setattr(mnist_tasks.inference.shard, "BATCH_SIZE", 2)
     lines: list[str] = []
     (shard,) = _list(buckets, tmp_path)
     _score(buckets, tmp_path, shard, progress=lines.append)

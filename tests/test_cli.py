@@ -50,7 +50,7 @@ def publish_test_model(
 
     manifest_fields replace build_manifest's arguments (run_id, dag_id, params, data, metrics).
     """
-    from mnist_tasks.publish import build_manifest, publish_model
+    from mnist_tasks.registry.publish import build_manifest, publish_model
 
     fields = {
         "run_id": f"tests__{version}",
@@ -327,7 +327,7 @@ def test_models_download_fetches_a_version_with_its_export_and_predict_checks_th
 ):
     import tensorflow as tf
 
-    from mnist_tasks.serving import export_saved_model
+    from mnist_tasks.model.serving import export_saved_model
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     s3_client.create_bucket(Bucket=MODELS_BUCKET)

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mnist_tasks.dataset
+import mnist_tasks.data.download
+from mnist_tasks.files import sha256_file
 from mnist_tasks.registry import read_manifest
-from mnist_tasks.storage import sha256_file
 from tests.conftest import REPO
 from tests.test_cli import publish_test_model, run
 from tests.test_dataset import Tiny, _arrays, web  # noqa: F401  (web: a local HTTP server fixture)
@@ -56,7 +56,7 @@ def _json(code: int, out: str, err: str) -> dict | list:
 def tiny(monkeypatch: pytest.MonkeyPatch) -> Tiny:
     """Four small MNIST files, and the checksum table that makes them the expected ones."""
     data = Tiny(_arrays())
-    monkeypatch.setattr(mnist_tasks.dataset, "MNIST_FILES", data.spec)
+    monkeypatch.setattr(mnist_tasks.data.download, "MNIST_FILES", data.spec)
     return data
 
 

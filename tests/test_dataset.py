@@ -17,20 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mnist_tasks.dataset
-from mnist_tasks.dataset import (
+import mnist_tasks.data.download
+import mnist_tasks.data.prepare
+from mnist_tasks.data.download import (
     MNIST_FILES,
     DataIntegrityError,
     DownloadError,
     FileSpec,
     download_mnist,
     files_by_role,
-    idx_bytes,
-    load_prepared,
-    prepare_dataset,
-    read_idx_images,
-    read_idx_labels,
 )
+from mnist_tasks.data.idx import idx_bytes, read_idx_images, read_idx_labels
+from mnist_tasks.data.prepare import load_prepared, prepare_dataset
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
@@ -157,7 +155,7 @@ def test_data_checksum_depends_on_every_file(tiny, tmp_path):
 
 def test_the_default_table_is_read_when_called(tiny, web, tmp_path, monkeypatch):
     # The end-to-end tests swap the table for tiny data's own.
-    monkeypatch.setattr(mnist_tasks.dataset, "MNIST_FILES", tiny.spec)
+    monkeypatch.setattr(mnist_tasks.data.download, "MNIST_FILES", tiny.spec)
     result = download_mnist(mirrors=[web(tiny.gz)], raw_dir=tmp_path / "raw")
     assert set(result["files"]) == set(tiny.spec)
     assert prepare_dataset(raw_dir=tmp_path / "raw", cache_root=tmp_path / "prepared")["train_count"] == 50
@@ -351,7 +349,7 @@ def test_prepare_writes_normalised_arrays_and_reuses_them(tiny, tmp_path, monkey
     def no_decoding(path: Path) -> None:
         raise AssertionError(f"decoded {path} on a cache hit")
 
-    monkeypatch.setattr(mnist_tasks.dataset, "read_idx_images", no_decoding)
+    monkeypatch.setattr(mnist_tasks.data.prepare, "read_idx_images", no_decoding)
     second = prepare_dataset(raw_dir=raw, cache_root=cache_root, files=tiny.spec)
     assert second == {**first, "cache_hit": True}
     assert (cache_dir / "dataset.json").stat().st_mtime_ns == stamp

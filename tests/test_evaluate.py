@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_tasks.evaluate import (
+from mnist_tasks.files import sha256_file
+from mnist_tasks.model.evaluate import (
     Champion,
     confusion_matrix,
     evaluate_model,
@@ -15,8 +16,8 @@ from mnist_tasks.evaluate import (
     gate_verdict,
     per_class_metrics,
 )
+from mnist_tasks.model.loading import ModelChecksumError
 from mnist_tasks.params import ParamError
-from mnist_tasks.storage import ModelChecksumError, sha256_file
 from tests.test_train import write_prepared
 
 # A hand-wired model predicts digit d for an image whose only lit pixel is
@@ -322,7 +323,7 @@ def test_a_missing_models_bucket_fails_loudly_instead_of_skipping_the_champion(s
 def test_a_published_champion_keeps_a_worse_challenger_from_being_published(
     s3_client, model_file: Path, weak_model_file: Path, prepared: Path, tmp_path: Path
 ) -> None:
-    from mnist_tasks.publish import GateFailedError, build_manifest, publish_model
+    from mnist_tasks.registry.publish import GateFailedError, build_manifest, publish_model
 
     def manifest(version: int, metrics: dict) -> dict:
         return build_manifest(

@@ -1,4 +1,5 @@
-"""The users' labelled set (mnist_tasks/labeled.py) on a real S3 server (moto's), and what `prepare` makes of it."""
+"""The users' labelled set (mnist_tasks/feedback/labeled.py) on a real S3 server (moto's),
+and what `prepare` makes of it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_tasks.labeled import is_test_image, read_labeled_set, split_arrays, summary
+from mnist_tasks.feedback.labeled import is_test_image, read_labeled_set, split_arrays, summary
 from tests.test_preprocess import png_with_a_broken_chunk
 
 BUCKET = "inbox"

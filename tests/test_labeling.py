@@ -1,6 +1,7 @@
-"""Labelling (mnist_tasks/labeling.py) on a real S3 server (moto's): the queue, label, discard and their records.
+"""Labelling (mnist_tasks/feedback/labeling.py) on a real S3 server (moto's): the queue, label, discard and
+their records.
 
-Review items are put in as mnist_tasks/review.py leaves them: an image and its JSON beside
+Review items are put in as mnist_tasks/feedback/review.py leaves them: an image and its JSON beside
 it, one directory per batch-prediction run. tests/plugins/test_mnist_review.py drives the
 same functions through the page's routes, with Airflow's logins and HTTP's status codes.
 """
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from mnist_tasks.labeling import (
+from mnist_tasks.feedback.labeling import (
     ReviewItemNotFoundError,
     ReviewRemovalError,
     ReviewRequestError,

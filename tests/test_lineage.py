@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.lineage import code_sha256, compare_with_latest, training_identity
-from mnist_tasks.publish import build_manifest, publish_model
+from mnist_tasks.flow.lineage import code_sha256, compare_with_latest, training_identity
 from mnist_tasks.registry import LATEST_FILE, PublishVerificationError
+from mnist_tasks.registry.publish import build_manifest, publish_model
 
 MODELS_URI = "s3://models/mnist/"
 PARAMS = {"architecture": "dense", "epochs": 4, "seed": 42}

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from mnist_tasks.publish import VersionConflictError, publish_model
 from mnist_tasks.registry import (
     LatestMovedError,
     claim_version,
@@ -31,6 +30,7 @@ from mnist_tasks.registry import (
     read_manifest_and_sha256,
     verify_version,
 )
+from mnist_tasks.registry.publish import VersionConflictError, publish_model
 from tests.conftest import REPO, EmbeddedStore, free_port_block
 from tests.test_publish import VERSION, _files, _manifest
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_tasks.dataset import MNIST_FILES, DataIntegrityError, FileSpec, download_mnist, idx_bytes, verify_gz
-from mnist_tasks.mirror import (
+from mnist_tasks.data.download import MNIST_FILES, DataIntegrityError, FileSpec, download_mnist, verify_gz
+from mnist_tasks.data.idx import idx_bytes
+from mnist_tasks.data.mirror import (
     CSV_MEMBERS,
     WHEEL_FILENAME,
     CsvFormatError,

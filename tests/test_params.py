@@ -55,7 +55,7 @@ def test_the_command_line_form():
 def test_the_training_params_are_train_models_keywords():
     import inspect
 
-    from mnist_tasks.train import train_model
+    from mnist_tasks.model.train import train_model
 
     keywords = inspect.signature(train_model).parameters
     for spec in TRAINING_PARAMS:

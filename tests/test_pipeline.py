@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_tasks import pipeline
-from mnist_tasks.artifacts import ArtifactIntegrityError, ArtifactStore
-from mnist_tasks.labeled import combined_data_sha256
+from mnist_tasks.feedback.labeled import combined_data_sha256
+from mnist_tasks.flow import pipeline
+from mnist_tasks.flow.artifacts import ArtifactIntegrityError, ArtifactStore
 from mnist_tasks.registry import download_model, read_latest, verify_version
 from tests.e2e.conftest import tiny_mirror  # noqa: F401  (a fixture)
 from tests.test_labeled import stroke_png
@@ -30,9 +30,9 @@ PARAMS = {"epochs": 2, "batch_size": 16, "learning_rate": 0.001, "hidden_units":
 
 @pytest.fixture
 def workers(tmp_path, s3_client, tiny_mirror, monkeypatch):  # noqa: F811
-    import mnist_tasks.dataset
+    import mnist_tasks.data.download
 
-    monkeypatch.setattr(mnist_tasks.dataset, "MNIST_FILES", tiny_mirror[1])
+    monkeypatch.setattr(mnist_tasks.data.download, "MNIST_FILES", tiny_mirror[1])
     s3_client.create_bucket(Bucket="pipeline-artifacts")
     s3_client.create_bucket(Bucket="pipeline-models")
 

@@ -1,4 +1,4 @@
-"""Predicting real images with a small real classifier (mnist_tasks/predict.py).
+"""Predicting real images with a small real classifier (mnist_tasks/inference/predict.py).
 
 The digits are drawn with test_preprocess.py's helpers.
 """
@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from mnist_tasks.inference.predict import ModelOutputError, PredictError, expand_inputs, predict_files
+from mnist_tasks.inference.preprocess import ImageError, preprocess_image, split_digits
 from mnist_tasks.params import ParamError
-from mnist_tasks.predict import ModelOutputError, PredictError, expand_inputs, predict_files
-from mnist_tasks.preprocess import ImageError, preprocess_image, split_digits
 from tests.test_preprocess import PROPERTIES, glyph, on_canvas, pen, png_header_only
 
 # --- files ----------------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def model():
     """The project's dense network, trained for seconds on font glyphs and pen-drawn digits."""
     import keras
 
-    from mnist_tasks.model import build_model
+    from mnist_tasks.model.architecture import build_model
 
     keras.utils.set_random_seed(0)
     fields, labels = [], []

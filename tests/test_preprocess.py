@@ -1,4 +1,4 @@
-"""Preprocessing real images the MNIST way (mnist_tasks/preprocess.py).
+"""Preprocessing real images the MNIST way (mnist_tasks/inference/preprocess.py).
 
 Digits are drawn here with Pillow: glyphs of Pillow's bundled font (no system fonts needed) and
 pen strokes ("hand-drawn" polylines), so that style, size, stroke and placement can be varied.
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageDraw, ImageFont
 
-from mnist_tasks.preprocess import ImageError, load_image, preprocess_image, split_digits
+from mnist_tasks.inference.preprocess import ImageError, load_image, preprocess_image, split_digits
 
 PROPERTIES = settings(max_examples=40, deadline=None)
 
@@ -367,7 +367,7 @@ def test_a_hostile_image_costs_bounded_memory_and_gets_its_own_answer(tmp_path, 
     """Before the bounds a 6000x6000 checkerboard took 4 GB and a grid of dots minutes (issue 19, case 2)."""
     import tracemalloc
 
-    from mnist_tasks.preprocess import digits_in_file
+    from mnist_tasks.inference.preprocess import digits_in_file
 
     path = tmp_path / "hostile.png"
     draw().save(path, optimize=True)
@@ -387,7 +387,7 @@ def test_a_hostile_image_costs_bounded_memory_and_gets_its_own_answer(tmp_path, 
 
 
 def test_a_large_image_is_averaged_down_to_the_working_size_and_reads_the_same():
-    from mnist_tasks.preprocess import WORK_PIXELS, _averaged_down
+    from mnist_tasks.inference.preprocess import WORK_PIXELS, _averaged_down
 
     gray = np.arange(12, dtype=np.float32).reshape(3, 4)
     assert _averaged_down(gray, max_pixels=3).tolist() == [[2.5, 4.5]]  # 2x2 blocks; the last row is dropped

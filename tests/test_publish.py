@@ -13,15 +13,6 @@ from typing import Any
 
 import pytest
 
-from mnist_tasks.publish import (
-    LIBRARIES,
-    GateFailedError,
-    VersionConflictError,
-    build_manifest,
-    git_state,
-    publish_model,
-    version_for,
-)
 from mnist_tasks.registry import (
     LatestMovedError,
     PointerMissingError,
@@ -30,6 +21,15 @@ from mnist_tasks.registry import (
     read_latest,
     read_latest_state,
     verify_version,
+)
+from mnist_tasks.registry.publish import (
+    LIBRARIES,
+    GateFailedError,
+    VersionConflictError,
+    build_manifest,
+    git_state,
+    publish_model,
+    version_for,
 )
 
 BUCKET = "models"

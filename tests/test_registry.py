@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.publish import build_manifest, publish_model
 from mnist_tasks.registry import (
     DamagedObjectError,
     GateNotPassedError,
@@ -34,6 +33,7 @@ from mnist_tasks.registry import (
     seal_version,
     verify_version,
 )
+from mnist_tasks.registry.publish import build_manifest, publish_model
 
 BUCKET = "models"
 MODELS_URI = f"s3://{BUCKET}/mnist/"

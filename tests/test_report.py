@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_tasks.publish import build_manifest, publish_model
-from mnist_tasks.registry import FileNotPublishedError, download_files
-from mnist_tasks.report import (
+from mnist_tasks.model.report import (
     CONFUSION_FILE,
     CURVES_FILE,
     MISCLASSIFIED_FILE,
@@ -28,6 +26,8 @@ from mnist_tasks.report import (
     render_pictures,
     write_report,
 )
+from mnist_tasks.registry import FileNotPublishedError, download_files
+from mnist_tasks.registry.publish import build_manifest, publish_model
 
 COUNT = 40
 

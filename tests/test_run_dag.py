@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.dataset import MNIST_FILES
+from mnist_tasks.data.download import MNIST_FILES
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_tasks.serving import export_saved_model
-from mnist_tasks.storage import sha256_file
+from mnist_tasks.files import sha256_file
+from mnist_tasks.model.serving import export_saved_model
 
 # Fixtures: synthetic digits, and models trained on them.
 from tests.test_train import prepared, trained, trained_cnn  # noqa: F401

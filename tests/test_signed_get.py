@@ -7,8 +7,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 
+from mnist_tasks.s3 import is_condition_failed, is_missing
 from mnist_tasks.signed_get import SignedGetter
-from mnist_tasks.storage import is_condition_failed, is_missing
 from tests.faults.conftest import Fault, FaultProxy
 
 

@@ -15,19 +15,17 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from mnist_tasks.storage import (
+from mnist_tasks.files import (
     ChecksumMismatchError,
-    ModelChecksumError,
-    UnloadableModelError,
     atomic_dir,
     atomic_path,
     check_file_sha256,
     check_sha256,
-    load_keras_model,
     safe_name,
     scratch_dir,
-    split_s3_dir,
 )
+from mnist_tasks.model.loading import ModelChecksumError, UnloadableModelError, load_keras_model
+from mnist_tasks.s3 import split_s3_dir
 
 # A real process that starts writing `final` through the given context manager,
 # puts a few MB in its temp, and is killed with SIGKILL mid-write: no clean-up runs.
@@ -35,7 +33,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from mnist_tasks.storage import atomic_dir, atomic_path, scratch_dir
+    from mnist_tasks.files import atomic_dir, atomic_path, scratch_dir
 
     final, kind = Path(sys.argv[1]), sys.argv[2]
     writers = {
@@ -80,7 +78,7 @@ def test_a_live_writers_temp_is_left_alone(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from mnist_tasks.storage import atomic_path\n"
+            "import sys, time; from pathlib import Path; from mnist_tasks.files import atomic_path\n"
             "with atomic_path(Path(sys.argv[1])) as tmp:\n"
             "    tmp.write_text('theirs'); print('writing', flush=True); time.sleep(60)\n",
             str(final),

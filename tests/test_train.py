@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_tasks.storage import sha256_file
-from mnist_tasks.train import train_model
+from mnist_tasks.files import sha256_file
+from mnist_tasks.model.train import train_model
 
 TRAIN_COUNT, TEST_COUNT = 300, 100
 # Small and short so the whole file runs in seconds; the synthetic digits are easy.
@@ -69,7 +69,7 @@ def _load(path: str):
 def test_build_model_is_the_dense_network() -> None:
     import keras
 
-    from mnist_tasks.model import build_model
+    from mnist_tasks.model.architecture import build_model
 
     model = build_model(hidden_units=128, learning_rate=0.01)
 
@@ -118,11 +118,11 @@ def test_train_writes_a_loadable_model_and_its_history(trained: dict[str, Any]) 
 def test_each_epoch_is_logged_at_info_with_its_figures_and_the_scheduled_rate(
     prepared: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    caplog.set_level(logging.INFO, logger="mnist_tasks.model.train")
 
     result = train_model(cache_dir=prepared, out_dir=tmp_path / "out", seed=1, **FAST)
 
-    records = [r for r in caplog.records if r.name == "mnist_tasks.train"]
+    records = [r for r in caplog.records if r.name == "mnist_tasks.model.train"]
     assert [r.levelno for r in records] == [logging.INFO] * 3  # one per epoch
     history = json.loads(Path(result["history_path"]).read_text())["history"]
     # Cosine from 0.01 to 0 over the three epochs' steps: each epoch starts at 0.005 * (1 + cos(pi * epoch / 3)).
@@ -168,7 +168,7 @@ def test_bad_params_are_refused_before_anything_is_written(
 
 
 def test_a_diverging_run_stops_with_a_clear_error_and_writes_no_model(tmp_path: Path) -> None:
-    from mnist_tasks.train import TrainingDivergedError
+    from mnist_tasks.model.train import TrainingDivergedError
 
     # One corrupt pixel is enough to make the loss NaN in the first epoch.
     x, y = synthetic_digits(200, seed=5)
@@ -189,7 +189,7 @@ def test_an_integer_learning_rate_trains(prepared: Path, tmp_path: Path) -> None
 
 
 def test_divergence_in_a_later_epoch_is_reported_for_that_epoch() -> None:
-    from mnist_tasks.train import TrainingDivergedError, _per_epoch
+    from mnist_tasks.model.train import TrainingDivergedError, _per_epoch
 
     nan = float("nan")
     history = {"loss": [0.5, nan], "accuracy": [0.8, 0.1], "val_loss": [0.4, nan], "val_accuracy": [0.9, 0.1]}
@@ -207,10 +207,10 @@ def test_the_write_up_recipe_trains_with_a_constant_rate(
 ) -> None:
     from mnist_tasks.params import WRITE_UP_RECIPE
 
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    caplog.set_level(logging.INFO, logger="mnist_tasks.model.train")
     result = train_model(cache_dir=prepared, out_dir=tmp_path / "out", **{**WRITE_UP_RECIPE, "epochs": 1})
     assert result["params"]["lr_schedule"] == "constant"
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "mnist_tasks.train"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "mnist_tasks.model.train"]
     assert line.startswith("epoch 1/1: loss ") and "learning_rate" not in line  # a constant rate is in the Params
     model = _load(result["model_path"])
     assert float(model.optimizer.learning_rate) == pytest.approx(0.001)  # a plain rate, not a schedule
@@ -220,7 +220,7 @@ def test_the_write_up_recipe_trains_with_a_constant_rate(
 def test_build_model_cnn_is_two_convolutions_then_the_dense_head() -> None:
     import keras
 
-    from mnist_tasks.model import build_model
+    from mnist_tasks.model.architecture import build_model
 
     model = build_model(architecture="cnn", hidden_units=128)
 
@@ -263,10 +263,10 @@ def test_augmented_training_is_reproducible(trained_cnn: dict[str, Any], prepare
 def test_augmentation_changes_what_the_cnn_learns(
     trained_cnn: dict[str, Any], prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mnist_tasks.augment
+    import mnist_tasks.data.augment
 
     # The same run, stream and shuffling, with every batch passed through unchanged.
-    monkeypatch.setattr(mnist_tasks.augment, "augment_batch", lambda images, seed: images)
+    monkeypatch.setattr(mnist_tasks.data.augment, "augment_batch", lambda images, seed: images)
     unchanged = train_model(cache_dir=prepared, out_dir=tmp_path / "same", architecture="cnn", seed=1, **FAST)
 
     first, second = _load(trained_cnn["model_path"]), _load(unchanged["model_path"])
@@ -282,7 +282,7 @@ def test_augment_off_trains_cnn_on_the_images_as_they_are(prepared: Path, tmp_pa
 
 
 def test_labelled_images_repeat_labeled_weight_times_up_to_the_epochs_bound() -> None:
-    from mnist_tasks.train import MAX_LABELED_PER_EPOCH, labeled_repeats
+    from mnist_tasks.model.train import MAX_LABELED_PER_EPOCH, labeled_repeats
 
     assert labeled_repeats(10, 300) == 10
     assert labeled_repeats(100, 100_000) == MAX_LABELED_PER_EPOCH // 100_000

@@ -33,7 +33,7 @@ def dag():
 
 
 def test_every_task_alerts_when_it_has_failed_for_good(dag):
-    from mnist_alerting import alert_task_failure
+    from mnist_airflow.alerting import alert_task_failure
 
     for task in dag.tasks:
         assert task.on_failure_callback == [alert_task_failure], task.task_id
@@ -41,7 +41,7 @@ def test_every_task_alerts_when_it_has_failed_for_good(dag):
 
 
 def test_the_dag_alerts_on_failures_no_task_reports_and_on_success(dag):
-    from mnist_alerting import alert_run_failure, alert_run_success
+    from mnist_airflow.alerting import alert_run_failure, alert_run_success
 
     assert dag.on_failure_callback is alert_run_failure
     assert dag.on_success_callback is alert_run_success
@@ -56,10 +56,10 @@ def test_the_deadline_counts_from_queueing_and_warns_before_the_run_timeout(dag)
     assert deadline.interval == timedelta(minutes=120)
     # Past the timeout the run is failed (and alerted) before the deadline could fire.
     assert deadline.interval < dag.dagrun_timeout
-    assert deadline.callback == AsyncCallback("mnist_alerting.alert_run_overdue", kwargs={"minutes": 120})
+    assert deadline.callback == AsyncCallback("mnist_airflow.alerting.alert_run_overdue", kwargs={"minutes": 120})
     # The dag-processor stores the callback by its path.
     serialized = json.dumps(DagSerialization.to_dict(dag), default=str)
-    assert '"path": "mnist_alerting.alert_run_overdue", "kwargs": {"minutes": 120}' in serialized
+    assert '"path": "mnist_airflow.alerting.alert_run_overdue", "kwargs": {"minutes": 120}' in serialized
 
 
 def test_the_deadline_follows_the_environment(monkeypatch):

@@ -21,7 +21,8 @@ def test_dag_parses_without_import_errors(dagbag):
 
 def test_runs_when_a_model_is_published_or_daily_at_six(dag, dagbag):
     from airflow.sdk import Asset, AssetOrTimeSchedule
-    from mnist_dags import PastCronTimetable
+
+    from mnist_airflow.schedules import PastCronTimetable
 
     schedule = dag.timetable
     assert isinstance(schedule, AssetOrTimeSchedule)
@@ -42,8 +43,8 @@ def test_runs_when_a_model_is_published_or_daily_at_six(dag, dagbag):
 @pytest.mark.parametrize("models_uri", ["s3://models/mnist/", "s3://models/a/b", "s3://models", "s3://models/"])
 def test_the_asset_uri_is_where_publish_writes_the_latest_pointer(models_uri):
     from mnist_tasks.registry import LATEST_FILE
+    from mnist_tasks.s3 import split_s3_dir
     from mnist_tasks.settings import Settings
-    from mnist_tasks.storage import split_s3_dir
 
     settings = Settings.from_env({"MNIST_MODELS_URI": models_uri})
     bucket, prefix = split_s3_dir(models_uri)

@@ -57,7 +57,8 @@ def test_a_manual_run_with_a_future_logical_date_is_refused_by_the_serialized_da
     """As the scheduler and the API server load it: a run dated ahead would hold every later run (issue 19, case 8)."""
     import pendulum
     from airflow.serialization.serialized_objects import DagSerialization
-    from mnist_dags import CLOCK_SKEW
+
+    from mnist_airflow.schedules import CLOCK_SKEW
 
     served = DagSerialization.from_dict(json.loads(json.dumps(DagSerialization.to_dict(dagbag.dags[dag_id]))))
     now = pendulum.now("UTC")
@@ -77,7 +78,7 @@ def test_every_task_has_retries_timeout_and_owner(dag):
 
 def test_publish_declares_the_model_asset(dag):
     outlets = dag.get_task("publish").outlets
-    assert [o.name for o in outlets] == [outlets[0].uri]  # named by its URI: see mnist_dags.published_model_asset
+    assert [o.name for o in outlets] == [outlets[0].uri]  # named by its URI: see wiring.published_model_asset
     assert outlets[0].uri.endswith("/latest.json")
 
 
@@ -259,10 +260,10 @@ def test_an_artifact_handed_over_damaged_or_gone_fails_the_task_without_retries(
     # A retry reads the same store: only the task that made the artifact can make it again.
     from airflow.sdk.exceptions import AirflowFailException
 
-    from mnist_tasks.artifacts import ArtifactIntegrityError, ArtifactMissingError, ArtifactUnusableError
+    from mnist_tasks.flow.artifacts import ArtifactIntegrityError, ArtifactMissingError, ArtifactUnusableError
 
     monkeypatch.syspath_prepend(str(REPO / "plugins"))
-    from mnist_dags import not_retried
+    from mnist_airflow.wiring import not_retried
 
     for error in (
         ArtifactMissingError("s3://b/runs/model.keras is not in the artifact store"),
@@ -279,7 +280,7 @@ def test_a_registry_object_a_person_must_mend_fails_publish_without_retries(monk
     from mnist_tasks.registry import DamagedObjectError, PointerMissingError
 
     monkeypatch.syspath_prepend(str(REPO / "plugins"))
-    from mnist_dags import not_retried
+    from mnist_airflow.wiring import not_retried
 
     for error in (DamagedObjectError("s3://b/mnist/latest.json is not valid JSON"), PointerMissingError("gone")):
         with pytest.raises(AirflowFailException), not_retried(DamagedObjectError):

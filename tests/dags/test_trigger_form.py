@@ -24,7 +24,7 @@ def params(request, dagbag):
 
 def test_the_form_cannot_clamp_a_param_to_its_bounds(params):
     # The form's number fields clamp to a top-level minimum/maximum: 500 epochs would
-    # silently run 100 (plugins/mnist_dags.py airflow_param says where in the UI's code).
+    # silently run 100 (mnist_airflow/wiring.py airflow_param says where in the UI's code).
     # Kept in allOf, the bounds make Airflow refuse the value instead.
     for name, param in params.items():
         assert not BOUND_KEYWORDS & param.schema.keys(), name

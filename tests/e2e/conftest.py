@@ -66,7 +66,8 @@ def _tiny_split(rng: np.random.Generator, prototypes: np.ndarray, count: int, sc
 @pytest.fixture(scope="module")
 def tiny_mirror(tmp_path_factory) -> tuple[Path, dict]:
     """The four canonical file names holding tiny data, and their spec."""
-    from mnist_tasks.dataset import FileSpec, idx_bytes
+    from mnist_tasks.data.download import FileSpec
+    from mnist_tasks.data.idx import idx_bytes
 
     rng = np.random.default_rng(7)
     prototypes = ((rng.random((10, 28, 28)) > 0.6) * 255).astype(np.uint8)
@@ -107,9 +108,9 @@ def http_mirror(tiny_mirror, tmp_path):
 @pytest.fixture
 def pipeline_env(monkeypatch, tmp_path, tiny_mirror, http_mirror, s3_client, aws_connection, airflow_db):
     """Points the DAG at the tiny HTTP mirror, a scratch data dir and an empty S3 store (models and artifacts)."""
-    import mnist_tasks.dataset
+    import mnist_tasks.data.download
 
-    monkeypatch.setattr(mnist_tasks.dataset, "MNIST_FILES", tiny_mirror[1])
+    monkeypatch.setattr(mnist_tasks.data.download, "MNIST_FILES", tiny_mirror[1])
     monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MNIST_MIRRORS", http_mirror[1])
     monkeypatch.setenv("MNIST_MODELS_URI", MODELS_URI)

@@ -241,7 +241,7 @@ def test_the_trigger_form_shows_every_param_and_refuses_an_out_of_range_value(pa
 
 
 def test_the_batch_dags_form_refuses_an_out_of_range_value_too(page, stack, api):
-    # Its Params are built as mnist_retraining's are (plugins/mnist_dags.py airflow_param), so
+    # Its Params are built as mnist_retraining's are (mnist_airflow/wiring.py airflow_param), so
     # a float field past its maximum is refused as typed as well, not clamped to 1.
     def triggered_by_hand() -> list[str]:
         # Its schedule may start a run meanwhile; the form's would be a manual one.
@@ -265,7 +265,7 @@ def test_the_batch_dags_form_refuses_an_out_of_range_value_too(page, stack, api)
 def test_a_run_triggered_from_the_form_publishes_a_model_shown_in_the_models_view(page, stack, api):
     from playwright.sync_api import expect
 
-    from mnist_tasks.publish import version_for
+    from mnist_tasks.registry.publish import version_for
 
     # The nightly run that unpausing started publishes a champion trained with the defaults first. It
     # ends before this run is triggered, so that this run meets that champion, and RUN_TIMEOUT times

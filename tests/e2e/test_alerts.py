@@ -112,11 +112,11 @@ def test_a_failing_run_without_receivers_logs_a_clear_line(pipeline_env, dag, ca
     raw[-1] = (raw[-1] + 1) % 10
     labels.write_bytes(gzip.compress(bytes(raw), mtime=0))
 
-    with caplog.at_level(logging.INFO, logger="mnist_alerting"):
+    with caplog.at_level(logging.INFO, logger="mnist_airflow.alerting"):
         dag_run = dag.test(logical_date=datetime(2026, 11, 25, 2, 0, tzinfo=UTC), run_conf=GATE_PASSES)
 
     assert str(dag_run.state) == "failed"
-    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_alerting"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_airflow.alerting"]
     assert any(
         re.fullmatch(
             r"Alert not sent, no receiver configured \(connections 'mnist_alerts_smtp' and "
@@ -126,14 +126,14 @@ def test_a_failing_run_without_receivers_logs_a_clear_line(pipeline_env, dag, ca
         for line in lines
     ), lines
     # The callback ran to its end rather than failing: nothing else was logged as an error.
-    assert not [r for r in caplog.records if r.name == "mnist_alerting" and r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.name == "mnist_airflow.alerting" and r.levelno >= logging.ERROR]
 
 
 # --- callbacks dag.test() cannot trigger, called with the context Airflow passes ---
 
 
 def test_a_run_that_times_out_alerts_with_the_reason(dag, alert_receivers):
-    from mnist_alerting import alert_run_failure
+    from mnist_airflow.alerting import alert_run_failure
 
     smtp, webhook = alert_receivers
     run_id = "scheduled__2026-11-26T02:00:00+00:00"
@@ -148,7 +148,7 @@ def test_a_run_that_times_out_alerts_with_the_reason(dag, alert_receivers):
 
 
 def test_the_run_failure_callback_leaves_task_failures_to_the_task_callback(dag, alert_receivers):
-    from mnist_alerting import alert_run_failure
+    from mnist_airflow.alerting import alert_run_failure
 
     smtp, webhook = alert_receivers
 
@@ -176,7 +176,7 @@ def _deadline_context(state: str) -> dict:
 
 
 def test_a_run_past_its_deadline_alerts(alert_receivers):
-    from mnist_alerting import alert_run_overdue
+    from mnist_airflow.alerting import alert_run_overdue
 
     smtp, webhook = alert_receivers
     run_id = "scheduled__2026-11-27T02:00:00+00:00"
@@ -190,7 +190,7 @@ def test_a_run_past_its_deadline_alerts(alert_receivers):
 
 
 def test_a_deadline_passing_after_the_run_failed_sends_nothing(alert_receivers):
-    from mnist_alerting import alert_run_overdue
+    from mnist_airflow.alerting import alert_run_overdue
 
     smtp, webhook = alert_receivers
 
@@ -200,7 +200,7 @@ def test_a_deadline_passing_after_the_run_failed_sends_nothing(alert_receivers):
 
 
 def test_a_broken_webhook_does_not_keep_the_email_back(dag, alert_receivers):
-    from mnist_alerting import AlertDeliveryError, alert_run_failure
+    from mnist_airflow.alerting import AlertDeliveryError, alert_run_failure
 
     smtp, webhook = alert_receivers
     webhook.status = 500
@@ -213,7 +213,7 @@ def test_a_broken_webhook_does_not_keep_the_email_back(dag, alert_receivers):
 
 
 def test_an_smtp_connection_without_recipients_is_reported_after_the_webhook(dag, alert_receivers, monkeypatch):
-    from mnist_alerting import AlertDeliveryError, alert_run_failure
+    from mnist_airflow.alerting import AlertDeliveryError, alert_run_failure
 
     smtp, webhook = alert_receivers
     monkeypatch.delenv("MNIST_ALERT_EMAIL_TO")

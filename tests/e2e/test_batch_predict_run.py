@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pytest
 from PIL import Image
 
-from mnist_tasks.storage import safe_name
+from mnist_tasks.files import safe_name
 from tests.e2e.conftest import ensure_buckets, load_dag_for_test
 from tests.test_cli import dark_digit, model_file, publish_test_model  # noqa: F401  (model_file: fixture)
 from tests.test_predict import glyph, model  # noqa: F401  (model: fixture)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_tasks.predict import predict_files
+from mnist_tasks.inference.predict import predict_files
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +26,8 @@ def trained(real_mnist_prepared, tmp_path_factory):
     """(model, x_test, y_test): two epochs on the real training set, ~97% test accuracy."""
     import keras
 
-    from mnist_tasks.dataset import load_prepared
-    from mnist_tasks.train import train_model
+    from mnist_tasks.data.prepare import load_prepared
+    from mnist_tasks.model.train import train_model
 
     out = tmp_path_factory.mktemp("real-model")
     result = train_model(cache_dir=real_mnist_prepared, out_dir=out, epochs=2, seed=0)

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mnist_tasks.report import REPORT_FILES
-from mnist_tasks.storage import safe_name
+from mnist_tasks.files import safe_name
+from mnist_tasks.model.report import REPORT_FILES
 from tests.e2e.conftest import ARTIFACTS_BUCKET, MODELS_BUCKET
 
 INBOX_BUCKET = "mnist-inbox"  # MNIST_LABELED_URI's default bucket, which the embedded store has
@@ -158,7 +158,7 @@ def test_a_run_with_nothing_new_trains_nothing_and_publishes_nothing_unless_forc
 def test_a_labelled_set_with_bad_files_trains_reports_them_and_a_new_label_retrains(pipeline_env, s3_client):
     """The users' labelled digits join training; corrupt files and folders that are not digits are reported,
     not fatal; an unchanged set trains nothing, and one more label trains again."""
-    from mnist_tasks.labeled import is_test_image
+    from mnist_tasks.feedback.labeled import is_test_image
     from tests.e2e.conftest import load_dag_for_test
     from tests.test_labeled import stroke_png
     from tests.test_preprocess import png_with_a_broken_chunk

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-import mnist_tasks.batch_shard
-from mnist_tasks.storage import safe_name
+import mnist_tasks.inference.shard
+from mnist_tasks.files import safe_name
 from tests.e2e.conftest import MODELS_URI, ensure_buckets, load_dag_for_test
 from tests.test_cli import dark_digit, model_file, publish_test_model  # noqa: F401  (model_file: fixture)
 from tests.test_predict import model  # noqa: F401  (fixture)
@@ -41,7 +41,7 @@ def test_a_shard_that_dies_mid_way_is_retried_and_the_run_has_each_row_once(
         s3_client.upload_file(str(seven), INBOX, key)
     # The second shard (images 3-5) loses its connection on its third image, after two were scored
     # and written to its part (a row at a time).
-    monkeypatch.setattr(mnist_tasks.batch_shard, "BATCH_SIZE", 1)
+    monkeypatch.setattr(mnist_tasks.inference.shard, "BATCH_SIZE", 1)
     aws_through_proxy.faults.append(Fault(method="GET", path=r"/mnist-inbox/scans/05\.png", action="drop", times=1))
 
     dag = load_dag_for_test("mnist_batch_predict", keep_retries=True)

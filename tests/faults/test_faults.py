@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from mnist_tasks import pipeline
-from mnist_tasks.artifacts import ArtifactStore
+from mnist_tasks.flow import pipeline
+from mnist_tasks.flow.artifacts import ArtifactStore
 from mnist_tasks.registry import LatestMovedError, read_latest, repair_latest
 from tests.e2e.conftest import ARTIFACTS_BUCKET, MODELS_BUCKET, MODELS_URI, load_dag_for_test
 
@@ -216,7 +216,7 @@ def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_
     store = ArtifactStore(
         f"s3://{ARTIFACTS_BUCKET}/store/", cache_dir=tmp_path / "worker" / "artifacts", s3_client=s3_client
     )
-    from mnist_tasks.lineage import training_identity
+    from mnist_tasks.flow.lineage import training_identity
 
     params = {"epochs": 2, "batch_size": 16, "learning_rate": 0.001, "hidden_units": 32, "seed": 1}
 
@@ -257,7 +257,7 @@ def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_
 
 
 def test_concurrent_runs_publishing_one_version_leave_one_complete_version(pipeline_env, s3_client, tmp_path, ledger):
-    from mnist_tasks.publish import VersionConflictError, build_manifest, publish_model
+    from mnist_tasks.registry.publish import VersionConflictError, build_manifest, publish_model
 
     def publisher(run_id: str) -> str:
         model = tmp_path / run_id / "model.keras"
@@ -324,7 +324,7 @@ def read_latest_metrics(s3_client) -> dict:
 
 
 def test_the_audit_itself_catches_a_damaged_or_lost_version(s3_client, tmp_path):
-    from mnist_tasks.publish import build_manifest, publish_model
+    from mnist_tasks.registry.publish import build_manifest, publish_model
     from tests.faults.conftest import Ledger
 
     s3_client.create_bucket(Bucket=MODELS_BUCKET)

@@ -85,8 +85,8 @@ def test_hostile_images_cost_bounded_memory_and_never_the_good_files_answer(trai
 def test_run_ids_that_differ_only_in_punctuation_keep_separate_training_artifacts(
     pipeline_env, s3_client, tmp_path, ledger
 ):
-    from mnist_tasks import pipeline
-    from mnist_tasks.artifacts import ArtifactStore
+    from mnist_tasks.flow import pipeline
+    from mnist_tasks.flow.artifacts import ArtifactStore
 
     store = ArtifactStore(f"s3://{ARTIFACTS_BUCKET}/store/", cache_dir=tmp_path / "cache", s3_client=s3_client)
     downloaded = pipeline.download(store=store, mirrors=[pipeline_env.as_uri() + "/"], raw_dir=tmp_path / "raw")

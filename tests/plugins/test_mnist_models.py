@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.publish import build_manifest, publish_model
+from mnist_tasks.registry.publish import build_manifest, publish_model
 
 # Migrates an Airflow database and builds the api-server's app: about ten seconds.
 pytestmark = pytest.mark.slow

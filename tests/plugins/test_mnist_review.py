@@ -2,7 +2,7 @@
 
 As in test_mnist_models.py, the app is the one `airflow api-server` serves, with the
 project's plugins folder and SimpleAuthManager, so the login and permission checks are
-Airflow's. Review items are put in as mnist_tasks/review.py leaves them: an image and
+Airflow's. Review items are put in as mnist_tasks/feedback/review.py leaves them: an image and
 its JSON beside it, one directory per batch-prediction run.
 """
 

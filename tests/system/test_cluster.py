@@ -43,7 +43,7 @@ DEFAULT_WORKER, TRAINING_WORKER = "worker-default", "worker-training"
 ADDRESS = {DEFAULT_WORKER: "127.0.0.2", TRAINING_WORKER: "127.0.0.3"}
 WORKER_AT = {address: worker for worker, address in ADDRESS.items()}
 SCREENSHOTS = REPO / "test-artifacts" / "cluster"
-# train's line for each epoch, as it logs it (mnist_tasks/train.py).
+# train's line for each epoch, as it logs it (mnist_tasks/model/train.py).
 EPOCH_LINE = r"epoch \d+/\d+: .*val_accuracy 0\.\d+"
 ON_TRAINING_WORKER = {"anything_new", "train", "evaluate"}
 ON_DEFAULT_WORKER = {"download", "prepare", "publish"}
@@ -388,7 +388,7 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_batch_run_has_each_row_on
     import numpy as np
     from PIL import Image
 
-    from mnist_tasks.storage import safe_name
+    from mnist_tasks.files import safe_name
     from tests.test_train import synthetic_digits
 
     local_processes, _ = scripts

@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
-from mnist_tasks.model import IMAGE_SHAPE
-from mnist_tasks.storage import directory_uri, s3_error_code, split_s3_dir
+from mnist_tasks.model.architecture import IMAGE_SHAPE
+from mnist_tasks.s3 import directory_uri, s3_error_code, split_s3_dir
 
 if TYPE_CHECKING:  # the DAG's tasks import this module's types for their XCom, without numpy
     import numpy as np
@@ -125,7 +125,7 @@ def read_labeled_set(*, s3_client: Any, labeled_uri: str) -> tuple[list[LabeledI
     FETCHERS threads only fetch; the images are decoded one at a time in this thread, with at
     most FETCHED_AHEAD files held, so memory and CPU stay bounded whatever the files are.
     """
-    from mnist_tasks.preprocess import ImageError, ImageTooLargeError, check_file_size, digits_in_bytes
+    from mnist_tasks.inference.preprocess import ImageError, ImageTooLargeError, check_file_size, digits_in_bytes
 
     bucket, _ = split_s3_dir(labeled_uri)
     wanted, excluded = _candidates(s3_client, directory_uri(labeled_uri))
@@ -152,7 +152,7 @@ def read_labeled_set(*, s3_client: Any, labeled_uri: str) -> tuple[list[LabeledI
 
 def _candidates(s3_client: Any, labeled_uri: str) -> tuple[list[tuple[str, int]], list[ExcludedFile]]:
     """((key, digit) of each file that may be a labelled image, the files the listing alone rules out)."""
-    from mnist_tasks.preprocess import MAX_FILE_BYTES, is_image_name
+    from mnist_tasks.inference.preprocess import MAX_FILE_BYTES, is_image_name
 
     bucket, prefix = split_s3_dir(labeled_uri)
     wanted: list[tuple[str, int]] = []

@@ -20,13 +20,13 @@ from mnist_tasks.settings import Settings
 
 
 def _s3_client_if(needed: bool):
-    from mnist_tasks.storage import s3_client_from_env
+    from mnist_tasks.s3 import s3_client_from_env
 
     return s3_client_from_env() if needed else None
 
 
 def _mirror(args: argparse.Namespace) -> dict:
-    from mnist_tasks.mirror import build_mirror
+    from mnist_tasks.data.mirror import build_mirror
 
     return build_mirror(
         to=args.to,
@@ -37,7 +37,7 @@ def _mirror(args: argparse.Namespace) -> dict:
 
 
 def _download(args: argparse.Namespace) -> dict:
-    from mnist_tasks.dataset import download_mnist
+    from mnist_tasks.data.download import download_mnist
 
     return download_mnist(
         mirrors=args.mirror,
@@ -47,14 +47,14 @@ def _download(args: argparse.Namespace) -> dict:
 
 
 def _prepare(args: argparse.Namespace) -> dict:
-    from mnist_tasks.dataset import prepare_dataset
+    from mnist_tasks.data.prepare import prepare_dataset
 
     return prepare_dataset(raw_dir=args.data_dir / "raw", cache_root=args.data_dir / "prepared")
 
 
 def _train(args: argparse.Namespace) -> dict:
-    from mnist_tasks.dataset import check_prepared
-    from mnist_tasks.train import train_model
+    from mnist_tasks.data.prepare import check_prepared
+    from mnist_tasks.model.train import train_model
 
     check_prepared(args.cache_dir, "train")
     # Keras prints some verdicts to stdout (TerminateOnNaN's "Invalid loss"); stdout is for the JSON result.
@@ -67,9 +67,9 @@ def _train(args: argparse.Namespace) -> dict:
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
-    from mnist_tasks.dataset import check_prepared
-    from mnist_tasks.evaluate import evaluate_model
-    from mnist_tasks.storage import sha256_file
+    from mnist_tasks.data.prepare import check_prepared
+    from mnist_tasks.files import sha256_file
+    from mnist_tasks.model.evaluate import evaluate_model
 
     check_prepared(args.cache_dir, "test")
     return evaluate_model(
@@ -147,8 +147,8 @@ def _version_or_latest(text: str) -> int | None:
 
 
 def _report(args: argparse.Namespace) -> dict:
+    from mnist_tasks.model.report import REPORT_FILE, REPORT_FILES
     from mnist_tasks.registry import download_files
-    from mnist_tasks.report import REPORT_FILE, REPORT_FILES
 
     got = download_files(
         s3_client=_s3_client_if(True),
@@ -165,7 +165,7 @@ def _report(args: argparse.Namespace) -> dict:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from mnist_tasks.predict import expand_inputs, load_model_for_prediction, predict_files
+    from mnist_tasks.inference.predict import expand_inputs, load_model_for_prediction, predict_files
     from mnist_tasks.registry import parse_model_reference, training_label
 
     paths = expand_inputs(args.inputs)
@@ -239,7 +239,7 @@ A model in S3 is loaded only once its sha256 matches its manifest. Keras loads i
 safe mode (no arbitrary code).
 
 Each image is first made to look like an MNIST digit (a centred 28x28 field); the
-steps are in the docstring of mnist_tasks/preprocess.py.
+steps are in the docstring of mnist_tasks/inference/preprocess.py.
 
 Exit status: 0 when every file was read (blank or unsure ones included), 1 when
 some file could not be read (the others are still predicted), 2 when nothing could

@@ -1,4 +1,4 @@
-"""Bytes on disk and in S3: checksums and their one check, atomic local writes, S3 URIs, safe Keras loading."""
+"""Bytes on disk: checksums and their one check, atomic local writes, scratch directories, safe names."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ import hashlib
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import keras
+    pass
+
 
 CHUNK_BYTES = 1 << 20
+
 
 
 class ChecksumMismatchError(ValueError):
@@ -39,16 +40,10 @@ class ChecksumMismatchError(ValueError):
         return _rebuild_checksum_error, (type(self), self.file, self.expected, self.actual, self.source, self.detail)
 
 
+
 def _rebuild_checksum_error(cls: type, file: str, expected: str, actual: str, source: str, detail: str) -> Exception:
     return cls(file, expected=expected, actual=actual, source=source, detail=detail)
 
-
-class ModelChecksumError(ChecksumMismatchError):
-    """The model file is not the one we were told to load."""
-
-
-class UnloadableModelError(ValueError):
-    """A file whose checksum matched is still not a Keras model."""
 
 
 def check_sha256(
@@ -68,6 +63,7 @@ def check_sha256(
         raise error(file, expected=expected, actual=actual, source=source, detail=detail)
 
 
+
 def check_file_sha256(
     path: Path,
     *,
@@ -82,6 +78,7 @@ def check_file_sha256(
     return actual
 
 
+
 def sha256_stream(stream: IO[bytes]) -> tuple[str, int]:
     """Return (hex sha256, byte count) of everything left in a binary stream."""
     digest = hashlib.sha256()
@@ -92,9 +89,11 @@ def sha256_stream(stream: IO[bytes]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return sha256_stream(f)[0]
+
 
 
 def _umask() -> int:
@@ -103,9 +102,11 @@ def _umask() -> int:
     return current
 
 
+
 def _temp_prefix(final: Path) -> str:
     """Temp names beside `final` carry the writer's pid: `.model.keras.<pid>.<random>.tmp`."""
     return f".{final.name}.{os.getpid()}."
+
 
 
 def _remove_stale_temps(final: Path) -> None:
@@ -124,6 +125,7 @@ def _remove_stale_temps(final: Path) -> None:
                 leftover.unlink(missing_ok=True)
 
 
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -132,6 +134,7 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
+
 
 
 @contextmanager
@@ -156,6 +159,7 @@ def atomic_path(final: Path, *, suffix: str = "") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Like `atomic_path`, for a directory filled by the block."""
@@ -168,6 +172,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
 
 
 @contextmanager
@@ -187,60 +192,6 @@ def scratch_dir(parent: Path, name: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_keras_model(path: Path, *, sha256: str, name: str | Path | None = None, source: str = "") -> keras.Model:
-    """The Keras model in the .keras file `path`, loaded with safe_mode=True only once its sha256 is `sha256`.
-
-    A mismatch raises ModelChecksumError naming `name` (default: the path) and `source`
-    (what vouches for the checksum); a file that Keras cannot load, UnloadableModelError.
-    safe_mode=True refuses the Lambda layers that would run code from the file.
-    """
-    check_file_sha256(path, expected=sha256, name=name, source=source, error=ModelChecksumError)
-    import keras
-
-    try:
-        return keras.models.load_model(path, safe_mode=True)
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
-        # Keras reports a file that is not a saved model in any of these ways.
-        raise UnloadableModelError(f"{path if name is None else name}: cannot load as a Keras model: {exc}") from exc
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """`s3://bucket/some/prefix/` -> ("bucket", "some/prefix/")."""
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise ValueError(f"no bucket in S3 URI: {uri!r}")
-    return bucket, key
-
-
-def directory_uri(uri: str) -> str:
-    """A base URI (s3://, file://, http://…) that names a directory: ending in "/", so names can follow."""
-    return uri if uri.endswith("/") else uri + "/"
-
-
-def split_s3_dir(uri: str) -> tuple[str, str]:
-    """`s3://bucket/a/b` -> ("bucket", "a/b/"): a directory's key prefix ends in "/"; an empty one stays ""."""
-    bucket, prefix = split_s3_uri(uri)
-    prefix = prefix.strip("/")
-    return bucket, f"{prefix}/" if prefix else ""
-
-
-def s3_error_code(err: Exception) -> str:
-    """The error code of a botocore ClientError ("NoSuchKey", "412", …); "" for anything else."""
-    response = getattr(err, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-def is_missing(err: Exception) -> bool:
-    """An S3 error that means the key (or, for HEAD, the object) does not exist."""
-    return s3_error_code(err) in ("NoSuchKey", "404", "NotFound")
-
-
-def is_condition_failed(err: Exception) -> bool:
-    """What S3, MinIO and moto answer when a conditional write's If-Match / If-None-Match does not hold."""
-    return s3_error_code(err) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
-
 
 def safe_name(text: str) -> str:
     """`text` (a run id such as manual__2026-11-23T22:41:07+00:00) as one key or path segment, one-to-one.
@@ -257,14 +208,3 @@ def safe_name(text: str) -> str:
     if text in (".", ".."):
         return "%2E" * len(text)
     return quote(text, safe="")
-
-
-def s3_client_from_env() -> Any:
-    """A boto3 S3 client configured the standard way (AWS_* variables, profiles).
-
-    The CLI uses this; the DAG gets its client from the Airflow connection instead.
-    AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) points it at another S3 store than AWS (SeaweedFS, the embedded store).
-    """
-    import boto3
-
-    return boto3.client("s3")

@@ -11,9 +11,9 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from mnist_tasks.model import MODEL_FILE
-from mnist_tasks.serving import SavedModelExport
-from mnist_tasks.storage import atomic_path, sha256_file
+from mnist_tasks.files import atomic_path, sha256_file
+from mnist_tasks.model.architecture import MODEL_FILE
+from mnist_tasks.model.serving import SavedModelExport
 
 HISTORY_FILE = "history.json"
 MAX_LABELED_PER_EPOCH = 200_000  # labelled images (repeats counted) an epoch trains on at most: about 0.6 GB
@@ -107,7 +107,7 @@ def train_model(
     import keras
     import tensorflow as tf
 
-    from mnist_tasks.dataset import load_split
+    from mnist_tasks.data.prepare import load_split
 
     started = time.monotonic()
     x_train, y_train = load_split(cache_dir, "train")
@@ -143,7 +143,7 @@ def _fit(
     """The model built and fitted with `params`: (model, Keras' history)."""
     import keras
 
-    from mnist_tasks.model import build_model
+    from mnist_tasks.model.architecture import build_model
 
     # Like Keras' validation_split: the *last* part of the arrays is held out, before
     # shuffling; MNIST's training file is not ordered by class, so that tail is a fair sample.
@@ -236,7 +236,7 @@ def _augmented(params: dict[str, Any], images: np.ndarray, labels: np.ndarray) -
     """
     import tensorflow as tf
 
-    from mnist_tasks.augment import augment_batch
+    from mnist_tasks.data.augment import augment_batch
 
     seed = params["seed"]
     batches = (
@@ -262,7 +262,7 @@ def _save(
     model: Any, per_epoch: list[dict[str, float]], params: dict[str, Any], *, out_dir: Path, train_count: int
 ) -> tuple[Path, SavedModelExport, Path]:
     """out_dir/model.keras, its SavedModel export in out_dir/saved_model/ and out_dir/history.json."""
-    from mnist_tasks.serving import SAVED_MODEL_DIR, export_saved_model
+    from mnist_tasks.model.serving import SAVED_MODEL_DIR, export_saved_model
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from mnist_tasks.storage import atomic_dir, sha256_file
+from mnist_tasks.files import atomic_dir, sha256_file
 
 if TYPE_CHECKING:
     import keras

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
+from mnist_tasks.files import sha256_stream
 from mnist_tasks.registry import (
     LATEST_FILE,
     MANIFEST_FILE,
@@ -40,7 +41,7 @@ from mnist_tasks.registry import (
     version_prefix,
     write_serving_copy,
 )
-from mnist_tasks.storage import is_condition_failed, sha256_stream, split_s3_dir
+from mnist_tasks.s3 import is_condition_failed, split_s3_dir
 
 MANIFEST_SCHEMA = 1
 PACKAGE = "mnist-retraining"

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import numpy as np
 
-from mnist_tasks.model import NUM_CLASSES
+from mnist_tasks.files import atomic_path
+from mnist_tasks.model.architecture import NUM_CLASSES
+from mnist_tasks.model.loading import load_keras_model
 from mnist_tasks.params import PARAMS
 from mnist_tasks.registry import NothingPublishedError, download_model
-from mnist_tasks.storage import atomic_path, load_keras_model
 
 if TYPE_CHECKING:
     import keras
@@ -216,8 +217,8 @@ def evaluate_model(
     model = load_keras_model(model_path, sha256=model_sha256)
     champion_model = None if champion is None else load_keras_model(champion.model_path, sha256=champion.model_sha256)
 
-    from mnist_tasks.dataset import load_split
-    from mnist_tasks.report import render_pictures
+    from mnist_tasks.data.prepare import load_split
+    from mnist_tasks.model.report import render_pictures
 
     x_test, y_test = load_split(cache_dir, "test")
     images, labels = np.asarray(x_test), np.asarray(y_test)
@@ -332,7 +333,7 @@ def _evaluate_labeled(
     max_regression: float,
 ) -> LabeledEvaluation:
     """Both models on the labelled test split, and that split's part of the gate."""
-    from mnist_tasks.dataset import load_split
+    from mnist_tasks.data.prepare import load_split
 
     images, labels = (np.asarray(array) for array in load_split(labeled_dir, "test"))
     tested = _test_metrics(model, images, labels)

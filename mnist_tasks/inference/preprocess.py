@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_tasks.model import IMAGE_SHAPE
+from mnist_tasks.model.architecture import IMAGE_SHAPE
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MAX_PIXELS = 40_000_000  # decoded canvas, checked on the header: a 48-megapixel phone photo is 8000x6000

@@ -57,7 +57,7 @@ def training_identity(*, data_sha256: str, params: Mapping[str, Any]) -> Trainin
     """This run's identity: the data and training Params it was given (each as its Param's type: 4.0
     epochs is 4), with this worker's code and the libraries that shape a model."""
     from mnist_tasks.params import PARAMS
-    from mnist_tasks.publish import library_versions
+    from mnist_tasks.registry.publish import library_versions
 
     inputs: dict[str, Any] = {
         "data_sha256": data_sha256,

@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from mnist_tasks.artifacts import ArtifactRef, ArtifactStore, dataset_key, run_key
-from mnist_tasks.labeled import LabeledSet
-from mnist_tasks.lineage import TrainingIdentity
+from mnist_tasks.feedback.labeled import LabeledSet
+from mnist_tasks.files import sha256_file
+from mnist_tasks.flow.artifacts import ArtifactRef, ArtifactStore, dataset_key, run_key
+from mnist_tasks.flow.lineage import TrainingIdentity
+from mnist_tasks.model.serving import SAVED_MODEL_DIR, ServingSignature
 from mnist_tasks.params import PARAMS
-from mnist_tasks.serving import SAVED_MODEL_DIR, ServingSignature
-from mnist_tasks.storage import sha256_file
 
 DATASET_INFO = "dataset.json"
 
@@ -91,7 +91,7 @@ class Trained(TypedDict):
 
 def download(*, store: ArtifactStore, mirrors: Sequence[str], raw_dir: Path, s3_client: Any = None) -> Downloaded:
     """Verified MNIST files in raw_dir (fetched from a mirror only when missing or damaged), and in the store."""
-    from mnist_tasks.dataset import download_mnist
+    from mnist_tasks.data.download import download_mnist
 
     got = download_mnist(mirrors=mirrors, raw_dir=raw_dir, s3_client=s3_client)
     files: dict[str, DownloadedFile] = {}
@@ -121,7 +121,7 @@ def prepare(
     under cache_root and uploaded. The labelled set is read whole each time (it is small,
     and only its content tells whether it changed); its arrays are stored by its identity.
     """
-    from mnist_tasks.labeled import combined_data_sha256
+    from mnist_tasks.feedback.labeled import combined_data_sha256
 
     mnist = _prepare_mnist(store=store, downloaded=downloaded, cache_root=cache_root)
     labeled = _prepare_labeled(store=store, s3_client=s3_client, labeled_uri=labeled_uri, cache_root=cache_root)
@@ -148,7 +148,7 @@ def _prepare_mnist(*, store: ArtifactStore, downloaded: Downloaded, cache_root: 
         ):
             return {**info, "cache_hit": True}
 
-    from mnist_tasks.dataset import ARRAY_NAMES, prepare_dataset
+    from mnist_tasks.data.prepare import ARRAY_NAMES, prepare_dataset
 
     raw_paths = [store.get(f["artifact"]) for f in downloaded["files"].values()]
     # The raw files' keys share one directory, so their local copies do too.
@@ -180,8 +180,8 @@ def _prepare_labeled(
 
     import numpy as np
 
-    from mnist_tasks.labeled import read_labeled_set, split_arrays, summary
-    from mnist_tasks.storage import atomic_path
+    from mnist_tasks.feedback.labeled import read_labeled_set, split_arrays, summary
+    from mnist_tasks.files import atomic_path
 
     images, excluded = read_labeled_set(s3_client=s3_client, labeled_uri=labeled_uri) if labeled_uri else ([], [])
     found = summary(labeled_uri=labeled_uri, images=images, excluded=excluded)
@@ -208,7 +208,7 @@ def novelty(
 ) -> Novelty:
     """Whether this run has anything new to train: its identity (the data, the training Params, the code
     and the libraries) against the one of the version `latest` points at. See lineage.py."""
-    from mnist_tasks.lineage import compare_with_latest, training_identity
+    from mnist_tasks.flow.lineage import compare_with_latest, training_identity
 
     if not prepared["labeled"]["train_count"]:
         # Without labelled images to weigh it changes nothing, so it is not part of what the model is a function of.
@@ -256,7 +256,7 @@ def train(
     The SavedModel export is a directory; the store holds files, so each of its
     files is stored (and later checked) on its own, under `saved_model/<path>`.
     """
-    from mnist_tasks.train import HISTORY_FILE, MODEL_FILE, train_model
+    from mnist_tasks.model.train import HISTORY_FILE, MODEL_FILE, train_model
 
     out_dir = store.local_path(run_key(dag_id, run_id, ""))
     result = train_model(
@@ -309,7 +309,7 @@ def evaluate(
     """
     import tempfile
 
-    from mnist_tasks.evaluate import METRICS_FILE, evaluate_model, fetch_champion
+    from mnist_tasks.model.evaluate import METRICS_FILE, evaluate_model, fetch_champion
 
     model_path, history_path = store.get(trained["model"]), store.get(trained["history"])
     with tempfile.TemporaryDirectory(prefix="mnist-champion-") as champion_dir:
@@ -358,10 +358,10 @@ def publish(
     run claimed the version renders the report from that claim, so it publishes
     the same bytes (versions are immutable).
     """
-    from mnist_tasks.evaluate import METRICS_FILE
-    from mnist_tasks.publish import build_manifest, publish_model
-    from mnist_tasks.report import REPORT_FILE, write_report
-    from mnist_tasks.serving import manifest_entry
+    from mnist_tasks.model.evaluate import METRICS_FILE
+    from mnist_tasks.model.report import REPORT_FILE, write_report
+    from mnist_tasks.model.serving import manifest_entry
+    from mnist_tasks.registry.publish import build_manifest, publish_model
 
     files = _run_files(store, trained, evaluated)
     manifest = _manifest_for(
@@ -407,7 +407,7 @@ def publish(
 
 def _run_files(store: ArtifactStore, trained: Trained, evaluated: Mapping[str, Any]) -> dict[str, Path]:
     """The run's files a version holds, report aside: name in the version -> this worker's verified copy."""
-    from mnist_tasks.train import HISTORY_FILE, MODEL_FILE
+    from mnist_tasks.model.train import HISTORY_FILE, MODEL_FILE
 
     return {
         MODEL_FILE: store.get(trained["model"]),

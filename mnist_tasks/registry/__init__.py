@@ -49,20 +49,17 @@ from typing import Any, NamedTuple, TypedDict
 
 from botocore.exceptions import ClientError
 
-from mnist_tasks.model import MODEL_FILE
-from mnist_tasks.serving import GRAPH_FILE, SAVED_MODEL_DIR, SERVING_DIR
-from mnist_tasks.storage import (
+from mnist_tasks.files import (
     ChecksumMismatchError,
     atomic_path,
     check_file_sha256,
     check_sha256,
-    is_condition_failed,
-    is_missing,
     sha256_file,
     sha256_stream,
-    split_s3_dir,
-    split_s3_uri,
 )
+from mnist_tasks.model.architecture import MODEL_FILE
+from mnist_tasks.model.serving import GRAPH_FILE, SAVED_MODEL_DIR, SERVING_DIR
+from mnist_tasks.s3 import is_condition_failed, is_missing, split_s3_dir, split_s3_uri
 
 MANIFEST_FILE = "manifest.json"
 SEAL_FILE = "manifest.sha256"

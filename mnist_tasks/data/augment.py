@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from mnist_tasks.model import IMAGE_SHAPE
+from mnist_tasks.model.architecture import IMAGE_SHAPE
 
 if TYPE_CHECKING:
     import tensorflow as tf

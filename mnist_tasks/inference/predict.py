@@ -1,6 +1,6 @@
 """New images -> digits: the model's reading of each file, as result rows.
 
-Each image is first made to look like an MNIST digit (mnist_tasks/preprocess.py's docstring
+Each image is first made to look like an MNIST digit (mnist_tasks/inference/preprocess.py's docstring
 has the steps); which model to load, and its checks, are the registry's
 (`registry.parse_model_reference`, `registry.fetch_model`).
 """
@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from mnist_tasks.model import NUM_CLASSES
+from mnist_tasks.files import atomic_path
+from mnist_tasks.inference.preprocess import IMAGE_SUFFIXES, ImageError, digits_in_file, is_image_name
+from mnist_tasks.model.architecture import NUM_CLASSES
+from mnist_tasks.model.loading import UnloadableModelError, load_keras_model
 from mnist_tasks.params import PARAMS
-from mnist_tasks.preprocess import IMAGE_SUFFIXES, ImageError, digits_in_file, is_image_name
 from mnist_tasks.registry import ModelSource, fetch_model, parse_model_reference
-from mnist_tasks.storage import UnloadableModelError, atomic_path, load_keras_model
 
 if TYPE_CHECKING:
     import keras

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import numpy as np
 
-from mnist_tasks.model import NUM_CLASSES
+from mnist_tasks.files import atomic_path
+from mnist_tasks.model.architecture import NUM_CLASSES
 from mnist_tasks.registry import trained_with
-from mnist_tasks.storage import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

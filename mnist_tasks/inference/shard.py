@@ -22,20 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from mnist_tasks.batch_predict import CSV_COLUMNS, STATUSES, Listing, Part, ScoredShard, Shard, get_json
+from mnist_tasks.feedback.review import Reviewer
+from mnist_tasks.files import scratch_dir, sha256_file
+from mnist_tasks.inference.batch import CSV_COLUMNS, STATUSES, Listing, Part, ScoredShard, Shard, get_json
+from mnist_tasks.inference.preprocess import MAX_FILE_BYTES, ImageError, check_file_size, digits_in_bytes
 from mnist_tasks.params import PARAMS
-from mnist_tasks.preprocess import MAX_FILE_BYTES, ImageError, check_file_size, digits_in_bytes
 from mnist_tasks.registry import ModelSource
-from mnist_tasks.review import Reviewer
+from mnist_tasks.s3 import is_condition_failed, is_missing, split_s3_dir, split_s3_uri
 from mnist_tasks.signed_get import SignedGetter
-from mnist_tasks.storage import (
-    is_condition_failed,
-    is_missing,
-    scratch_dir,
-    sha256_file,
-    split_s3_dir,
-    split_s3_uri,
-)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,7 +98,7 @@ def _pinned_model(s3_client: Any, pinned: ModelSource, scratch: Path) -> Any:
     vouched for (a version published before seals has no other voucher), and latest may
     have moved since.
     """
-    from mnist_tasks.storage import load_keras_model
+    from mnist_tasks.model.loading import load_keras_model
 
     bucket, key = split_s3_uri(pinned["model_uri"])
     path = scratch / "model.keras"
@@ -165,7 +159,7 @@ def _scored(model: Any, chunk: list[tuple[str, Any]], *, min_confidence: float, 
     """The rows of a chunk of fetched images, in its order, with the model run once on its fields."""
     import numpy as np
 
-    from mnist_tasks.predict import classify, read_digit
+    from mnist_tasks.inference.predict import classify, read_digit
 
     fields = [field for _, field in chunk if isinstance(field, np.ndarray)]
     probabilities = iter(classify(model, fields))

@@ -1,6 +1,6 @@
 """Labelling: people take the images batch predictions were unsure of out of review, labelled or discarded.
 
-mnist_tasks/review.py is the batch side, which copies images *into* review; this module is
+mnist_tasks/feedback/review.py is the batch side, which copies images *into* review; this module is
 the people's side, which takes them *out*, one decision at a time. The "MNIST review" page
 (plugins/mnist_review.py) only wires these functions to HTTP. Three prefixes, each a URI:
 
@@ -34,8 +34,8 @@ from urllib.parse import unquote
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mnist_tasks.preprocess import is_image_name
-from mnist_tasks.storage import is_missing, split_s3_dir
+from mnist_tasks.inference.preprocess import is_image_name
+from mnist_tasks.s3 import is_missing, split_s3_dir
 
 FACTS_SUFFIX = ".json"  # review.py's JSON beside each image: <key>.json
 DETAIL_READERS = 16  # the JSON files read at once for review_items

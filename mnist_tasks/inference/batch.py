@@ -9,7 +9,7 @@ Three steps, each a task that may run on any worker and shares nothing but S3:
    mapped tasks' input is URIs and checksums.
 2. `batch_shard.score_shard` streams one shard's images through the model into its parts,
    in memory that does not grow with the shard, and sends the images the model was unsure
-   of (below `min_confidence`) or found blank to review (mnist_tasks/review.py).
+   of (below `min_confidence`) or found blank to review (mnist_tasks/feedback/review.py).
 3. `combine_shards` checks the parts it reads and writes the run's outputs.
 
 Under `output_uri` (one directory per run):
@@ -33,8 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TypedDict
 
+from mnist_tasks.files import ChecksumMismatchError, atomic_path, check_sha256, scratch_dir, sha256_file
+from mnist_tasks.inference.preprocess import is_image_name
+from mnist_tasks.model.loading import UnloadableModelError
 from mnist_tasks.params import PARAMS
-from mnist_tasks.preprocess import is_image_name
 from mnist_tasks.registry import (
     ModelReferenceError,
     ModelSource,
@@ -43,17 +45,7 @@ from mnist_tasks.registry import (
     fetch_model,
     parse_model_reference,
 )
-from mnist_tasks.storage import (
-    ChecksumMismatchError,
-    UnloadableModelError,
-    atomic_path,
-    check_sha256,
-    directory_uri,
-    scratch_dir,
-    sha256_file,
-    split_s3_dir,
-    split_s3_uri,
-)
+from mnist_tasks.s3 import directory_uri, split_s3_dir, split_s3_uri
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"

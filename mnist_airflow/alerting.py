@@ -15,12 +15,11 @@ looked up when an alert is sent; with neither, the alert is logged instead.
 | alert_run_success | the run succeeded, if MNIST_NOTIFY_ON_SUCCESS is true | the dag-processor |
 | alert_run_overdue | the run's deadline passed (an AsyncCallback) | the triggerer |
 
-Why this file is in plugins/ and not beside the DAG: Airflow puts the plugins
-folder on sys.path in every one of its processes, while the DAG folder is on it
-only where DAG files are parsed; the deadline callback is imported by its dotted
-path (`mnist_alerting.alert_run_overdue`) in the triggerer. The module defines
-no AirflowPlugin, so the plugin manager's import of it adds nothing, and it
-imports no provider at module level, so parsing the DAG that imports it stays light.
+Why this file is in an installed package and not beside the DAG: every Airflow
+process imports it, while the DAG folder is on sys.path only where DAG files are
+parsed; the deadline callback is imported by its dotted path
+(`mnist_airflow.alerting.alert_run_overdue`) in the triggerer. It imports no provider
+at module level, so parsing the DAG that imports it stays light.
 """
 
 from __future__ import annotations

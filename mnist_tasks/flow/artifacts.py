@@ -26,16 +26,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TypedDict
 
-from mnist_tasks.storage import (
-    ChecksumMismatchError,
-    atomic_path,
-    check_sha256,
-    directory_uri,
-    is_missing,
-    safe_name,
-    sha256_file,
-    split_s3_uri,
-)
+from mnist_tasks.files import ChecksumMismatchError, atomic_path, check_sha256, safe_name, sha256_file
+from mnist_tasks.s3 import directory_uri, is_missing, split_s3_uri
 
 # Object metadata (x-amz-meta-sha256) that lets `find` tell what an object holds without reading it.
 SHA256_METADATA = "sha256"

@@ -1,0 +1,1 @@
+"""MNIST's files: download with checksums, IDX decoding, prepare and cache, the offline mirror, augmentation."""

@@ -1,0 +1,1 @@
+"""Reading digits: image preprocessing, predictions on files, and batch predictions in shards."""
