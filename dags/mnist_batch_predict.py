@@ -97,11 +97,11 @@ def mnist_batch_predict() -> None:
     def list_images(**context) -> list[dict]:
         from airflow.sdk.configuration import conf
 
-        from mnist_tasks.inference.batch import NOT_RETRIED, list_shards
+        from mnist_tasks.inference.batch import list_shards
 
         settings = Settings.from_env()
         p = context["params"]
-        with not_retried(*NOT_RETRIED):
+        with not_retried():
             return list_shards(
                 s3_client=s3_client(settings),
                 input_uri=p["input_uri"],
@@ -122,11 +122,10 @@ def mnist_batch_predict() -> None:
     def score(shard: dict, **context) -> dict:
         import logging
 
-        from mnist_tasks.inference.batch import NOT_RETRIED
         from mnist_tasks.inference.shard import score_shard
 
         settings = Settings.from_env()
-        with not_retried(*NOT_RETRIED):
+        with not_retried():
             return score_shard(
                 s3_client=s3_client(settings),
                 shard=shard,

@@ -103,13 +103,12 @@ PUBLISHED_MODEL = published_model_asset(_SETTINGS)
 # otherwise also push every key as an XCom of its own, which nothing reads.
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=20))
 def download() -> dict:
-    from mnist_tasks.data.download import DataIntegrityError
     from mnist_tasks.flow import pipeline
 
     settings = Settings.from_env()
     client = s3_client(settings)
     # DataIntegrityError means every mirror served bad bytes; network errors are retried.
-    with not_retried(DataIntegrityError):
+    with not_retried():
         return pipeline.download(
             store=artifact_store(settings, client),
             mirrors=settings.mirrors,
@@ -122,13 +121,11 @@ def download() -> dict:
 def prepare(downloaded: dict) -> dict:
     import logging
 
-    from mnist_tasks.data.download import DataIntegrityError
     from mnist_tasks.flow import pipeline
-    from mnist_tasks.flow.artifacts import ArtifactUnusableError
 
     settings = Settings.from_env()
     client = s3_client(settings)
-    with not_retried(DataIntegrityError, ArtifactUnusableError):
+    with not_retried():
         prepared = pipeline.prepare(
             store=artifact_store(settings, client),
             downloaded=downloaded,
@@ -154,12 +151,11 @@ def anything_new(prepared: dict, **context) -> dict | bool:
     import logging
 
     from mnist_tasks.flow import pipeline
-    from mnist_tasks.registry import PublishVerificationError
 
     settings = Settings.from_env()
     p = context["params"]
     # latest.json or its manifest damaged: stays so until someone mends it (`models repair`).
-    with not_retried(PublishVerificationError):
+    with not_retried():
         found = pipeline.novelty(
             s3_client=s3_client(settings),
             models_uri=settings.models_uri,
@@ -176,11 +172,9 @@ def anything_new(prepared: dict, **context) -> dict | bool:
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=60), **_ON_TRAINING_QUEUE)
 def train(prepared: dict, **context) -> dict:
     from mnist_tasks.flow import pipeline
-    from mnist_tasks.flow.artifacts import ArtifactUnusableError
-    from mnist_tasks.model.train import TrainingDivergedError
 
     p = context["params"]
-    with not_retried(ArtifactUnusableError, TrainingDivergedError):
+    with not_retried():
         return pipeline.train(
             store=artifact_store(Settings.from_env()),
             prepared=prepared,
@@ -194,15 +188,12 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
     from mnist_tasks.flow import pipeline
-    from mnist_tasks.flow.artifacts import ArtifactUnusableError
-    from mnist_tasks.model.loading import ModelChecksumError
-    from mnist_tasks.registry import PublishVerificationError
 
     settings = Settings.from_env()
     client = s3_client(settings)
     p = context["params"]
     # A model or a published version that differs from its checksum stays that way.
-    with not_retried(ArtifactUnusableError, ModelChecksumError, PublishVerificationError):
+    with not_retried():
         result = pipeline.evaluate(
             store=artifact_store(settings, client),
             s3_client=client,
@@ -226,9 +217,7 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
 def publish(downloaded: dict, prepared: dict, trained: dict, evaluated: dict, identity: dict, **context) -> dict:
     from mnist_tasks.flow import pipeline
-    from mnist_tasks.flow.artifacts import ArtifactUnusableError
-    from mnist_tasks.registry import DamagedObjectError, LatestMovedError
-    from mnist_tasks.registry.publish import GateFailedError, VersionConflictError, version_for
+    from mnist_tasks.registry.publish import version_for
 
     settings = Settings.from_env()
     client = s3_client(settings)
@@ -237,9 +226,7 @@ def publish(downloaded: dict, prepared: dict, trained: dict, evaluated: dict, id
     # would meet the same, only re-running evaluate compares with the new champion.
     # DamagedObjectError: a latest.json or manifest that cannot be parsed, or a latest.json gone while
     # versions exist (PointerMissingError), stays so until someone mends it (`models repair`).
-    with not_retried(
-        ArtifactUnusableError, GateFailedError, VersionConflictError, LatestMovedError, DamagedObjectError
-    ):
+    with not_retried():
         return pipeline.publish(
             store=artifact_store(settings, client),
             s3_client=client,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, Param
 
 from mnist_airflow.alerting import alert_task_failure
+from mnist_tasks.errors import PermanentError
 from mnist_tasks.params import ParamSpec
 from mnist_tasks.settings import Settings
 
@@ -69,14 +70,15 @@ def artifact_store(settings: Settings, client: Any = None) -> ArtifactStore:
 
 
 @contextmanager
-def not_retried(*errors: type[Exception]) -> Iterator[None]:
-    """Fail the task at once on these errors: bad bytes, a failed gate or an
-    immutable version stay what they are, so retrying would only delay the alert."""
+def not_retried() -> Iterator[None]:
+    """Fail the task at once on a PermanentError (bad bytes, a failed gate, an immutable version, a
+    registry object a person must mend): retrying would only delay the alert. Other errors keep
+    the task's retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
     try:
         yield
-    except errors as err:
+    except PermanentError as err:
         raise AirflowFailException(str(err)) from err
 
 

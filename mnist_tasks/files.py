@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from mnist_tasks.errors import PermanentError
+
 if TYPE_CHECKING:
     pass
 
@@ -20,7 +22,7 @@ CHUNK_BYTES = 1 << 20
 
 
 
-class ChecksumMismatchError(ValueError):
+class ChecksumMismatchError(PermanentError, ValueError):
     """Bytes are not the ones a checksum vouches for; retrying the same bytes cannot help.
 
     `file`, `expected` and `actual` (hex sha256s) are kept as attributes and make the

@@ -12,10 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from mnist_tasks.errors import PermanentError
 from mnist_tasks.model.architecture import ARCHITECTURES
 
 
-class ParamError(ValueError):
+class ParamError(PermanentError, ValueError):
     """A Param's value is of the wrong type, not finite, or out of its bounds."""
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnist_tasks.errors import PermanentError
+
 # Tried in order; both serve the canonical gzip files.
 PUBLIC_MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -105,7 +107,7 @@ class Settings:
         )
 
 
-class SettingsError(ValueError):
+class SettingsError(PermanentError, ValueError):
     """An environment variable holds a value the setting cannot take."""
 
 

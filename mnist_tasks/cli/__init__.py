@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mnist_tasks.errors import MnistError
 from mnist_tasks.params import PARAMS, TRAINING_PARAMS, ParamError
 from mnist_tasks.settings import Settings
 
@@ -390,15 +391,6 @@ def _add_models_commands(commands: Any, models_uri: dict[str, Any]) -> None:
             )
 
 
-def _is_own_error(err: Exception) -> bool:
-    """Whether this package raised it on purpose (a class defined in mnist_tasks).
-
-    Those messages already name the problem (file, expected, got), so a user sees just
-    the message; anything else also gets its type, as the message alone may not say enough.
-    """
-    return any(cls.__module__.startswith("mnist_tasks.") for cls in type(err).__mro__)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     _log_to_stderr()
     # Read before parsing: a bad setting fails the parser's defaults too.
@@ -413,8 +405,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if debug:
             raise
         # One line and exit status 2, whatever failed: a bucket that does not exist, a
-        # malformed latest.json, a file where a directory should be, or a bug.
-        detail = "" if _is_own_error(err) else f" ({type(err).__name__}; --debug shows the traceback)"
+        # malformed latest.json, a file where a directory should be, or a bug. The package's
+        # own errors (MnistError) already name the problem; anything else also gets its type.
+        detail = "" if isinstance(err, MnistError) else f" ({type(err).__name__}; --debug shows the traceback)"
         print(f"error: {err}{detail}", file=sys.stderr)
         sys.exit(2)
 

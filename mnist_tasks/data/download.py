@@ -27,6 +27,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
+from mnist_tasks.errors import MnistError, PermanentError
 from mnist_tasks.files import CHUNK_BYTES, ChecksumMismatchError, atomic_path, check_sha256, sha256_stream
 from mnist_tasks.s3 import directory_uri, split_s3_uri
 
@@ -82,7 +83,7 @@ USER_AGENT = "mnist-retraining (python urllib)"
 
 
 
-class DataIntegrityError(ValueError):
+class DataIntegrityError(PermanentError, ValueError):
     """The content is wrong; fetching the same bytes again will not fix it."""
 
 
@@ -92,7 +93,7 @@ class DataChecksumError(ChecksumMismatchError, DataIntegrityError):
 
 
 
-class DownloadError(RuntimeError):
+class DownloadError(MnistError, RuntimeError):
     """The content could not be fetched; a retry may succeed."""
 
 

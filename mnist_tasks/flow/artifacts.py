@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TypedDict
 
+from mnist_tasks.errors import PermanentError
 from mnist_tasks.files import ChecksumMismatchError, atomic_path, check_sha256, safe_name, sha256_file
 from mnist_tasks.s3 import directory_uri, is_missing, split_s3_uri
 
@@ -39,7 +40,7 @@ class ArtifactRef(TypedDict):
     bytes: int
 
 
-class ArtifactUnusableError(Exception):
+class ArtifactUnusableError(PermanentError):
     """An object an upstream task handed over is damaged or gone: a retry of this task reads the same.
 
     Only running the task that made it again can help, so the DAGs do not retry on it.

@@ -33,15 +33,12 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TypedDict
 
-from mnist_tasks.files import ChecksumMismatchError, atomic_path, check_sha256, scratch_dir, sha256_file
+from mnist_tasks.errors import PermanentError
+from mnist_tasks.files import atomic_path, check_sha256, scratch_dir, sha256_file
 from mnist_tasks.inference.preprocess import is_image_name
-from mnist_tasks.model.loading import UnloadableModelError
 from mnist_tasks.params import PARAMS
 from mnist_tasks.registry import (
-    ModelReferenceError,
     ModelSource,
-    PublishVerificationError,
-    VersionNotFoundError,
     fetch_model,
     parse_model_reference,
 )
@@ -54,16 +51,8 @@ STATUSES = ("ok", "blank", "low_confidence", "error")
 MAX_SHARDS = 1024  # Airflow's default [core] max_map_length: the most tasks one mapping may make
 
 
-class ShardingError(ValueError):
+class ShardingError(PermanentError, ValueError):
     """The images cannot be cut into shards Airflow can map, or a shard is missing at the end."""
-
-
-# No published model, a reference that names none, a model, shard list or part that fails its
-# checksum, a model that does not load, shards Airflow cannot map: a retry finds the same.
-NOT_RETRIED = (
-    VersionNotFoundError, ModelReferenceError, PublishVerificationError, ChecksumMismatchError, UnloadableModelError,
-    ShardingError,
-)  # fmt: skip
 
 
 class Part(TypedDict):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from mnist_tasks.errors import PermanentError
 from mnist_tasks.files import atomic_path
 from mnist_tasks.inference.preprocess import IMAGE_SUFFIXES, ImageError, digits_in_file, is_image_name
 from mnist_tasks.model.architecture import NUM_CLASSES
@@ -26,11 +27,11 @@ if TYPE_CHECKING:
     import keras
 
 
-class PredictError(ValueError):
+class PredictError(PermanentError, ValueError):
     """Arguments to `predict_files` that cannot work, found before anything is written."""
 
 
-class ModelOutputError(RuntimeError):
+class ModelOutputError(PermanentError, RuntimeError):
     """The model does not return 10 class probabilities per image."""
 
 

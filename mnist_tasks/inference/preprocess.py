@@ -41,6 +41,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnist_tasks.errors import PermanentError
 from mnist_tasks.model.architecture import IMAGE_SHAPE
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -82,7 +83,7 @@ SUPERSAMPLE = 4
 PILLOW_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
 
 
-class ImageError(ValueError):
+class ImageError(PermanentError, ValueError):
     """An input cannot be used as a digit image: missing, not an image, unreadable, too large."""
 
 

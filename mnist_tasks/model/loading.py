@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mnist_tasks.errors import PermanentError
 from mnist_tasks.files import ChecksumMismatchError, check_file_sha256
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ class ModelChecksumError(ChecksumMismatchError):
 
 
 
-class UnloadableModelError(ValueError):
+class UnloadableModelError(PermanentError, ValueError):
     """A file whose checksum matched is still not a Keras model."""
 
 

@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from mnist_tasks.errors import PermanentError
 from mnist_tasks.files import atomic_path, sha256_file
 from mnist_tasks.model.architecture import MODEL_FILE
 from mnist_tasks.model.serving import SavedModelExport
@@ -23,7 +24,7 @@ METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 log = logging.getLogger(__name__)
 
 
-class TrainingDivergedError(ArithmeticError):
+class TrainingDivergedError(PermanentError, ArithmeticError):
     """The loss became NaN or infinite: the weights are garbage, and a retry with the same Params diverges again."""
 
 

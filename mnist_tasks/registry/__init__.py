@@ -49,6 +49,7 @@ from typing import Any, NamedTuple, TypedDict
 
 from botocore.exceptions import ClientError
 
+from mnist_tasks.errors import MnistError, PermanentError
 from mnist_tasks.files import (
     ChecksumMismatchError,
     atomic_path,
@@ -71,7 +72,7 @@ CLAIM_FILE = "claim.json"
 _VERSION_DIR = re.compile(r"[1-9][0-9]*")
 
 
-class VersionNotFoundError(LookupError):
+class VersionNotFoundError(PermanentError, LookupError):
     """The version has no manifest, or nothing has been published yet."""
 
 
@@ -79,11 +80,11 @@ class NothingPublishedError(VersionNotFoundError):
     """There is no `latest.json`: no model has been published yet."""
 
 
-class FileNotPublishedError(LookupError):
+class FileNotPublishedError(PermanentError, LookupError):
     """The version exists, but its manifest lists no file of that name."""
 
 
-class PublishVerificationError(RuntimeError):
+class PublishVerificationError(MnistError, RuntimeError):
     """An object in the bucket is missing or differs from what its manifest records."""
 
 
@@ -91,7 +92,7 @@ class PublishChecksumError(ChecksumMismatchError, PublishVerificationError):
     """An object's bytes are not the ones its manifest (or `latest.json`, for a manifest) records."""
 
 
-class DamagedObjectError(PublishVerificationError):
+class DamagedObjectError(PermanentError, PublishVerificationError):
     """A registry object (a manifest, latest.json) a person must mend: a retry meets it the same.
 
     Raised as such for one that cannot be parsed; PointerMissingError for latest.json gone.
@@ -102,19 +103,19 @@ class PointerMissingError(DamagedObjectError):
     """latest.json is gone while versions are published: who the champion is, is unknown until it is repaired."""
 
 
-class VersionConflictError(RuntimeError):
+class VersionConflictError(PermanentError, RuntimeError):
     """The version belongs to another run, or was published with other bytes: versions are immutable."""
 
 
-class LatestMovedError(RuntimeError):
+class LatestMovedError(PermanentError, RuntimeError):
     """`latest.json` is not what the caller last saw: someone else moved it in between."""
 
 
-class GateNotPassedError(ValueError):
+class GateNotPassedError(PermanentError, ValueError):
     """A version whose manifest does not record a passed gate may become `latest` only by force."""
 
 
-class ModelReferenceError(ValueError):
+class ModelReferenceError(PermanentError, ValueError):
     """A model reference (`predict --model`) that names no model that can be loaded."""
 
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
+from mnist_tasks.errors import PermanentError
 from mnist_tasks.files import sha256_stream
 from mnist_tasks.registry import (
     LATEST_FILE,
@@ -62,7 +63,7 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
-class GateFailedError(ValueError):
+class GateFailedError(PermanentError, ValueError):
     """The manifest's metrics do not record a passed accuracy gate."""
 
 
