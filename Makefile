@@ -16,17 +16,17 @@ DATA_DIR := $(CURDIR)/.data
 S3_PORT ?= 9000
 AIRFLOW_PORT ?= 8080
 MIRROR_URI := s3://mnist-mirror/mnist/
-MODELS_URI := s3://mnist-models/mnist/
-ARTIFACTS_URI := s3://mnist-artifacts/
 # DAG Params for `make run`, as JSON: make run CONF='{"epochs": 1}'
 CONF ?= {}
 
 # A local Airflow: its home, database and logs stay inside the checkout.
 AIRFLOW_HOME := $(CURDIR)/.airflow
 export AIRFLOW_HOME
-export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
-export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
-export AIRFLOW__CORE__LOAD_EXAMPLES := False
+# The settings every stack shares (no example DAGs, the checkout's dags/ and plugins/, the
+# recovery settings, the product's buckets), exported to every command: the same file gives
+# them to make cluster and to docker-compose.yaml. `NAME ?= default` keeps the caller's value.
+PROJECT_DIR := $(CURDIR)
+include deploy/environment.mk
 
 # The local stack: data under .data/, the mirror and the models in the embedded object
 # store (scripts/local_s3.py: SeaweedFS on 127.0.0.1, its data in .local/s3/). Commands
@@ -36,8 +36,6 @@ STORE := $(BIN)/python scripts/local_s3.py exec --state-dir $(STATE) --
 LOCAL_TARGETS := run bench bench-handwriting bench-batch mirror airflow
 $(LOCAL_TARGETS): export MNIST_DATA_DIR := $(DATA_DIR)
 $(LOCAL_TARGETS): export MNIST_MIRRORS := $(MIRROR_URI)
-$(LOCAL_TARGETS): export MNIST_MODELS_URI := $(MODELS_URI)
-$(LOCAL_TARGETS): export MNIST_ARTIFACTS_URI := $(ARTIFACTS_URI)
 
 .PHONY: help run bench bench-handwriting bench-batch airflow cluster test stop mirror s3-up clean
 
@@ -124,7 +122,8 @@ bench-handwriting: mirror
 	$(STORE) $(BIN)/python -m mnist_tasks download --data-dir $(DATA_DIR) > /dev/null; \
 	prepared=$$($(BIN)/python -m mnist_tasks prepare --data-dir $(DATA_DIR) \
 		| $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["cache_dir"])'); \
-	code=$$(cat mnist_tasks/*.py requirements.txt constraints.txt | sha256sum | cut -c1-16); \
+	code=$$({ find mnist_tasks -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; \
+		sha256sum requirements.txt constraints.txt; } | sha256sum | cut -c1-16); \
 	models=(); \
 	for architecture in $(HANDWRITING_ARCHITECTURES); do \
 		out=$(HANDWRITING_DIR)/models/$$(basename $$prepared)-$$code/$$architecture; \
@@ -139,6 +138,7 @@ bench-handwriting: mirror
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(STATE)/docs-site
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # PostgreSQL (Debian's package, a private instance in .local/postgres on 127.0.0.1), then the

@@ -3,12 +3,16 @@
     python scripts/local_airflow.py start --port 8080 --postgres-port 5632 --state-dir .local
     python scripts/local_airflow.py stop --state-dir .local
 
-Airflow's home, DAG folder and plugin folder come from the environment
-(AIRFLOW_HOME, AIRFLOW__CORE__DAGS_FOLDER, AIRFLOW__CORE__PLUGINS_FOLDER), as do
-the settings the DAG reads (MNIST_*, AIRFLOW_CONN_AWS_DEFAULT); `make airflow`
-sets them all. Each component runs in the background with its pid file and log
-in the state dir. `start` starts a private PostgreSQL (scripts/local_postgres.py)
-and migrates its database, starts what is not running yet, waits until the UI
+Airflow's home (AIRFLOW_HOME), the DAGs' data dir and mirror (MNIST_DATA_DIR,
+MNIST_MIRRORS) and the store's connection (AIRFLOW_CONN_AWS_DEFAULT) come from
+the environment; `make airflow` sets them. The settings every stack shares (the
+checkout's dags/ and plugins/, the recovery settings, the product's buckets)
+come from deploy/environment.mk, applied as make applies them
+(scripts/stack_environment.py).
+
+Each component runs in the background with its pid file and log in the state
+dir. `start` starts a private PostgreSQL (scripts/local_postgres.py) and
+migrates its database, starts what is not running yet, waits until the UI
 answers, unpauses mnist_retraining, prints how to log in and what it started.
 `stop` ends every component together with the task processes it started.
 
@@ -43,6 +47,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import local_postgres
+import stack_environment
 from local_processes import answers, running, spawn, wait_until
 from local_processes import stop as stop_session
 
@@ -52,17 +57,6 @@ USER = "admin"
 # Stopped in this order: no new task starts once the scheduler is gone, and the
 # api-server, which running tasks report to, goes last.
 COMPONENTS = ("scheduler", "triggerer", "dag-processor", "api-server")
-
-# How fast a task whose worker died comes back (docker-compose.yaml has the same values,
-# tests/test_compose.py checks it). The task's supervisor, a process apart from the
-# task, heartbeats every 5 s ([workers] min_heartbeat_interval) however busy TensorFlow
-# keeps the cores, so 60 s is twelve missed heartbeats: Airflow's 300 s only delays
-# the retry of a dead worker's task. The scheduler looks every 10 s (its default).
-# The environment overrides both; see the README's "Operations".
-RECOVERY_DEFAULTS = {
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "10",
-}
 
 
 def start(port: int, postgres_port: int, state_dir: Path) -> None:
@@ -82,8 +76,8 @@ def start(port: int, postgres_port: int, state_dir: Path) -> None:
 
 def _environment(port: int, postgres_port: int, keys: dict[str, str]) -> dict[str, str]:
     return {
-        **RECOVERY_DEFAULTS,
-        **os.environ,
+        # The caller's environment (what `make airflow` exports), with the shared settings.
+        **stack_environment.shared_environment(os.environ),
         **database_environment(postgres_port, keys),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # Tasks at once; the LocalExecutor keeps this many worker processes (default 32).
@@ -136,9 +130,8 @@ def database_environment(postgres_port: int, keys: dict[str, str]) -> dict[str, 
 
 
 def login_environment(port: int) -> dict[str, str]:
-    """One admin user through the SimpleAuthManager, and the address the UI's links use."""
+    """One admin user (of the SimpleAuthManager, a shared setting), and the address the UI's links use."""
     return {
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
         # The UI's own links, and where task processes reach the execution API unless set apart.
         "AIRFLOW__API__BASE_URL": f"http://{HOST}:{port}",

@@ -53,14 +53,17 @@ from pathlib import Path
 import local_airflow
 import local_postgres
 import local_s3
+import stack_environment
 from local_processes import answers, running, spawn, wait_until
 from local_processes import stop as stop_session
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 MIRROR_URI = "s3://mnist-mirror/mnist/"
-MODELS_URI = "s3://mnist-models/mnist/"
-ARTIFACTS_URI = "s3://mnist-artifacts/"
+# Where the DAG publishes (deploy/environment.mk); scripts/benchmark_batch_cluster.py looks there.
+MODELS_URI = stack_environment.shared_environment({})["MNIST_MODELS_URI"]
+# Task logs, the Celery queues: as in docker-compose.yaml, the other CeleryExecutor stack
+# (tests/test_deployment_environment.py holds them to it).
 TASK_LOGS_URI = "s3://airflow-logs/logs"
 TRAINING_QUEUE = "training"
 SCORING_QUEUE = "scoring"
@@ -257,14 +260,10 @@ def _start_store(port: int, state_dir: Path) -> local_s3.Credentials:
 def _airflow_environment(
     ports: Ports, state_dir: Path, keys: dict[str, str], store: local_s3.Credentials
 ) -> dict[str, str]:
-    """What every Airflow component gets: the caller's environment, with the cluster's topology on top."""
+    """What every Airflow component gets: the caller's environment with the settings every stack shares
+    (deploy/environment.mk, as `make` exports them), and the cluster's topology on top."""
     return {
-        # What `make` exports, unless the caller says otherwise.
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        **local_airflow.RECOVERY_DEFAULTS,
-        **os.environ,
+        **stack_environment.shared_environment(os.environ),
         "AIRFLOW_HOME": str(state_dir / "airflow"),
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         **local_airflow.database_environment(ports.postgres, keys),
@@ -284,8 +283,6 @@ def _airflow_environment(
         # The store's identity limited to the project's buckets (its admin only creates them).
         "AIRFLOW_CONN_AWS_DEFAULT": local_s3.client_environment(store)["AIRFLOW_CONN_AWS_DEFAULT"],
         "MNIST_MIRRORS": MIRROR_URI,
-        "MNIST_MODELS_URI": MODELS_URI,
-        "MNIST_ARTIFACTS_URI": ARTIFACTS_URI,
         "MNIST_TRAINING_QUEUE": TRAINING_QUEUE,
         "MNIST_SCORING_QUEUE": SCORING_QUEUE,
     }

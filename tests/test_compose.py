@@ -188,20 +188,20 @@ def test_task_logs_go_to_s3(compose):
 
 
 def test_a_dead_workers_task_comes_back_as_fast_here_as_on_make_cluster(compose):
-    """The heartbeat timeout, how often the scheduler looks, and the TensorFlow tasks' retry delay."""
+    """The heartbeat timeout, how often the scheduler looks, and the TensorFlow tasks' retry delay: every
+    stack's defaults (deploy/environment.mk, which make cluster reads too), which .env may change."""
     from mnist_tasks.settings import Settings
 
     common = compose["x-airflow-common"]["environment"]
-    make_cluster = script_module("local_airflow").RECOVERY_DEFAULTS
-    assert {key: _default(common[key]) for key in make_cluster} == make_cluster
-    retry_delay = int(_default(common["MNIST_TRAINING_RETRY_DELAY_SECONDS"]))
-    assert retry_delay == Settings.from_env({}).training_retry_delay_seconds
-
-
-def _default(value: str) -> str:
-    """A compose value's default: `${NAME:-default}` gives `default`, a plain value itself."""
-    reference = REFERENCE.fullmatch(value)
-    return reference[2].removeprefix(":-") if reference else value
+    shared = {setting.name: setting for setting in script_module("stack_environment").read_settings()}
+    recovery = {
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "10",
+        "MNIST_TRAINING_RETRY_DELAY_SECONDS": str(Settings.from_env({}).training_retry_delay_seconds),
+    }
+    for key, value in recovery.items():
+        assert shared[key].default and shared[key].value == value, key
+        assert common[key] == f"${{{key}:-{value}}}", key
 
 
 def test_visibility_timeout_outlasts_the_longest_task_and_run(compose):
