@@ -84,6 +84,7 @@ from mnist_airflow.wiring import (
     artifact_store,
     default_args,
     force_param,
+    model_registry,
     not_retried,
     on_tensorflow_queue,
     published_model_asset,
@@ -157,8 +158,7 @@ def anything_new(prepared: dict, **context) -> dict | bool:
     # latest.json or its manifest damaged: stays so until someone mends it (`models repair`).
     with not_retried():
         found = pipeline.novelty(
-            s3_client=s3_client(settings),
-            models_uri=settings.models_uri,
+            registry=model_registry(settings),
             prepared=prepared,
             params={spec.name: p[spec.name] for spec in TRAINING_PARAMS},
             force=p["force"],
@@ -196,8 +196,7 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
     with not_retried():
         result = pipeline.evaluate(
             store=artifact_store(settings, client),
-            s3_client=client,
-            models_uri=settings.models_uri,
+            registry=model_registry(settings, client),
             prepared=prepared,
             trained=trained,
             dag_id=context["dag_run"].dag_id,
@@ -217,7 +216,7 @@ def evaluate(prepared: dict, trained: dict, **context) -> dict:
 @task(multiple_outputs=False, execution_timeout=timedelta(minutes=15), outlets=[PUBLISHED_MODEL])
 def publish(downloaded: dict, prepared: dict, trained: dict, evaluated: dict, identity: dict, **context) -> dict:
     from mnist_tasks.flow import pipeline
-    from mnist_tasks.registry.publish import version_for
+    from mnist_tasks.registry import version_for
 
     settings = Settings.from_env()
     client = s3_client(settings)
@@ -229,8 +228,7 @@ def publish(downloaded: dict, prepared: dict, trained: dict, evaluated: dict, id
     with not_retried():
         return pipeline.publish(
             store=artifact_store(settings, client),
-            s3_client=client,
-            models_uri=settings.models_uri,
+            registry=model_registry(settings, client),
             # Manual runs may have no logical date; run_after is always set and fixed for the run.
             version=version_for(dag_run.logical_date or dag_run.run_after),
             dag_id=dag_run.dag_id,

@@ -1,4 +1,4 @@
-"""Airflow glue that both MNIST DAGs share: S3 client, artifact store, errors not retried, defaults, Params.
+"""Airflow glue both MNIST DAGs share: S3 client, artifact store, model registry, errors not retried, defaults, Params.
 
 It imports nothing heavy at module level (DAG files import it). The schedule is in
 mnist_airflow/schedules.py, registered by plugins/mnist_schedules.py.
@@ -20,8 +20,10 @@ from mnist_tasks.params import ParamSpec
 from mnist_tasks.settings import Settings
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
     from mnist_tasks.flow.artifacts import ArtifactStore
+    from mnist_tasks.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +54,14 @@ def on_tensorflow_queue(settings: Settings, queue: str) -> dict[str, Any]:
     return {"queue": queue, "retry_delay": timedelta(seconds=settings.training_retry_delay_seconds)}
 
 
-def s3_client(settings: Settings) -> Any:
+def s3_client(settings: Settings) -> S3Client:
     """boto3 S3 client from the Airflow connection (endpoint, region, credentials)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     return S3Hook(aws_conn_id=settings.aws_conn_id).get_conn()
 
 
-def artifact_store(settings: Settings, client: Any = None) -> ArtifactStore:
+def artifact_store(settings: Settings, client: S3Client | None = None) -> ArtifactStore:
     """The artifact store, with this worker's cache under MNIST_DATA_DIR/artifacts."""
     from mnist_tasks.flow.artifacts import ArtifactStore
 
@@ -67,6 +69,13 @@ def artifact_store(settings: Settings, client: Any = None) -> ArtifactStore:
     if needs_s3 and client is None:
         client = s3_client(settings)
     return ArtifactStore(settings.artifacts_uri, cache_dir=settings.data_dir / "artifacts", s3_client=client)
+
+
+def model_registry(settings: Settings, client: S3Client | None = None) -> ModelRegistry:
+    """The model registry at MNIST_MODELS_URI, through `client` (one made from the connection when None)."""
+    from mnist_tasks.registry import ModelRegistry
+
+    return ModelRegistry(s3_client(settings) if client is None else client, settings.models_uri)
 
 
 @contextmanager

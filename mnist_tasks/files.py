@@ -7,15 +7,15 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from mnist_tasks.errors import PermanentError
 
 if TYPE_CHECKING:
-    pass
+    from _typeshed import SupportsRead
 
 
 CHUNK_BYTES = 1 << 20
@@ -37,13 +37,15 @@ class ChecksumMismatchError(PermanentError, ValueError):
         vouched = f" (from {source})" if source else ""
         super().__init__(f"checksum mismatch for {file}: expected {expected}{vouched}, got {actual}{detail}")
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Callable[..., ChecksumMismatchError], tuple[object, ...]]:
         # Keyword-only arguments: the default (cls, args) would not rebuild it across processes.
         return _rebuild_checksum_error, (type(self), self.file, self.expected, self.actual, self.source, self.detail)
 
 
 
-def _rebuild_checksum_error(cls: type, file: str, expected: str, actual: str, source: str, detail: str) -> Exception:
+def _rebuild_checksum_error(
+    cls: type[ChecksumMismatchError], file: str, expected: str, actual: str, source: str, detail: str
+) -> ChecksumMismatchError:
     return cls(file, expected=expected, actual=actual, source=source, detail=detail)
 
 
@@ -81,7 +83,7 @@ def check_file_sha256(
 
 
 
-def sha256_stream(stream: IO[bytes]) -> tuple[str, int]:
+def sha256_stream(stream: SupportsRead[bytes]) -> tuple[str, int]:
     """Return (hex sha256, byte count) of everything left in a binary stream."""
     digest = hashlib.sha256()
     size = 0

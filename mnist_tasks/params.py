@@ -23,7 +23,7 @@ class ParamError(PermanentError, ValueError):
 @dataclass(frozen=True)
 class ParamSpec:
     name: str
-    type: type  # int, float, or str (then one of `choices`)
+    type: type[int] | type[float] | type[str]  # str: then one of `choices`
     default: int | float | str
     description: str
     minimum: float | None = None
@@ -36,7 +36,7 @@ class ParamSpec:
         if self.choices:
             if value not in self.choices:
                 raise ParamError(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
-            return value
+            return str(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ParamError(f"{self.name} must be a number, got {value!r}")
         if not math.isfinite(value):

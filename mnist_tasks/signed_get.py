@@ -36,10 +36,15 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError, ConnectionClosedError, FlexibleChecksumError, ReadTimeoutError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import GetObjectRequestTypeDef
 
 RETRIED_STATUSES = frozenset({500, 502, 503, 504})  # what botocore's standard mode retries too
 ANSWERED = {(404, "NoSuchKey"), (412, "PreconditionFailed")}  # raised as botocore raises them
@@ -55,7 +60,7 @@ def _crc32(body: bytes) -> bytes:
 
 
 # The checksums botocore checks without its optional CRT extension, by header name, in its order.
-CHECKSUMS = {
+CHECKSUMS: dict[str, Callable[[bytes], bytes]] = {
     "x-amz-checksum-crc32": _crc32,
     "x-amz-checksum-sha1": lambda body: hashlib.sha1(body).digest(),
     "x-amz-checksum-sha256": lambda body: hashlib.sha256(body).digest(),
@@ -77,7 +82,7 @@ class SignedGetter:
     Use it as a context manager: leaving it closes the connections its threads opened.
     """
 
-    def __init__(self, s3_client: Any, transport: _Transport | None) -> None:
+    def __init__(self, s3_client: S3Client, transport: _Transport | None) -> None:
         self._client = s3_client
         self._transport = transport
         self._local = threading.local()
@@ -86,7 +91,7 @@ class SignedGetter:
         self._connections: list[http.client.HTTPConnection] = []
 
     @classmethod
-    def for_client(cls, s3_client: Any) -> SignedGetter:
+    def for_client(cls, s3_client: S3Client) -> SignedGetter:
         return cls(s3_client, _transport_of(s3_client))
 
     def __enter__(self) -> SignedGetter:
@@ -156,7 +161,7 @@ class SignedGetter:
         if if_match:
             headers["If-Match"] = if_match
         request = AWSRequest(method="GET", url=url, headers=headers)
-        self._client._request_signer.sign("GetObject", request)
+        _internals(self._client)._request_signer.sign("GetObject", request)
         prepared = request.prepare()
         target = urllib.parse.urlsplit(prepared.url)
         connection = self._local.__dict__.get("connection")
@@ -187,17 +192,20 @@ class SignedGetter:
                     self._connections.remove(connection)
 
     def _through_client(self, bucket: str, key: str, if_match: str | None) -> bytes:
-        extra = {"IfMatch": if_match} if if_match else {}
-        return self._client.get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
+        request: GetObjectRequestTypeDef = {"Bucket": bucket, "Key": key}
+        if if_match:
+            request["IfMatch"] = if_match
+        return self._client.get_object(**request)["Body"].read()
 
 
-def _transport_of(s3_client: Any) -> _Transport | None:
+def _transport_of(s3_client: S3Client) -> _Transport | None:
     """What the fast path needs of the client, or None when it cannot take it (see the module's docstring)."""
+    client = _internals(s3_client)
     try:
-        signer = s3_client._request_signer
-        verify = s3_client._endpoint.http_session._verify
-        config = s3_client.meta.config
-        endpoint = urllib.parse.urlsplit(s3_client.meta.endpoint_url)
+        signer = client._request_signer
+        verify = client._endpoint.http_session._verify
+        config = client.meta.config
+        endpoint = urllib.parse.urlsplit(client.meta.endpoint_url)
     except AttributeError:
         return None
     if signer._credentials is None or config.proxies or config.client_cert:
@@ -213,13 +221,19 @@ def _transport_of(s3_client: Any) -> _Transport | None:
             tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
         else:
             tls = ssl.create_default_context(cafile=get_cert_path(verify))
-    retries = config.retries or {}
+    retries: dict[str, Any] = config.retries or {}  # botocore's: mode, max_attempts or total_max_attempts
     attempts = retries.get("total_max_attempts") or (
-        retries["max_attempts"] + 1 if "max_attempts" in retries else DEFAULT_ATTEMPTS.get(retries.get("mode"), 3)
+        retries["max_attempts"] + 1 if "max_attempts" in retries else DEFAULT_ATTEMPTS.get(retries.get("mode", ""), 3)
     )
     return _Transport(
         tls=tls, connect_timeout=config.connect_timeout, read_timeout=config.read_timeout, attempts=max(1, attempts)
     )
+
+
+def _internals(s3_client: S3Client) -> Any:
+    """The client untyped: its private attributes (_request_signer, _endpoint) and its Config's settings
+    (proxies, retries, timeouts), which botocore's stubs leave out."""
+    return cast(Any, s3_client)
 
 
 def _host_port(url: urllib.parse.SplitResult) -> tuple[str, int]:
@@ -274,7 +288,8 @@ def _error_code(body: bytes) -> str | None:
 def _client_error(status: int, code: str, bucket: str, key: str) -> ClientError:
     return ClientError(
         {"Error": {"Code": code, "Message": f"s3://{bucket}/{key}: HTTP {status}"},
-         "ResponseMetadata": {"HTTPStatusCode": status}},
+         # Only the status is known here; the stubs require every ResponseMetadata key, botocore none.
+         "ResponseMetadata": {"HTTPStatusCode": status}},  # type: ignore[typeddict-item]
         "GetObject",
     )  # fmt: skip
 

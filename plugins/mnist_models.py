@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from fastapi.responses import FileResponse
 
+    from mnist_tasks.registry import ModelRegistry
+
 DAG_ID = "mnist_retraining"
 URL_PREFIX = "/mnist-models"
 # Both pages are inline CSS and data: images and nothing else. The report, which
@@ -233,14 +235,16 @@ def create_app() -> "FastAPI":
     return app
 
 
-def _registry_access() -> tuple[Any, str]:
-    """(S3 client from the Airflow connection, models URI), read per request so a changed connection applies."""
+def _model_registry() -> "ModelRegistry":
+    """The registry at MNIST_MODELS_URI through the Airflow connection's client, made per request so a
+    changed connection applies."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+    from mnist_tasks.registry import ModelRegistry
     from mnist_tasks.settings import Settings
 
     settings = Settings.from_env()
-    return S3Hook(aws_conn_id=settings.aws_conn_id).get_conn(), settings.models_uri
+    return ModelRegistry(S3Hook(aws_conn_id=settings.aws_conn_id).get_conn(), settings.models_uri)
 
 
 def _models_page() -> str:
@@ -250,12 +254,12 @@ def _models_page() -> str:
 
     from mnist_tasks import registry
 
-    s3_client, models_uri = _registry_access()
+    models = _model_registry()
     try:
-        rows = registry.list_versions(s3_client=s3_client, models_uri=models_uri)
+        rows = registry.list_versions(registry=models)
     except (BotoCoreError, ClientError, registry.DamagedObjectError) as err:
-        raise HTTPException(502, f"cannot read the models in {models_uri}: {err}") from err
-    return render_page(rows=rows, models_uri=models_uri)
+        raise HTTPException(502, f"cannot read the models in {models.models_uri}: {err}") from err
+    return render_page(rows=rows, models_uri=models.models_uri)
 
 
 def _version_report(version: int) -> "FileResponse":
@@ -287,11 +291,9 @@ def _download_report(version: int, dest_dir: Path) -> str:
     from mnist_tasks import registry
     from mnist_tasks.model.report import REPORT_FILE
 
-    s3_client, models_uri = _registry_access()
+    models = _model_registry()
     try:
-        got = registry.download_files(
-            s3_client=s3_client, models_uri=models_uri, version=version, names=[REPORT_FILE], dest_dir=dest_dir
-        )
+        got = registry.download_files(registry=models, version=version, names=[REPORT_FILE], dest_dir=dest_dir)
     except (registry.VersionNotFoundError, registry.FileNotPublishedError) as err:
         raise HTTPException(404, str(err)) from err
     except (registry.PublishVerificationError, BotoCoreError, ClientError) as err:

@@ -237,7 +237,7 @@ def bench_integrity() -> dict:
 
     The steps are the DAG's (mnist_tasks.flow.pipeline), on the same stores and caches as
     `make run`. Every file or stream the product hashes goes through
-    storage.sha256_stream, so its cumulative time is the checks' cost (download's
+    files.sha256_stream, so its cumulative time is the checks' cost (download's
     includes decompressing the .gz files to check their content). Publish is left out,
     since it would add a version to the registry; it hashes a few MB.
     """
@@ -246,6 +246,7 @@ def bench_integrity() -> dict:
 
     from mnist_tasks.flow import pipeline
     from mnist_tasks.flow.artifacts import ArtifactStore
+    from mnist_tasks.registry import ModelRegistry
     from mnist_tasks.s3 import s3_client_from_env
     from mnist_tasks.settings import Settings
 
@@ -262,8 +263,7 @@ def bench_integrity() -> dict:
     trained = pipeline.train(store=store, prepared=prepared, dag_id="benchmark", run_id=run_id, params={})
     pipeline.evaluate(
         store=store,
-        s3_client=client,
-        models_uri=settings.models_uri,
+        registry=ModelRegistry(client, settings.models_uri),
         prepared=prepared,
         trained=trained,
         dag_id="benchmark",
@@ -276,7 +276,7 @@ def bench_integrity() -> dict:
     hashing = sum(
         stat[3]
         for (path, _, name), stat in pstats.Stats(profile).stats.items()  # stat[3]: cumulative seconds
-        if name == "sha256_stream" and path.endswith("storage.py")
+        if name == "sha256_stream" and path.endswith("files.py")
     )
     result = {"checks_seconds": round(hashing, 2), "steps_seconds": round(total, 2), "share": round(hashing / total, 3)}
     print("Integrity checks on a warm run (download, prepare, train, evaluate; profiled):")

@@ -177,18 +177,17 @@ def input_uri(size: int) -> str:
 
 def publish(s3, model: Path) -> None:
     """--model as version 1 of the benchmark's own registry (once; a published version never changes)."""
-    from mnist_tasks.registry import VersionConflictError, read_latest
-    from mnist_tasks.registry.publish import build_manifest, publish_model
+    from mnist_tasks.registry import ModelRegistry, VersionConflictError, build_manifest, publish_model, read_latest
 
-    if read_latest(s3_client=s3, models_uri=MODELS_URI) is not None:
+    registry = ModelRegistry(s3, MODELS_URI)
+    if read_latest(registry=registry) is not None:
         return
     manifest = build_manifest(
         version=VERSION, run_id="bench-batch", dag_id="bench-batch", params={}, data={},
         metrics={"passed": True}, started_at=None,
     )  # fmt: skip
     with contextlib.suppress(VersionConflictError):  # an earlier run's model: the benchmark scores with it
-        publish_model(s3_client=s3, models_uri=MODELS_URI, version=VERSION, files={"model.keras": model},
-                      manifest=manifest)  # fmt: skip
+        publish_model(registry=registry, version=VERSION, files={"model.keras": model}, manifest=manifest)
 
 
 def store_images(s3, cache_dir: Path, size: int) -> None:

@@ -77,7 +77,7 @@ def on_cluster(state_dir: Path, cache_dir: Path, sizes: list[int], rounds: int) 
     """The DAG on `make cluster`'s workers: one shard against as many as they have slots for."""
     import boto3
 
-    from mnist_tasks.registry import read_latest
+    from mnist_tasks.registry import ModelRegistry, read_latest
 
     env = local_s3.client_environment(local_s3.credentials(state_dir))
     s3 = boto3.client(
@@ -85,7 +85,7 @@ def on_cluster(state_dir: Path, cache_dir: Path, sizes: list[int], rounds: int) 
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )  # fmt: skip
     api = ClusterApi(state_dir)
-    if read_latest(s3_client=s3, models_uri=local_cluster.MODELS_URI) is None:
+    if read_latest(registry=ModelRegistry(s3, local_cluster.MODELS_URI)) is None:
         print("the cluster has no published model: a retraining run publishes one first", flush=True)
         api.run("mnist_retraining", {})
     slots = sum(w.concurrency for w in local_cluster.WORKERS if local_cluster.SCORING_QUEUE in w.queues)

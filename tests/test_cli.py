@@ -50,7 +50,7 @@ def publish_test_model(
 
     manifest_fields replace build_manifest's arguments (run_id, dag_id, params, data, metrics).
     """
-    from mnist_tasks.registry.publish import build_manifest, publish_model
+    from mnist_tasks.registry import ModelRegistry, build_manifest, publish_model
 
     fields = {
         "run_id": f"tests__{version}",
@@ -62,8 +62,7 @@ def publish_test_model(
     }
     manifest = build_manifest(version=version, started_at=None, **fields)
     return publish_model(
-        s3_client=s3_client,
-        models_uri=models_uri,
+        registry=ModelRegistry(s3_client, models_uri),
         version=version,
         files={"model.keras": model_path, **(more_files or {})},
         manifest=manifest,

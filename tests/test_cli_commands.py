@@ -21,7 +21,7 @@ import pytest
 
 import mnist_tasks.data.download
 from mnist_tasks.files import sha256_file
-from mnist_tasks.registry import read_manifest
+from mnist_tasks.registry import ModelRegistry, read_manifest
 from tests.conftest import REPO
 from tests.test_cli import publish_test_model, run
 from tests.test_dataset import Tiny, _arrays, web  # noqa: F401  (web: a local HTTP server fixture)
@@ -223,7 +223,7 @@ def test_models_list_prints_every_version_oldest_first_and_marks_latest(registry
 def test_models_show_prints_the_versions_manifest(registry, capsys):
     printed = _json(*run(["models", "show", str(OLD), "--models-uri", MODELS_URI], capsys))
 
-    assert printed == read_manifest(s3_client=registry, models_uri=MODELS_URI, version=OLD)
+    assert printed == read_manifest(registry=ModelRegistry(registry, MODELS_URI), version=OLD)
     assert printed["version"] == OLD
     assert printed["run_id"] == f"scheduled__{OLD}"
     assert set(printed["files"]) == {"model.keras"}

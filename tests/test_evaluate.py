@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 
 from mnist_tasks.files import sha256_file
-from mnist_tasks.model.evaluate import (
-    Champion,
-    confusion_matrix,
-    evaluate_model,
-    fetch_champion,
-    gate_verdict,
-    per_class_metrics,
-)
+from mnist_tasks.model.evaluate import Champion, evaluate_model, fetch_champion, gate_verdict
 from mnist_tasks.model.loading import ModelChecksumError
+from mnist_tasks.model.metrics import confusion_matrix, per_class_metrics
 from mnist_tasks.params import ParamError
+from mnist_tasks.registry import ModelRegistry
 from tests.test_train import write_prepared
 
 # A hand-wired model predicts digit d for an image whose only lit pixel is
@@ -310,20 +305,20 @@ def _bucket_objects(s3_client) -> dict[str, bytes]:
 
 def test_no_champion_before_the_first_publish(s3_client, tmp_path: Path) -> None:
     s3_client.create_bucket(Bucket="models")
-    assert fetch_champion(s3_client=s3_client, models_uri=MODELS_URI, dest_dir=tmp_path) is None
+    assert fetch_champion(registry=ModelRegistry(s3_client, MODELS_URI), dest_dir=tmp_path) is None
 
 
 def test_a_missing_models_bucket_fails_loudly_instead_of_skipping_the_champion(s3_client, tmp_path: Path) -> None:
     from botocore.exceptions import ClientError
 
     with pytest.raises(ClientError, match="NoSuchBucket"):
-        fetch_champion(s3_client=s3_client, models_uri=MODELS_URI, dest_dir=tmp_path)
+        fetch_champion(registry=ModelRegistry(s3_client, MODELS_URI), dest_dir=tmp_path)
 
 
 def test_a_published_champion_keeps_a_worse_challenger_from_being_published(
     s3_client, model_file: Path, weak_model_file: Path, prepared: Path, tmp_path: Path
 ) -> None:
-    from mnist_tasks.registry.publish import GateFailedError, build_manifest, publish_model
+    from mnist_tasks.registry import GateFailedError, build_manifest, publish_model
 
     def manifest(version: int, metrics: dict) -> dict:
         return build_manifest(
@@ -333,15 +328,14 @@ def test_a_published_champion_keeps_a_worse_challenger_from_being_published(
 
     s3_client.create_bucket(Bucket="models")
     publish_model(
-        s3_client=s3_client,
-        models_uri=MODELS_URI,
+        registry=ModelRegistry(s3_client, MODELS_URI),
         version=CHAMPION_VERSION,
         files={"model.keras": model_file},
         manifest=manifest(CHAMPION_VERSION, {"accuracy": ACCURACY, "passed": True}),
     )
     before = _bucket_objects(s3_client)
 
-    champion = fetch_champion(s3_client=s3_client, models_uri=MODELS_URI, dest_dir=tmp_path / "champion")
+    champion = fetch_champion(registry=ModelRegistry(s3_client, MODELS_URI), dest_dir=tmp_path / "champion")
     latest = s3_client.get_object(Bucket="models", Key="mnist/latest.json")
     assert champion == Champion(
         version=CHAMPION_VERSION,
@@ -363,8 +357,7 @@ def test_a_published_champion_keeps_a_worse_challenger_from_being_published(
 
     with pytest.raises(GateFailedError):
         publish_model(
-            s3_client=s3_client,
-            models_uri=MODELS_URI,
+            registry=ModelRegistry(s3_client, MODELS_URI),
             version=CHAMPION_VERSION + 1,
             files={"model.keras": weak_model_file},
             manifest=manifest(CHAMPION_VERSION + 1, result),

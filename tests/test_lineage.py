@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from mnist_tasks.flow.lineage import code_sha256, compare_with_latest, training_identity
-from mnist_tasks.registry import LATEST_FILE, PublishVerificationError
-from mnist_tasks.registry.publish import build_manifest, publish_model
+from mnist_tasks.registry import LATEST_FILE, ModelRegistry, PublishVerificationError, build_manifest, publish_model
 
 MODELS_URI = "s3://models/mnist/"
 PARAMS = {"architecture": "dense", "epochs": 4, "seed": 42}
@@ -53,7 +52,7 @@ def _publish(s3_client, tmp_path: Path, version: int, identity: dict | None) -> 
         training_identity=identity,
     )  # fmt: skip
     files = {"model.keras": model, "saved_model/saved_model.pb": graph}  # the export, copied to serving/
-    publish_model(s3_client=s3_client, models_uri=MODELS_URI, version=version, files=files, manifest=manifest)
+    publish_model(registry=ModelRegistry(s3_client, MODELS_URI), version=version, files=files, manifest=manifest)
 
 
 @pytest.fixture
@@ -64,21 +63,21 @@ def registry(s3_client):
 
 def test_the_latest_version_is_compared_by_the_identity_its_manifest_records(registry, tmp_path):
     identity = training_identity(data_sha256="d" * 64, params=PARAMS)
-    assert compare_with_latest(s3_client=registry, models_uri=MODELS_URI, identity=identity) == {
+    assert compare_with_latest(registry=ModelRegistry(registry, MODELS_URI), identity=identity) == {
         "latest_version": None, "changed": [],
     }  # fmt: skip
 
     _publish(registry, tmp_path, 20261120020000, identity=None)  # from before identities
-    assert compare_with_latest(s3_client=registry, models_uri=MODELS_URI, identity=identity) == {
+    assert compare_with_latest(registry=ModelRegistry(registry, MODELS_URI), identity=identity) == {
         "latest_version": 20261120020000, "changed": ["no identity recorded"],
     }  # fmt: skip
 
     _publish(registry, tmp_path, 20261121020000, identity=dict(identity))
-    assert compare_with_latest(s3_client=registry, models_uri=MODELS_URI, identity=identity) == {
+    assert compare_with_latest(registry=ModelRegistry(registry, MODELS_URI), identity=identity) == {
         "latest_version": 20261121020000, "changed": [],
     }  # fmt: skip
     other = training_identity(data_sha256="e" * 64, params={**PARAMS, "epochs": 5})
-    assert compare_with_latest(s3_client=registry, models_uri=MODELS_URI, identity=other)["changed"] == [
+    assert compare_with_latest(registry=ModelRegistry(registry, MODELS_URI), identity=other)["changed"] == [
         "data_sha256", "params",
     ]  # fmt: skip
 
@@ -88,7 +87,7 @@ def test_a_latest_version_whose_files_no_longer_verify_counts_as_changed(registr
     _publish(registry, tmp_path, 20261121020000, identity=dict(identity))
     registry.put_object(Bucket="models", Key="mnist/20261121020000/model.keras", Body=b"bit rot")
 
-    (changed,) = compare_with_latest(s3_client=registry, models_uri=MODELS_URI, identity=identity)["changed"]
+    (changed,) = compare_with_latest(registry=ModelRegistry(registry, MODELS_URI), identity=identity)["changed"]
     assert changed.startswith("its files do not verify") and "mnist/20261121020000/model.keras" in changed
 
 
@@ -97,7 +96,7 @@ def test_a_latest_version_whose_serving_copy_is_incomplete_counts_as_changed(reg
     _publish(registry, tmp_path, 20261121020000, identity=dict(identity))
     registry.delete_object(Bucket="models", Key="mnist/serving/20261121020000/saved_model.pb")
 
-    assert compare_with_latest(s3_client=registry, models_uri=MODELS_URI, identity=identity)["changed"] == [
+    assert compare_with_latest(registry=ModelRegistry(registry, MODELS_URI), identity=identity)["changed"] == [
         "its TensorFlow Serving copy is incomplete"
     ]
 
@@ -109,4 +108,4 @@ def test_a_latest_manifest_that_differs_from_what_latest_json_vouches_for_is_ref
     registry.put_object(Bucket="models", Key=f"mnist/{LATEST_FILE}", Body=json.dumps(
         {**latest, "manifest_sha256": "0" * 64}).encode())  # fmt: skip
     with pytest.raises(PublishVerificationError, match="mnist/20261121020000/manifest.json"):
-        compare_with_latest(s3_client=registry, models_uri=MODELS_URI, identity=identity)
+        compare_with_latest(registry=ModelRegistry(registry, MODELS_URI), identity=identity)

@@ -22,15 +22,17 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from mnist_tasks.registry import (
     LatestMovedError,
+    ModelRegistry,
+    VersionConflictError,
     claim_version,
     list_versions,
     move_latest,
+    publish_model,
     read_latest,
     read_latest_state,
     read_manifest_and_sha256,
     verify_version,
 )
-from mnist_tasks.registry.publish import VersionConflictError, publish_model
 from tests.conftest import REPO, EmbeddedStore, free_port_block
 from tests.test_publish import VERSION, _files, _manifest
 
@@ -166,7 +168,7 @@ def test_concurrent_claimers_of_one_version_exactly_one_wins(store: EmbeddedStor
     s3 = store.client()
 
     def claim(run: str) -> None:
-        claim_version(s3_client=s3, models_uri=MODELS_URI, version=VERSION, manifest=_manifest(run_id=run))
+        claim_version(registry=ModelRegistry(s3, MODELS_URI), version=VERSION, manifest=_manifest(run_id=run))
 
     winners = _winners(claim, [f"manual__{n}" for n in range(12)], refused=VersionConflictError)
 
@@ -184,9 +186,9 @@ def test_concurrent_publishers_of_one_version_leave_one_complete_version(store: 
     winners = _winners(publish, [f"manual__{n}" for n in range(4)], refused=VersionConflictError)
 
     assert len(winners) == 1
-    manifest = verify_version(s3_client=s3, models_uri=MODELS_URI, version=VERSION)  # nothing mixed in
+    manifest = verify_version(registry=ModelRegistry(s3, MODELS_URI), version=VERSION)  # nothing mixed in
     assert manifest["run_id"] == winners[0]
-    assert read_latest(s3_client=s3, models_uri=MODELS_URI)["version"] == VERSION
+    assert read_latest(registry=ModelRegistry(s3, MODELS_URI))["version"] == VERSION
 
 
 def test_concurrent_movers_of_latest_from_one_state_exactly_one_wins(store: EmbeddedStore, tmp_path) -> None:
@@ -194,23 +196,23 @@ def test_concurrent_movers_of_latest_from_one_state_exactly_one_wins(store: Embe
     versions = [VERSION + n for n in range(8)]
     for version in versions:
         _publish(s3, tmp_path, version)
-    _, etag = read_latest_state(s3_client=s3, models_uri=MODELS_URI)
-    manifests = {v: read_manifest_and_sha256(s3_client=s3, models_uri=MODELS_URI, version=v) for v in versions}
+    _, etag = read_latest_state(registry=ModelRegistry(s3, MODELS_URI))
+    manifests = {v: read_manifest_and_sha256(registry=ModelRegistry(s3, MODELS_URI), version=v) for v in versions}
 
     def move(version: int) -> None:
         manifest, sha256 = manifests[version]
         move_latest(
-            s3_client=s3, models_uri=MODELS_URI, manifest=manifest, manifest_sha256=sha256,
+            registry=ModelRegistry(s3, MODELS_URI), manifest=manifest, manifest_sha256=sha256,
             expected_etag=etag, moved_by="test", reason="race",
         )
 
     winners = _winners(move, versions, refused=LatestMovedError)
 
     assert len(winners) == 1
-    latest = read_latest(s3_client=s3, models_uri=MODELS_URI)
+    latest = read_latest(registry=ModelRegistry(s3, MODELS_URI))
     assert latest["version"] == winners[0]
     assert latest["manifest_sha256"] == read_manifest_and_sha256(
-        s3_client=s3, models_uri=MODELS_URI, version=winners[0]
+        registry=ModelRegistry(s3, MODELS_URI), version=winners[0]
     )[1]
 
 
@@ -219,15 +221,15 @@ def _publish(s3: Any, tmp_path: Path, version: int, run_id: str | None = None) -
     run_id = run_id or f"scheduled__{version}"
     files = _files(tmp_path / run_id, model_bytes=run_id.encode() * 100)
     manifest = _manifest(version=version, run_id=run_id)
-    publish_model(s3_client=s3, models_uri=MODELS_URI, version=version, files=files, manifest=manifest)
+    publish_model(registry=ModelRegistry(s3, MODELS_URI), version=version, files=files, manifest=manifest)
 
 
 def _registry(store: EmbeddedStore) -> tuple[list[dict], dict | None]:
     s3 = store.client()
-    rows = list_versions(s3_client=s3, models_uri=MODELS_URI)
+    rows = list_versions(registry=ModelRegistry(s3, MODELS_URI))
     for row in rows:
-        verify_version(s3_client=s3, models_uri=MODELS_URI, version=row["version"])
-    return rows, read_latest(s3_client=s3, models_uri=MODELS_URI)
+        verify_version(registry=ModelRegistry(s3, MODELS_URI), version=row["version"])
+    return rows, read_latest(registry=ModelRegistry(s3, MODELS_URI))
 
 
 @pytest.mark.parametrize("ending", ["stop", "kill"])
@@ -287,7 +289,7 @@ def test_a_sigkill_of_the_store_during_publish_lists_no_partial_version_and_the_
 
     with pytest.raises(EndpointConnectionError):
         publish_model(
-            s3_client=_KillAfterModelUpload(store.client(), store), models_uri=MODELS_URI,
+            registry=ModelRegistry(_KillAfterModelUpload(store.client(), store), MODELS_URI),
             version=VERSION + 1, files=files, manifest=manifest,
         )
     store.start()
@@ -296,7 +298,9 @@ def test_a_sigkill_of_the_store_during_publish_lists_no_partial_version_and_the_
     assert latest["version"] == VERSION
 
     # Airflow's retry of the same run: the same version, completed and made latest.
-    publish_model(s3_client=store.client(), models_uri=MODELS_URI, version=VERSION + 1, files=files, manifest=manifest)
+    publish_model(
+        registry=ModelRegistry(store.client(), MODELS_URI), version=VERSION + 1, files=files, manifest=manifest
+    )
     rows, latest = _registry(store)
     assert [row["version"] for row in rows] == [VERSION, VERSION + 1]
     assert latest["version"] == VERSION + 1

@@ -15,7 +15,7 @@ import pytest
 from mnist_tasks.feedback.labeled import combined_data_sha256
 from mnist_tasks.flow import pipeline
 from mnist_tasks.flow.artifacts import ArtifactIntegrityError, ArtifactStore
-from mnist_tasks.registry import download_model, read_latest, verify_version
+from mnist_tasks.registry import ModelRegistry, download_model, read_latest, verify_version
 from tests.e2e.conftest import tiny_mirror  # noqa: F401  (a fixture)
 from tests.test_labeled import stroke_png
 
@@ -49,13 +49,12 @@ def _run(workers, s3_client, tiny_mirror, tmp_path, run_id: str, version: int): 
     )
     prepared = pipeline.prepare(store=b, downloaded=downloaded, cache_root=tmp_path / "worker-b" / "prepared")
     novelty = pipeline.novelty(
-        s3_client=s3_client, models_uri=MODELS_URI, prepared=prepared, params=PARAMS, force=False
+        registry=ModelRegistry(s3_client, MODELS_URI), prepared=prepared, params=PARAMS, force=False
     )
     trained = pipeline.train(store=c, prepared=prepared, dag_id="mnist_retraining", run_id=run_id, params=PARAMS)
     evaluated = pipeline.evaluate(
         store=d,
-        s3_client=s3_client,
-        models_uri=MODELS_URI,
+        registry=ModelRegistry(s3_client, MODELS_URI),
         prepared=prepared,
         trained=trained,
         dag_id="mnist_retraining",
@@ -65,8 +64,7 @@ def _run(workers, s3_client, tiny_mirror, tmp_path, run_id: str, version: int): 
     )
     published = pipeline.publish(
         store=a,
-        s3_client=s3_client,
-        models_uri=MODELS_URI,
+        registry=ModelRegistry(s3_client, MODELS_URI),
         version=version,
         dag_id="mnist_retraining",
         run_id=run_id,
@@ -86,8 +84,8 @@ def _run(workers, s3_client, tiny_mirror, tmp_path, run_id: str, version: int): 
 def test_steps_on_four_workers_publish_a_verified_version(workers, s3_client, tiny_mirror, tmp_path):  # noqa: F811
     results = _run(workers, s3_client, tiny_mirror, tmp_path, run_id="manual__2026-11-25T10:00:00+00:00", version=1)
 
-    manifest = verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=1)
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == 1
+    manifest = verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=1)
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["version"] == 1
     assert manifest["training"]["model"]["sha256"] == manifest["files"]["model.keras"]["sha256"]
     # What XCom would carry, and the manifest, name no worker's disk.
     assert str(tmp_path) not in json.dumps(results)
@@ -109,7 +107,7 @@ def test_a_second_run_reuses_the_stored_data(workers, s3_client, tiny_mirror, tm
     assert second["download"]["downloaded"] == []
     assert second["prepare"]["cache_hit"] is True
     assert second["evaluate"]["champion_version"] == 1
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == 2
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["version"] == 2
 
 
 def test_a_damaged_prepared_array_in_the_store_fails_training_by_name(
@@ -136,8 +134,7 @@ def test_a_retried_publish_completes_the_same_version(workers, s3_client, tiny_m
 
     retried = pipeline.publish(
         store=workers("worker-e"),
-        s3_client=s3_client,
-        models_uri=MODELS_URI,
+        registry=ModelRegistry(s3_client, MODELS_URI),
         version=1,
         dag_id="mnist_retraining",
         run_id=run_id,
@@ -150,8 +147,8 @@ def test_a_retried_publish_completes_the_same_version(workers, s3_client, tiny_m
     )
 
     assert retried["manifest_sha256"] == first["publish"]["manifest_sha256"]
-    assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=1)["run_id"] == run_id
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == 1
+    assert verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=1)["run_id"] == run_id
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["version"] == 1
 
 
 def test_tf_serving_finds_the_latest_version_under_serving_and_it_predicts_as_the_keras_model(
@@ -162,7 +159,7 @@ def test_tf_serving_finds_the_latest_version_under_serving_and_it_predicts_as_th
 
     results = _run(workers, s3_client, tiny_mirror, tmp_path, run_id="scheduled__2026-11-24T02:00:00+00:00", version=1)
 
-    manifest = verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=1)
+    manifest = verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=1)
     assert manifest["serving"] == {
         "export": "1/saved_model/",
         "path": "serving/1/",
@@ -186,7 +183,7 @@ def test_tf_serving_finds_the_latest_version_under_serving_and_it_predicts_as_th
 
     served = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
     images = np.load(workers("worker-e").get(results["prepare"]["arrays"]["x_test"]))[:32]
-    published = download_model(s3_client=s3_client, models_uri=MODELS_URI, version=1, dest_dir=tmp_path / "keras")
+    published = download_model(registry=ModelRegistry(s3_client, MODELS_URI), version=1, dest_dir=tmp_path / "keras")
     expected = keras.models.load_model(published["model_path"], safe_mode=True).predict(images, verbose=0)
     assert np.allclose(served(images=tf.constant(images))["output_0"].numpy(), expected, atol=1e-5)
 
@@ -241,7 +238,7 @@ def test_labelled_images_train_and_gate_beside_mnist(workers, s3_client, tiny_mi
 
     def evaluated(min_test_images: int, labeled_threshold: float) -> dict:
         return pipeline.evaluate(
-            store=store, s3_client=s3_client, models_uri=MODELS_URI, prepared=prepared, trained=trained,
+            store=store, registry=ModelRegistry(s3_client, MODELS_URI), prepared=prepared, trained=trained,
             dag_id="d", run_id="r", threshold=0.0, max_regression=1.0, labeled_threshold=labeled_threshold,
             labeled_min_test_images=min_test_images,
         )  # fmt: skip

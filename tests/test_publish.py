@@ -14,23 +14,21 @@ from typing import Any
 import pytest
 
 from mnist_tasks.registry import (
+    GateFailedError,
     LatestMovedError,
+    ModelRegistry,
     PointerMissingError,
     PublishVerificationError,
+    VersionConflictError,
+    build_manifest,
     list_versions,
+    publish_model,
     read_latest,
     read_latest_state,
     verify_version,
-)
-from mnist_tasks.registry.publish import (
-    LIBRARIES,
-    GateFailedError,
-    VersionConflictError,
-    build_manifest,
-    git_state,
-    publish_model,
     version_for,
 )
+from mnist_tasks.registry.provenance import LIBRARIES, SOURCE_ROOT, git_state
 
 BUCKET = "models"
 MODELS_URI = f"s3://{BUCKET}/mnist"  # no trailing slash on purpose: publish normalises it
@@ -160,6 +158,12 @@ def test_git_state_reads_the_checkout_at_the_source_root(tmp_path: Path) -> None
     assert git_state(tmp_path / "site-packages") == {"git_commit": None, "git_dirty": None}
 
 
+def test_the_source_root_is_the_directory_that_holds_the_package() -> None:
+    """When publish.py moved into registry/, SOURCE_ROOT still went up one level only: the package's
+    own directory, never a checkout's top level, so every manifest recorded no git commit."""
+    assert (SOURCE_ROOT / "mnist_tasks" / "__init__.py").is_file()
+
+
 @pytest.mark.parametrize(
     ("models_uri", "prefix"),
     [("s3://models/mnist", "mnist/"), ("s3://models/a/b/", "a/b/"), ("s3://models", ""), ("s3://models/", "")],
@@ -169,7 +173,7 @@ def test_publish_uploads_the_version_then_points_latest_at_it(
 ) -> None:
     files = _files(tmp_path / "run")
     result = publish_model(
-        s3_client=s3_client, models_uri=models_uri, version=VERSION, files=files, manifest=_manifest()
+        registry=ModelRegistry(s3_client, models_uri), version=VERSION, files=files, manifest=_manifest()
     )
 
     base = f"{prefix}{VERSION}/"
@@ -217,7 +221,8 @@ def test_publish_uploads_the_version_then_points_latest_at_it(
 
 def test_a_retry_of_the_same_run_completes_the_same_version(s3_client, bucket: str, tmp_path: Path) -> None:
     publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
+        registry=ModelRegistry(s3_client, MODELS_URI),
+        version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
     )
     # The first attempt died after its claim, mid-upload: no manifest (nor its seal), one file missing,
     # latest not moved.
@@ -226,54 +231,59 @@ def test_a_retry_of_the_same_run_completes_the_same_version(s3_client, bucket: s
         "mnist/latest.json",
     ):  # fmt: skip
         s3_client.delete_object(Bucket=BUCKET, Key=key)
-    assert list_versions(s3_client=s3_client, models_uri=MODELS_URI) == []  # unfinished: not a version
+    assert list_versions(registry=ModelRegistry(s3_client, MODELS_URI)) == []  # unfinished: not a version
 
     result = publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "2"), manifest=_manifest()
+        registry=ModelRegistry(s3_client, MODELS_URI),
+        version=VERSION, files=_files(tmp_path / "2"), manifest=_manifest()
     )
     # And a retry after it completed changes nothing.
     again = publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "3"), manifest=_manifest()
+        registry=ModelRegistry(s3_client, MODELS_URI),
+        version=VERSION, files=_files(tmp_path / "3"), manifest=_manifest()
     )
 
     stored = _bucket_state(s3_client)
     assert {k.split("/")[1] for k in stored} == {str(VERSION), "latest.json"}
     assert again["manifest_sha256"] == result["manifest_sha256"]
     assert json.loads(stored["mnist/latest.json"])["manifest_sha256"] == result["manifest_sha256"]
-    assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=VERSION)["run_id"] == "scheduled__a"
+    assert verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=VERSION)["run_id"] == "scheduled__a"
 
 
 def test_a_retry_seals_a_manifest_its_first_attempt_wrote_but_did_not_seal(
     s3_client, bucket: str, tmp_path: Path
 ) -> None:
     first = publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
+        registry=ModelRegistry(s3_client, MODELS_URI),
+        version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
     )
     # The first attempt died between the manifest and its seal: the version is not yet readable.
     for key in (f"mnist/{VERSION}/manifest.sha256", "mnist/latest.json"):
         s3_client.delete_object(Bucket=BUCKET, Key=key)
     with pytest.raises(PublishVerificationError, match="is not sealed"):
-        verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=VERSION)
+        verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=VERSION)
 
     retried = publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "2"), manifest=_manifest()
+        registry=ModelRegistry(s3_client, MODELS_URI),
+        version=VERSION, files=_files(tmp_path / "2"), manifest=_manifest()
     )
     assert retried["manifest_sha256"] == first["manifest_sha256"] and retried["latest_moved"]
-    assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=VERSION)["run_id"] == "scheduled__a"
+    assert verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=VERSION)["run_id"] == "scheduled__a"
 
 
 def test_a_retry_with_other_bytes_may_not_change_a_published_version(
     s3_client, bucket: str, tmp_path: Path
 ) -> None:
     publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
+        registry=ModelRegistry(s3_client, MODELS_URI),
+        version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
     )
     before = _bucket_state(s3_client)
     retrained = _files(tmp_path / "2", model_bytes=b"retrained" * 50)
 
     with pytest.raises(VersionConflictError, match=rf"{VERSION} was already published by this run .* model.keras"):
         publish_model(
-            s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=retrained, manifest=_manifest()
+            registry=ModelRegistry(s3_client, MODELS_URI), version=VERSION, files=retrained, manifest=_manifest()
         )
     assert _bucket_state(s3_client) == before
 
@@ -285,7 +295,8 @@ def test_two_runs_publishing_one_version_at_once_leave_one_complete_version(
         files = _files(tmp_path / run, model_bytes=run.encode() * 500)
         try:
             publish_model(
-                s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest(run_id=run)
+                registry=ModelRegistry(s3_client, MODELS_URI),
+                version=VERSION, files=files, manifest=_manifest(run_id=run)
             )
             return "published"
         except VersionConflictError:
@@ -296,48 +307,47 @@ def test_two_runs_publishing_one_version_at_once_leave_one_complete_version(
 
     assert sorted(outcomes) == ["published", "refused"]
     winner = ["scheduled__a", "manual__b"][outcomes.index("published")]
-    manifest = verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=VERSION)
+    manifest = verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=VERSION)
     assert manifest["run_id"] == winner
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == VERSION
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["version"] == VERSION
 
 
 def test_latest_never_moves_back_to_an_older_version(s3_client, bucket: str, tmp_path: Path) -> None:
     newer, older = VERSION, VERSION - 1_000_000
     publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=newer, files=_files(tmp_path / "n"), manifest=_manifest()
+        registry=ModelRegistry(s3_client, MODELS_URI), version=newer, files=_files(tmp_path / "n"), manifest=_manifest()
     )
     # A re-run of an older run, published last: its version is kept, latest is not moved back.
     result = publish_model(
-        s3_client=s3_client,
-        models_uri=MODELS_URI,
+        registry=ModelRegistry(s3_client, MODELS_URI),
         version=older,
         files=_files(tmp_path / "o"),
         manifest=_manifest(version=older, run_id="scheduled__old"),
     )
 
     assert (result["latest_version"], result["latest_moved"]) == (newer, False)
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == newer
-    assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=older)["version"] == older
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["version"] == newer
+    assert verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=older)["version"] == older
 
 
 def test_latest_moves_only_from_the_state_evaluate_compared_with(s3_client, bucket: str, tmp_path: Path) -> None:
     earlier = VERSION - 1_000_000
     publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=earlier, files=_files(tmp_path / "e"),
+        registry=ModelRegistry(s3_client, MODELS_URI), version=earlier, files=_files(tmp_path / "e"),
         manifest=_manifest(version=earlier, run_id="scheduled__e"),
     )
-    _, compared = read_latest_state(s3_client=s3_client, models_uri=MODELS_URI)
+    _, compared = read_latest_state(registry=ModelRegistry(s3_client, MODELS_URI))
     # Meanwhile another run published a newer champion, which this candidate never met.
     newest = VERSION + 1_000_000
     publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=newest, files=_files(tmp_path / "n"),
+        registry=ModelRegistry(s3_client, MODELS_URI), version=newest, files=_files(tmp_path / "n"),
         manifest=_manifest(version=newest, run_id="scheduled__n"),
     )
     latest_before = _bucket_state(s3_client)["mnist/latest.json"]
 
     with pytest.raises(LatestMovedError, match=rf"now points at version {newest}\. Nothing was published"):
         publish_model(
-            s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "c"),
+            registry=ModelRegistry(s3_client, MODELS_URI), version=VERSION, files=_files(tmp_path / "c"),
             manifest=_manifest(), compared_latest_etag=compared,
         )
     assert _bucket_state(s3_client)["mnist/latest.json"] == latest_before
@@ -345,7 +355,7 @@ def test_latest_moves_only_from_the_state_evaluate_compared_with(s3_client, buck
     # Before the first publish, the state compared with is "nothing published".
     with pytest.raises(LatestMovedError, match=rf"now points at version {newest}"):
         publish_model(
-            s3_client=s3_client, models_uri=MODELS_URI, version=VERSION + 1, files=_files(tmp_path / "f"),
+            registry=ModelRegistry(s3_client, MODELS_URI), version=VERSION + 1, files=_files(tmp_path / "f"),
             manifest=_manifest(version=VERSION + 1, run_id="scheduled__f"), compared_latest_etag=None,
         )
 
@@ -353,7 +363,7 @@ def test_latest_moves_only_from_the_state_evaluate_compared_with(s3_client, buck
 def test_publish_refuses_to_make_latest_while_the_pointer_is_missing(s3_client, bucket: str, tmp_path: Path) -> None:
     earlier = VERSION - 1_000_000
     publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=earlier, files=_files(tmp_path / "e"),
+        registry=ModelRegistry(s3_client, MODELS_URI), version=earlier, files=_files(tmp_path / "e"),
         manifest=_manifest(version=earlier, run_id="scheduled__e"),
     )
     s3_client.delete_object(Bucket=BUCKET, Key="mnist/latest.json")
@@ -361,7 +371,7 @@ def test_publish_refuses_to_make_latest_while_the_pointer_is_missing(s3_client, 
     # Without latest.json this candidate met no champion; it must not become one.
     with pytest.raises(PointerMissingError, match=rf"latest\.json is missing, yet version {earlier}"):
         publish_model(
-            s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "c"),
+            registry=ModelRegistry(s3_client, MODELS_URI), version=VERSION, files=_files(tmp_path / "c"),
             manifest=_manifest(),
         )
     assert "mnist/latest.json" not in _bucket_state(s3_client)
@@ -369,14 +379,14 @@ def test_publish_refuses_to_make_latest_while_the_pointer_is_missing(s3_client, 
 
 def test_another_run_may_not_overwrite_an_existing_version(s3_client, bucket: str, tmp_path: Path) -> None:
     publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
+        registry=ModelRegistry(s3_client, MODELS_URI),
+        version=VERSION, files=_files(tmp_path / "1"), manifest=_manifest()
     )
     before = _bucket_state(s3_client)
 
     with pytest.raises(VersionConflictError, match=rf"{VERSION}.*'scheduled__a'.*'manual__b'"):
         publish_model(
-            s3_client=s3_client,
-            models_uri=MODELS_URI,
+            registry=ModelRegistry(s3_client, MODELS_URI),
             version=VERSION,
             files=_files(tmp_path / "2", model_bytes=b"other" * 50),
             manifest=_manifest(run_id="manual__b"),
@@ -397,8 +407,7 @@ def test_a_model_without_a_passed_gate_is_never_published(
 ) -> None:
     with pytest.raises(GateFailedError, match=str(VERSION)):
         publish_model(
-            s3_client=s3_client,
-            models_uri=MODELS_URI,
+            registry=ModelRegistry(s3_client, MODELS_URI),
             version=VERSION,
             files=_files(tmp_path),
             manifest=_manifest(metrics=metrics),
@@ -413,8 +422,7 @@ def test_bad_file_names_are_refused_before_anything_is_written(
     files = _files(tmp_path)
     with pytest.raises(ValueError, match="bad file name"):
         publish_model(
-            s3_client=s3_client,
-            models_uri=MODELS_URI,
+            registry=ModelRegistry(s3_client, MODELS_URI),
             version=VERSION,
             files={**files, name: files["metrics.json"]},
             manifest=_manifest(),
@@ -442,8 +450,7 @@ class _OverwritesModelAfterUpload:
 def test_a_failed_read_back_leaves_latest_untouched(s3_client, bucket: str, tmp_path: Path) -> None:
     first = 20261122020000
     publish_model(
-        s3_client=s3_client,
-        models_uri=MODELS_URI,
+        registry=ModelRegistry(s3_client, MODELS_URI),
         version=first,
         files=_files(tmp_path / "1"),
         manifest=_manifest(version=first),
@@ -455,15 +462,14 @@ def test_a_failed_read_back_leaves_latest_untouched(s3_client, bucket: str, tmp_
     got = hashlib.sha256(b"corrupted").hexdigest()
     with pytest.raises(PublishVerificationError, match=rf"mnist/{VERSION}/model.keras.*{expected}.*{got}"):
         publish_model(
-            s3_client=_OverwritesModelAfterUpload(s3_client),
-            models_uri=MODELS_URI,
+            registry=ModelRegistry(_OverwritesModelAfterUpload(s3_client), MODELS_URI),
             version=VERSION,
             files=files,
             manifest=_manifest(),
         )
 
     assert s3_client.get_object(Bucket=BUCKET, Key="mnist/latest.json")["Body"].read() == latest_before
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == first
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["version"] == first
 
 
 class _RecordsCopies:
@@ -491,7 +497,7 @@ def test_the_export_is_published_and_copied_for_tf_serving_as_latest_moves(
     files = _files_with_export(tmp_path / "run")
     client = _RecordsCopies(s3_client)
     result = publish_model(
-        s3_client=client, models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest()
+        registry=ModelRegistry(client, MODELS_URI), version=VERSION, files=files, manifest=_manifest()
     )
 
     stored = _bucket_state(s3_client)
@@ -505,13 +511,13 @@ def test_the_export_is_published_and_copied_for_tf_serving_as_latest_moves(
     assert client.copied[-1] == f"mnist/serving/{VERSION}/saved_model.pb"  # the graph last
     assert len(client.copied) == len(EXPORT)
     assert result["serving_uri"] == f"s3://{BUCKET}/mnist/serving/{VERSION}/"
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["serving_uri"] == result["serving_uri"]
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["serving_uri"] == result["serving_uri"]
     # serving/ is not a version.
-    assert [row["version"] for row in list_versions(s3_client=s3_client, models_uri=MODELS_URI)] == [VERSION]
+    assert [row["version"] for row in list_versions(registry=ModelRegistry(s3_client, MODELS_URI))] == [VERSION]
 
     # A retry finds the copies right and writes nothing.
     again = _RecordsCopies(s3_client)
-    publish_model(s3_client=again, models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest())
+    publish_model(registry=ModelRegistry(again, MODELS_URI), version=VERSION, files=files, manifest=_manifest())
     assert again.copied == [] and _bucket_state(s3_client) == stored
 
 
@@ -520,12 +526,12 @@ def test_a_version_that_does_not_become_latest_gets_no_serving_directory(
 ) -> None:
     newer, older = VERSION, VERSION - 1_000_000
     publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=newer, files=_files_with_export(tmp_path / "n"),
+        registry=ModelRegistry(s3_client, MODELS_URI), version=newer, files=_files_with_export(tmp_path / "n"),
         manifest=_manifest(),
     )
     # TensorFlow Serving serves the highest directory, so only the latest may be there.
     result = publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=older,
+        registry=ModelRegistry(s3_client, MODELS_URI), version=older,
         files=_files_with_export(tmp_path / "o", model_bytes=b"older" * 50),
         manifest=_manifest(version=older, run_id="scheduled__old"),
     )
@@ -546,7 +552,7 @@ class _TampersWithExport(_OverwritesModelAfterUpload):
 def test_a_damaged_export_file_fails_and_latest_does_not_move(s3_client, bucket: str, tmp_path: Path) -> None:
     first = VERSION - 1_000_000
     publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=first, files=_files_with_export(tmp_path / "1"),
+        registry=ModelRegistry(s3_client, MODELS_URI), version=first, files=_files_with_export(tmp_path / "1"),
         manifest=_manifest(version=first, run_id="scheduled__first"),
     )
     latest_before = _bucket_state(s3_client)["mnist/latest.json"]
@@ -556,7 +562,7 @@ def test_a_damaged_export_file_fails_and_latest_does_not_move(s3_client, bucket:
     damaged = f"mnist/{VERSION}/saved_model/variables/variables.index"
     with pytest.raises(PublishVerificationError, match=rf"{damaged}: expected {expected}"):
         publish_model(
-            s3_client=_TampersWithExport(s3_client), models_uri=MODELS_URI, version=VERSION, files=files,
+            registry=ModelRegistry(_TampersWithExport(s3_client), MODELS_URI), version=VERSION, files=files,
             manifest=_manifest(),
         )
 
@@ -574,14 +580,16 @@ def test_a_damaged_serving_copy_fails_after_latest_moved_and_the_retry_makes_it(
     damaged = f"mnist/serving/{VERSION}/variables/variables.index"
     corrupting = _RecordsCopies(s3_client, corrupt="/variables/variables.index")
     with pytest.raises(PublishVerificationError, match=rf"{damaged}: expected {expected}"):
-        publish_model(s3_client=corrupting, models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest())
+        publish_model(
+            registry=ModelRegistry(corrupting, MODELS_URI), version=VERSION, files=files, manifest=_manifest()
+        )
 
     stored = _bucket_state(s3_client)
     assert json.loads(stored["mnist/latest.json"])["version"] == VERSION
     assert not [key for key in stored if key.startswith(f"mnist/serving/{VERSION}/")]  # what was copied is gone
 
     retried = publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=VERSION, files=files, manifest=_manifest()
+        registry=ModelRegistry(s3_client, MODELS_URI), version=VERSION, files=files, manifest=_manifest()
     )
     assert retried["serving_uri"] == f"s3://{BUCKET}/mnist/serving/{VERSION}/"
     assert f"mnist/serving/{VERSION}/saved_model.pb" in _bucket_state(s3_client)

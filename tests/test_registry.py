@@ -15,10 +15,12 @@ from mnist_tasks.registry import (
     LatestMovedError,
     ModelReference,
     ModelReferenceError,
+    ModelRegistry,
     NothingPublishedError,
     PointerMissingError,
     PublishVerificationError,
     VersionNotFoundError,
+    build_manifest,
     download_model,
     download_version,
     list_versions,
@@ -26,6 +28,7 @@ from mnist_tasks.registry import (
     parse_model_reference,
     parse_version_or_latest,
     promote,
+    publish_model,
     read_latest,
     read_manifest,
     read_manifest_and_sha256,
@@ -33,7 +36,6 @@ from mnist_tasks.registry import (
     seal_version,
     verify_version,
 )
-from mnist_tasks.registry.publish import build_manifest, publish_model
 
 BUCKET = "models"
 MODELS_URI = f"s3://{BUCKET}/mnist/"
@@ -80,8 +82,7 @@ def _publish(
         # publish_model refuses a failed gate, so such a version only arises from outside it.
         return _write_failed_version(s3_client, run_dir, version, manifest)
     return publish_model(
-        s3_client=s3_client,
-        models_uri=MODELS_URI,
+        registry=ModelRegistry(s3_client, MODELS_URI),
         version=version,
         files=files,
         manifest=manifest,
@@ -112,10 +113,10 @@ def _latest_bytes(s3_client) -> bytes:
 
 
 def test_an_empty_registry(s3_client, bucket: str, tmp_path: Path) -> None:
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) is None
-    assert list_versions(s3_client=s3_client, models_uri=MODELS_URI) == []
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI)) is None
+    assert list_versions(registry=ModelRegistry(s3_client, MODELS_URI)) == []
     with pytest.raises(VersionNotFoundError, match="nothing published"):
-        download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path)
+        download_model(registry=ModelRegistry(s3_client, MODELS_URI), version=None, dest_dir=tmp_path)
 
 
 def test_list_versions_has_one_row_per_published_version_oldest_first(
@@ -130,7 +131,7 @@ def test_list_versions_has_one_row_per_published_version_oldest_first(
     s3_client.put_object(Bucket=BUCKET, Key="mnist/0042/manifest.json", Body=b"{}")
     s3_client.put_object(Bucket=BUCKET, Key="mnist/serving/20261127020000/saved_model.pb", Body=b"graph")
 
-    rows = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
+    rows = list_versions(registry=ModelRegistry(s3_client, MODELS_URI))
 
     assert [r["version"] for r in rows] == [V1, V2, V3]
     assert [r["is_latest"] for r in rows] == [False, False, True]
@@ -168,7 +169,7 @@ def test_a_damaged_manifest_is_listed_flagged_and_hides_no_other_version(
     _publish(s3_client, tmp_path, V2)
     _store_sealed_manifest(s3_client, V1, stored)  # sealed: its content, not its seal, is what is wrong
 
-    damaged, intact = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
+    damaged, intact = list_versions(registry=ModelRegistry(s3_client, MODELS_URI))
 
     assert damaged["version"] == V1 and re.match(error, damaged["error"])
     assert damaged["run_id"] is None and damaged["is_latest"] is False
@@ -187,13 +188,13 @@ def test_an_edited_manifest_of_a_version_that_is_not_latest_is_noticed_everywher
     s3_client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(manifest).encode())
     mismatch = rf"^checksum mismatch for s3://{BUCKET}/{key}: expected \w+ \(from s3://{BUCKET}/mnist/{V1}/manifest\.sha256\)"
 
-    edited, intact = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
+    edited, intact = list_versions(registry=ModelRegistry(s3_client, MODELS_URI))
     assert re.match(mismatch, edited["error"]) and edited["accuracy"] is None
     assert intact["error"] is None
     for refused in (verify_version, read_manifest, promote):
         with pytest.raises(PublishVerificationError, match=mismatch):
-            refused(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == V2
+            refused(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["version"] == V2
 
 
 def test_a_version_without_a_seal_is_flagged_and_never_promoted_but_a_pinned_latest_still_serves(
@@ -205,17 +206,17 @@ def test_a_version_without_a_seal_is_flagged_and_never_promoted_but_a_pinned_lat
         s3_client.delete_object(Bucket=BUCKET, Key=f"mnist/{version}/manifest.sha256")
     unsealed = rf"^s3://{BUCKET}/mnist/{V1}/manifest\.json is not sealed: s3://{BUCKET}/mnist/{V1}/manifest\.sha256"
 
-    rows = list_versions(s3_client=s3_client, models_uri=MODELS_URI)
+    rows = list_versions(registry=ModelRegistry(s3_client, MODELS_URI))
     assert re.match(unsealed, rows[0]["error"])
     with pytest.raises(PublishVerificationError, match=unsealed):
-        promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+        promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)
     # latest.json pins V2's manifest by its sha256: that is what vouches for it.
-    assert download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "d")
+    assert download_model(registry=ModelRegistry(s3_client, MODELS_URI), version=None, dest_dir=tmp_path / "d")
 
-    sealed = seal_version(s3_client=s3_client, models_uri=MODELS_URI, version=V1)  # a person vouches for it
+    sealed = seal_version(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)  # a person vouches for it
     assert sealed["seal_uri"] == f"s3://{BUCKET}/mnist/{V1}/manifest.sha256"
-    assert promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1)["version"] == V1
-    assert seal_version(s3_client=s3_client, models_uri=MODELS_URI, version=V1) == sealed  # sealed once
+    assert promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)["version"] == V1
+    assert seal_version(registry=ModelRegistry(s3_client, MODELS_URI), version=V1) == sealed  # sealed once
 
 
 def test_seal_refuses_a_version_whose_files_do_not_verify(s3_client, bucket: str, tmp_path: Path) -> None:
@@ -223,7 +224,7 @@ def test_seal_refuses_a_version_whose_files_do_not_verify(s3_client, bucket: str
     s3_client.delete_object(Bucket=BUCKET, Key=f"mnist/{V1}/manifest.sha256")
     s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V1}/model.keras", Body=b"tampered")
     with pytest.raises(PublishVerificationError, match=rf"mnist/{V1}/model\.keras"):
-        seal_version(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+        seal_version(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)
     assert s3_client.list_objects_v2(Bucket=BUCKET, Prefix=f"mnist/{V1}/manifest.sha256")["KeyCount"] == 0
 
 
@@ -231,7 +232,7 @@ def test_a_seal_that_is_not_one_is_named(s3_client, bucket: str, tmp_path: Path)
     _publish(s3_client, tmp_path, V1)
     s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V1}/manifest.sha256", Body=b"garbage")
     with pytest.raises(DamagedObjectError, match=rf"^s3://{BUCKET}/mnist/{V1}/manifest\.sha256 is not a seal"):
-        verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+        verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)
 
 
 def test_a_damaged_latest_json_is_an_error_that_names_it(s3_client, bucket: str, tmp_path: Path) -> None:
@@ -239,14 +240,14 @@ def test_a_damaged_latest_json_is_an_error_that_names_it(s3_client, bucket: str,
     s3_client.put_object(Bucket=BUCKET, Key="mnist/latest.json", Body=b"{not json")
 
     with pytest.raises(DamagedObjectError, match=r"^s3://models/mnist/latest\.json is not valid JSON"):
-        read_latest(s3_client=s3_client, models_uri=MODELS_URI)
+        read_latest(registry=ModelRegistry(s3_client, MODELS_URI))
 
 
 def test_read_manifest_of_an_unknown_version_names_it(s3_client, bucket: str, tmp_path: Path) -> None:
     _publish(s3_client, tmp_path, V1)
-    assert read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=V1)["run_id"] == f"scheduled__{V1}"
+    assert read_manifest(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)["run_id"] == f"scheduled__{V1}"
     with pytest.raises(VersionNotFoundError, match=rf"no version 123 .*s3://{BUCKET}/mnist/123/manifest.json"):
-        read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=123)
+        read_manifest(registry=ModelRegistry(s3_client, MODELS_URI), version=123)
 
 
 def test_a_deleted_latest_json_never_waives_the_champion(s3_client, bucket: str, tmp_path: Path) -> None:
@@ -255,7 +256,7 @@ def test_a_deleted_latest_json_never_waives_the_champion(s3_client, bucket: str,
 
     # What evaluate asks for the champion, and batch predictions for the model to use.
     with pytest.raises(PointerMissingError, match=r"s3://models/mnist/latest\.json is missing, yet version 2026"):
-        download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "champion")
+        download_model(registry=ModelRegistry(s3_client, MODELS_URI), version=None, dest_dir=tmp_path / "champion")
 
 
 def test_repair_points_latest_at_the_newest_version_that_verifies_and_passed(
@@ -266,33 +267,33 @@ def test_repair_points_latest_at_the_newest_version_that_verifies_and_passed(
     s3_client.put_object(Bucket=BUCKET, Key=f"mnist/{V3}/model.keras", Body=b"partial")  # no manifest
     s3_client.delete_object(Bucket=BUCKET, Key="mnist/latest.json")
 
-    pointer = repair_latest(s3_client=s3_client, models_uri=MODELS_URI)
+    pointer = repair_latest(registry=ModelRegistry(s3_client, MODELS_URI))
 
     assert pointer["version"] == V1 and pointer["reason"].startswith("repaired: latest.json was missing")
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) == pointer
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI)) == pointer
     # A pointer that exists is not touched: moving it on purpose is promote's job.
-    assert repair_latest(s3_client=s3_client, models_uri=MODELS_URI) == pointer
+    assert repair_latest(registry=ModelRegistry(s3_client, MODELS_URI)) == pointer
 
 
 def test_repair_with_nothing_that_qualifies_says_so(s3_client, bucket: str, tmp_path: Path) -> None:
     _publish(s3_client, tmp_path, V2, passed=False)
     s3_client.delete_object(Bucket=BUCKET, Key="mnist/latest.json")
     with pytest.raises(NothingPublishedError, match="no version in s3://models/mnist/ verifies and passed"):
-        repair_latest(s3_client=s3_client, models_uri=MODELS_URI)
+        repair_latest(registry=ModelRegistry(s3_client, MODELS_URI))
 
 
 def test_promote_rolls_latest_back_to_an_older_verified_version(s3_client, bucket: str, tmp_path: Path) -> None:
     _publish(s3_client, tmp_path, V1)
     _publish(s3_client, tmp_path, V2)
 
-    pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+    pointer = promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)
 
     manifest_bytes = s3_client.get_object(Bucket=BUCKET, Key=f"mnist/{V1}/manifest.json")["Body"].read()
     assert pointer["version"] == V1
     assert pointer["manifest_sha256"] == hashlib.sha256(manifest_bytes).hexdigest()
     assert pointer["model_uri"] == f"s3://{BUCKET}/mnist/{V1}/model.keras"
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) == pointer
-    assert [r["is_latest"] for r in list_versions(s3_client=s3_client, models_uri=MODELS_URI)] == [True, False]
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI)) == pointer
+    assert [r["is_latest"] for r in list_versions(registry=ModelRegistry(s3_client, MODELS_URI))] == [True, False]
 
 
 @pytest.mark.parametrize("damage", ["overwrite model", "delete history"])
@@ -310,19 +311,19 @@ def test_promote_refuses_a_damaged_version_and_keeps_latest(
     before = _latest_bytes(s3_client)
 
     with pytest.raises(PublishVerificationError, match=expected_error):
-        promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+        promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)
     with pytest.raises(PublishVerificationError, match=expected_error):
-        verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+        verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)
 
     assert _latest_bytes(s3_client) == before
-    assert verify_version(s3_client=s3_client, models_uri=MODELS_URI, version=V2)["version"] == V2
+    assert verify_version(registry=ModelRegistry(s3_client, MODELS_URI), version=V2)["version"] == V2
 
 
 def test_promote_refuses_an_unknown_version(s3_client, bucket: str, tmp_path: Path) -> None:
     _publish(s3_client, tmp_path, V1)
     before = _latest_bytes(s3_client)
     with pytest.raises(VersionNotFoundError, match=str(V2)):
-        promote(s3_client=s3_client, models_uri=MODELS_URI, version=V2)
+        promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V2)
     assert _latest_bytes(s3_client) == before
 
 
@@ -330,14 +331,14 @@ def test_download_model_fetches_the_latest_or_a_given_version(s3_client, bucket:
     _publish(s3_client, tmp_path, V1)
     _publish(s3_client, tmp_path, V2)
 
-    latest = download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "a")
+    latest = download_model(registry=ModelRegistry(s3_client, MODELS_URI), version=None, dest_dir=tmp_path / "a")
     assert latest["version"] == V2
     assert Path(latest["model_path"]) == tmp_path / "a" / "model.keras"
     assert Path(latest["model_path"]).read_bytes() == _model_bytes(V2)
     assert latest["model_sha256"] == hashlib.sha256(_model_bytes(V2)).hexdigest()
     assert latest["manifest"]["run_id"] == f"scheduled__{V2}"
 
-    older = download_model(s3_client=s3_client, models_uri=MODELS_URI, version=V1, dest_dir=tmp_path / "b")
+    older = download_model(registry=ModelRegistry(s3_client, MODELS_URI), version=V1, dest_dir=tmp_path / "b")
     assert Path(older["model_path"]).read_bytes() == _model_bytes(V1)
 
 
@@ -349,7 +350,7 @@ def test_download_model_refuses_bytes_the_manifest_does_not_describe(
     dest = tmp_path / "dest"
 
     with pytest.raises(PublishVerificationError, match=hashlib.sha256(b"tampered").hexdigest()):
-        download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=dest)
+        download_model(registry=ModelRegistry(s3_client, MODELS_URI), version=None, dest_dir=dest)
     assert list(dest.iterdir()) == []  # not even a temp file
 
 
@@ -363,16 +364,16 @@ def test_download_model_refuses_a_manifest_changed_after_latest_vouched_for_it(
     _store_sealed_manifest(s3_client, V1, json.dumps(manifest).encode())  # resealed: latest.json still tells
 
     with pytest.raises(PublishVerificationError, match=rf"checksum mismatch for s3://{BUCKET}/{key}: expected "):
-        download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "dest")
+        download_model(registry=ModelRegistry(s3_client, MODELS_URI), version=None, dest_dir=tmp_path / "dest")
 
 
 def test_promote_records_who_moved_latest_when_and_why(s3_client, bucket: str, tmp_path: Path) -> None:
     _publish(s3_client, tmp_path, V1)
     _publish(s3_client, tmp_path, V2)
 
-    pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1, reason="V2 misreads 7s")
+    pointer = promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V1, reason="V2 misreads 7s")
 
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) == pointer
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI)) == pointer
     assert pointer["reason"] == "V2 misreads 7s"
     assert "@" in pointer["moved_by"] and pointer["updated_at"]
 
@@ -385,12 +386,12 @@ def test_promote_refuses_a_version_whose_gate_failed_unless_forced_with_a_reason
     before = _latest_bytes(s3_client)
 
     with pytest.raises(GateNotPassedError, match=rf"version {V2} did not pass its accuracy gate .*--force"):
-        promote(s3_client=s3_client, models_uri=MODELS_URI, version=V2)
+        promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V2)
     with pytest.raises(GateNotPassedError, match="--force needs a --reason"):
-        promote(s3_client=s3_client, models_uri=MODELS_URI, version=V2, force=True)
+        promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V2, force=True)
     assert _latest_bytes(s3_client) == before
 
-    pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V2, force=True, reason="incident 42")
+    pointer = promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V2, force=True, reason="incident 42")
     assert (pointer["version"], pointer["reason"]) == (V2, "incident 42")
 
 
@@ -404,42 +405,42 @@ def test_promote_copies_the_export_for_tf_serving_when_it_is_missing(s3_client, 
     _publish(s3_client, tmp_path, V1, export=True)  # older: not latest, so not in serving/
     assert _serving_keys(s3_client, V1) == {}
 
-    pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1, reason="V2 misreads 7s")
+    pointer = promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V1, reason="V2 misreads 7s")
 
     assert pointer["serving_uri"] == f"s3://{BUCKET}/mnist/serving/{V1}/"
     assert _serving_keys(s3_client, V1) == {
         f"mnist/serving/{V1}/{name.removeprefix('saved_model/')}": f"{name} of {V1}".encode() for name in EXPORT_FILES
     }
     assert _serving_keys(s3_client, V2)  # TF Serving still serves the highest unless pinned (README)
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) == pointer
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI)) == pointer
 
 
 def test_a_version_published_before_exports_is_still_read_and_promoted(s3_client, bucket: str, tmp_path: Path) -> None:
     _publish(s3_client, tmp_path, V1)  # no saved_model/
     _publish(s3_client, tmp_path, V2, export=True)
 
-    pointer = promote(s3_client=s3_client, models_uri=MODELS_URI, version=V1, reason="back to the dense model")
+    pointer = promote(registry=ModelRegistry(s3_client, MODELS_URI), version=V1, reason="back to the dense model")
 
     assert (pointer["version"], pointer["serving_uri"]) == (V1, None)  # latest moved; nothing for TF Serving
     assert _serving_keys(s3_client, V1) == {}
-    assert [r["is_latest"] for r in list_versions(s3_client=s3_client, models_uri=MODELS_URI)] == [True, False]
-    assert "saved_model/saved_model.pb" not in read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=V1)[
+    assert [r["is_latest"] for r in list_versions(registry=ModelRegistry(s3_client, MODELS_URI))] == [True, False]
+    assert "saved_model/saved_model.pb" not in read_manifest(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)[
         "files"
     ]
-    got = download_model(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "dl")
+    got = download_model(registry=ModelRegistry(s3_client, MODELS_URI), version=None, dest_dir=tmp_path / "dl")
     assert Path(got["model_path"]).read_bytes() == _model_bytes(V1)
 
 
 def test_latest_moved_meanwhile_takes_back_the_serving_copy(s3_client, bucket: str, tmp_path: Path) -> None:
     _publish(s3_client, tmp_path, V2, export=True)
     _publish(s3_client, tmp_path, V1, export=True)
-    manifest, manifest_sha256 = read_manifest_and_sha256(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+    manifest, manifest_sha256 = read_manifest_and_sha256(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)
     before = _latest_bytes(s3_client)
 
     # As if someone moved latest.json after this writer read it.
     with pytest.raises(LatestMovedError, match=f"now points at version {V2}"):
         move_latest(
-            s3_client=s3_client, models_uri=MODELS_URI, manifest=manifest, manifest_sha256=manifest_sha256,
+            registry=ModelRegistry(s3_client, MODELS_URI), manifest=manifest, manifest_sha256=manifest_sha256,
             expected_etag='"0123456789abcdef0123456789abcdef"', moved_by="test", reason="race",
         )
 
@@ -453,7 +454,7 @@ def test_download_version_fetches_every_file_with_the_export_and_the_manifest(
 ) -> None:
     _publish(s3_client, tmp_path, V1, export=True)
 
-    got = download_version(s3_client=s3_client, models_uri=MODELS_URI, version=None, dest_dir=tmp_path / "dl")
+    got = download_version(registry=ModelRegistry(s3_client, MODELS_URI), version=None, dest_dir=tmp_path / "dl")
 
     dest = tmp_path / "dl"
     assert got["version"] == V1 and got["dir"] == str(dest)
@@ -462,7 +463,7 @@ def test_download_version_fetches_every_file_with_the_export_and_the_manifest(
         f"saved_model/variables/variables.index of {V1}".encode()
     )
     manifest = json.loads((dest / "manifest.json").read_text())
-    assert manifest == read_manifest(s3_client=s3_client, models_uri=MODELS_URI, version=V1)
+    assert manifest == read_manifest(registry=ModelRegistry(s3_client, MODELS_URI), version=V1)
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == entry["sha256"]
 

@@ -26,8 +26,7 @@ from mnist_tasks.model.report import (
     render_pictures,
     write_report,
 )
-from mnist_tasks.registry import FileNotPublishedError, download_files
-from mnist_tasks.registry.publish import build_manifest, publish_model
+from mnist_tasks.registry import FileNotPublishedError, ModelRegistry, build_manifest, download_files, publish_model
 
 COUNT = 40
 
@@ -302,8 +301,7 @@ def _publish(s3_client, directory: Path, version: int, names: tuple[str, ...]) -
         started_at=None,
     )
     publish_model(
-        s3_client=s3_client,
-        models_uri=MODELS_URI,
+        registry=ModelRegistry(s3_client, MODELS_URI),
         version=version,
         files={name: directory / name for name in contents},
         manifest=manifest,
@@ -373,7 +371,7 @@ def test_a_version_without_a_report_is_named_with_what_it_lacks(s3_client, tmp_p
 
     with pytest.raises(FileNotPublishedError) as caught:
         download_files(
-            s3_client=s3_client, models_uri=MODELS_URI, version=V1, names=REPORT_FILES, dest_dir=tmp_path / "out"
+            registry=ModelRegistry(s3_client, MODELS_URI), version=V1, names=REPORT_FILES, dest_dir=tmp_path / "out"
         )
 
     assert str(caught.value) == (

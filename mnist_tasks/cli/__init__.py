@@ -13,11 +13,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnist_tasks.errors import MnistError
 from mnist_tasks.params import PARAMS, TRAINING_PARAMS, ParamError
 from mnist_tasks.settings import Settings
+
+if TYPE_CHECKING:
+    from mnist_tasks.registry import DownloadedVersion, Manifest, ModelRegistry, Pointer, Sealed, VersionRow
 
 
 def _s3_client_if(needed: bool):
@@ -84,48 +87,48 @@ def _evaluate(args: argparse.Namespace) -> dict:
     )
 
 
-def _models_list(args: argparse.Namespace) -> list[dict]:
+def _registry(args: argparse.Namespace) -> ModelRegistry:
+    """The registry at --models-uri, through the S3 client the environment configures."""
+    from mnist_tasks.registry import ModelRegistry
+    from mnist_tasks.s3 import s3_client_from_env
+
+    return ModelRegistry(s3_client_from_env(), args.models_uri)
+
+
+def _models_list(args: argparse.Namespace) -> list[VersionRow]:
     from mnist_tasks.registry import list_versions
 
-    return list_versions(s3_client=_s3_client_if(True), models_uri=args.models_uri)
+    return list_versions(registry=_registry(args))
 
 
-def _models_show(args: argparse.Namespace) -> dict:
+def _models_show(args: argparse.Namespace) -> Manifest:
     from mnist_tasks.registry import read_manifest
 
-    return read_manifest(s3_client=_s3_client_if(True), models_uri=args.models_uri, version=args.version)
+    return read_manifest(registry=_registry(args), version=args.version)
 
 
-def _models_repair(args: argparse.Namespace) -> dict:
+def _models_repair(args: argparse.Namespace) -> Pointer:
     from mnist_tasks.registry import repair_latest
 
-    return repair_latest(s3_client=_s3_client_if(True), models_uri=args.models_uri)
+    return repair_latest(registry=_registry(args))
 
 
-def _models_seal(args: argparse.Namespace) -> dict:
+def _models_seal(args: argparse.Namespace) -> Sealed:
     from mnist_tasks.registry import seal_version
 
-    return seal_version(s3_client=_s3_client_if(True), models_uri=args.models_uri, version=args.version)
+    return seal_version(registry=_registry(args), version=args.version)
 
 
-def _models_promote(args: argparse.Namespace) -> dict:
+def _models_promote(args: argparse.Namespace) -> Pointer:
     from mnist_tasks.registry import promote
 
-    return promote(
-        s3_client=_s3_client_if(True),
-        models_uri=args.models_uri,
-        version=args.version,
-        force=args.force,
-        reason=args.reason,
-    )
+    return promote(registry=_registry(args), version=args.version, force=args.force, reason=args.reason)
 
 
-def _models_download(args: argparse.Namespace) -> dict:
+def _models_download(args: argparse.Namespace) -> DownloadedVersion:
     from mnist_tasks.registry import download_version
 
-    return download_version(
-        s3_client=_s3_client_if(True), models_uri=args.models_uri, version=args.version, dest_dir=args.out
-    )
+    return download_version(registry=_registry(args), version=args.version, dest_dir=args.out)
 
 
 def _version(text: str) -> int:
@@ -151,13 +154,7 @@ def _report(args: argparse.Namespace) -> dict:
     from mnist_tasks.model.report import REPORT_FILE, REPORT_FILES
     from mnist_tasks.registry import download_files
 
-    got = download_files(
-        s3_client=_s3_client_if(True),
-        models_uri=args.models_uri,
-        version=args.version,
-        names=REPORT_FILES,
-        dest_dir=args.out,
-    )
+    got = download_files(registry=_registry(args), version=args.version, names=REPORT_FILES, dest_dir=args.out)
     return {
         "version": got["version"],
         "report": got["files"][REPORT_FILE]["path"],

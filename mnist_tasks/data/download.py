@@ -25,11 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from mnist_tasks.errors import MnistError, PermanentError
 from mnist_tasks.files import CHUNK_BYTES, ChecksumMismatchError, atomic_path, check_sha256, sha256_stream
 from mnist_tasks.s3 import directory_uri, split_s3_uri
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,24 @@ MNIST_FILES: dict[str, FileSpec] = {
     )
 }
 
+
+class VerifiedFile(TypedDict):
+    sha256: str
+    """Of the decompressed content, as MNIST_FILES pins it."""
+    bytes: int
+    """Decompressed."""
+    source: str
+    """The URL it was fetched from now, or "cache"."""
+
+
+class DownloadedMnist(TypedDict):
+    """What download_mnist returns."""
+
+    raw_dir: str
+    files: dict[str, VerifiedFile]
+    downloaded: list[str]
+    """The names fetched now; the others were in raw_dir and verified."""
+    data_sha256: str
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -186,7 +207,7 @@ def _fetch_http(url: str, dest: Path, timeout_s: float) -> None:
 
 
 
-def _fetch_s3(url: str, dest: Path, s3_client: Any) -> None:
+def _fetch_s3(url: str, dest: Path, s3_client: S3Client) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3_uri(url)
@@ -216,7 +237,7 @@ def _fetch_local(url: str, dest: Path) -> None:
 
 
 
-def fetch_file(url: str, dest: Path, *, s3_client: Any = None, timeout_s: float = 60) -> None:
+def fetch_file(url: str, dest: Path, *, s3_client: S3Client | None = None, timeout_s: float = 60) -> None:
     """Copy the bytes at an https://, http://, s3:// or file:// URL to `dest`, unchecked.
 
     `timeout_s` is per network operation for HTTP; S3 uses the client's own timeouts.
@@ -235,7 +256,9 @@ def fetch_file(url: str, dest: Path, *, s3_client: Any = None, timeout_s: float 
 
 
 
-def _download_verified(spec: FileSpec, mirrors: Sequence[str], final: Path, s3_client: Any, timeout_s: float) -> dict:
+def _download_verified(
+    spec: FileSpec, mirrors: Sequence[str], final: Path, s3_client: S3Client | None, timeout_s: float
+) -> VerifiedFile:
     failures: list[Exception] = []
     for base in mirrors:
         url = base + spec.name
@@ -269,10 +292,10 @@ def download_mnist(
     *,
     mirrors: Sequence[str],
     raw_dir: Path,
-    s3_client: Any = None,
+    s3_client: S3Client | None = None,
     files: Mapping[str, FileSpec] | None = None,
     timeout_s: float = 60,
-) -> dict:
+) -> DownloadedMnist:
     """Make raw_dir hold the MNIST files, each verified; fetch only what is missing or damaged.
 
     Mirrors are base URLs (https://…/, http://…/, s3://bucket/prefix/, file:///dir/)
@@ -297,7 +320,7 @@ def download_mnist(
             raise ValueError(f"mirror {base} needs an s3_client")
 
     raw_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict] = {}
+    results: dict[str, VerifiedFile] = {}
     downloaded: list[str] = []
     for name in sorted(files):
         spec = files[name]

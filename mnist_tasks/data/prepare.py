@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from mnist_tasks.data.download import (
 )
 from mnist_tasks.data.idx import read_idx_images, read_idx_labels
 from mnist_tasks.files import atomic_dir, check_file_sha256, sha256_file
+from mnist_tasks.s3 import json_bytes
 
 DATASET_INFO = "dataset.json"
 
@@ -27,6 +29,16 @@ DATASET_INFO = "dataset.json"
 
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 
+
+class PreparedCache(TypedDict):
+    """What prepare_dataset returns."""
+
+    cache_dir: str
+    cache_hit: bool
+    """True when the cache was already there and intact: nothing was decoded."""
+    data_sha256: str
+    train_count: int
+    test_count: int
 
 
 def _decode_split(raw_dir: Path, images: FileSpec, labels: FileSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +51,9 @@ def _decode_split(raw_dir: Path, images: FileSpec, labels: FileSpec) -> tuple[np
 
 
 
-def prepare_dataset(*, raw_dir: Path, cache_root: Path, files: Mapping[str, FileSpec] | None = None) -> dict:
+def prepare_dataset(
+    *, raw_dir: Path, cache_root: Path, files: Mapping[str, FileSpec] | None = None
+) -> PreparedCache:
     """Decode and normalise the verified raw files into a cache keyed by their checksum.
 
     The cache directory, cache_root/<data_sha256[:16]>, holds x_train.npy,
@@ -51,7 +65,7 @@ def prepare_dataset(*, raw_dir: Path, cache_root: Path, files: Mapping[str, File
     """
     files = download.MNIST_FILES if files is None else files
     roles = files_by_role(files)
-    checked: dict[str, dict] = {}
+    checked: dict[str, dict[str, Any]] = {}  # name -> {"sha256", "bytes"}
     for name in sorted(files):
         path = raw_dir / name
         if not path.is_file():
@@ -82,7 +96,9 @@ def prepare_dataset(*, raw_dir: Path, cache_root: Path, files: Mapping[str, File
 
 
 
-def _write_cache(raw_dir: Path, roles: dict, cache_dir: Path, info: dict) -> None:
+def _write_cache(
+    raw_dir: Path, roles: dict[tuple[str, str], FileSpec], cache_dir: Path, info: dict[str, Any]
+) -> None:
     x_train, y_train = _decode_split(raw_dir, roles["train", "images"], roles["train", "labels"])
     x_test, y_test = _decode_split(raw_dir, roles["test", "images"], roles["test", "labels"])
     info = {
@@ -98,7 +114,7 @@ def _write_cache(raw_dir: Path, roles: dict, cache_dir: Path, info: dict) -> Non
                 np.save(tmp / f"{array_name}.npy", array, allow_pickle=False)
             # Checked on every later cache hit: a cache is used only while it is what was written.
             info["arrays"] = {name: sha256_file(tmp / f"{name}.npy") for name in ARRAY_NAMES}
-            (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
+            (tmp / DATASET_INFO).write_bytes(json_bytes(info))
     except OSError:
         # Another process may have renamed the same cache into place first;
         # it was made from the same bytes, so it is just as good.

@@ -29,13 +29,14 @@ import hashlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, NamedTuple, TypedDict
 
 from mnist_tasks.model.architecture import IMAGE_SHAPE
 from mnist_tasks.s3 import directory_uri, s3_error_code, split_s3_dir
 
 if TYPE_CHECKING:  # the DAG's tasks import this module's types for their XCom, without numpy
     import numpy as np
+    from mypy_boto3_s3 import S3Client
 
 TEST_SHARE_DIVISOR = 5  # 1 in 5 images (by content hash) is for testing: the "about 80/20" split
 FETCHERS = 8  # GETs in flight: the set is many small objects, so latency, not bandwidth, is the cost
@@ -105,7 +106,7 @@ def _digit_of(relative_key: str) -> int | None:
     return int(folder)
 
 
-def _listed(s3_client: Any, labeled_uri: str) -> Iterator[tuple[str, int]]:
+def _listed(s3_client: S3Client, labeled_uri: str) -> Iterator[tuple[str, int]]:
     """(key, size) of every object under the set's prefix; nothing when its bucket does not exist yet."""
     from botocore.exceptions import ClientError
 
@@ -119,7 +120,7 @@ def _listed(s3_client: Any, labeled_uri: str) -> Iterator[tuple[str, int]]:
             raise
 
 
-def read_labeled_set(*, s3_client: Any, labeled_uri: str) -> tuple[list[LabeledImage], list[ExcludedFile]]:
+def read_labeled_set(*, s3_client: S3Client, labeled_uri: str) -> tuple[list[LabeledImage], list[ExcludedFile]]:
     """Every usable image of the set (sorted by sha256, duplicates and conflicts resolved) and what was left out.
 
     FETCHERS threads only fetch; the images are decoded one at a time in this thread, with at
@@ -150,7 +151,7 @@ def read_labeled_set(*, s3_client: Any, labeled_uri: str) -> tuple[list[LabeledI
     return kept, excluded + left_out
 
 
-def _candidates(s3_client: Any, labeled_uri: str) -> tuple[list[tuple[str, int]], list[ExcludedFile]]:
+def _candidates(s3_client: S3Client, labeled_uri: str) -> tuple[list[tuple[str, int]], list[ExcludedFile]]:
     """((key, digit) of each file that may be a labelled image, the files the listing alone rules out)."""
     from mnist_tasks.inference.preprocess import MAX_FILE_BYTES, is_image_name
 
@@ -174,12 +175,12 @@ def _candidates(s3_client: Any, labeled_uri: str) -> tuple[list[tuple[str, int]]
 
 
 def _fetched(
-    pool: ThreadPoolExecutor, s3_client: Any, bucket: str, wanted: list[tuple[str, int]]
+    pool: ThreadPoolExecutor, s3_client: S3Client, bucket: str, wanted: list[tuple[str, int]]
 ) -> Iterator[tuple[tuple[str, int], bytes | None]]:
     """Each wanted file with its bytes (None: gone since the listing), in order, at most FETCHED_AHEAD ahead."""
-    from mnist_tasks.registry import get_bytes
+    from mnist_tasks.s3 import get_bytes
 
-    pending: deque[tuple[tuple[str, int], Future]] = deque()
+    pending: deque[tuple[tuple[str, int], Future[bytes | None]]] = deque()
     for candidate in wanted:
         if len(pending) >= FETCHED_AHEAD:
             done, future = pending.popleft()

@@ -29,14 +29,18 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import unquote
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mnist_tasks.errors import MnistError, PermanentError
 from mnist_tasks.inference.preprocess import is_image_name
-from mnist_tasks.s3 import is_missing, split_s3_dir
+from mnist_tasks.s3 import get_bytes, is_missing, split_s3_dir
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 FACTS_SUFFIX = ".json"  # review.py's JSON beside each image: <key>.json
 DETAIL_READERS = 16  # the JSON files read at once for review_items
@@ -92,7 +96,7 @@ class Discarded(TypedDict):
     review_key: str
 
 
-def review_queue(*, s3_client: Any, review_uri: str) -> list[str]:
+def review_queue(*, s3_client: S3Client, review_uri: str) -> list[str]:
     """The keys of the images waiting under `review_uri`, newest run first (ties by the run's name), then by key.
 
     A run's age is the newest LastModified of its objects, from the listing. That is when
@@ -116,7 +120,7 @@ def review_queue(*, s3_client: Any, review_uri: str) -> list[str]:
     return [key for _, key in images]
 
 
-def review_items(*, s3_client: Any, review_uri: str, keys: list[str]) -> list[ReviewItem]:
+def review_items(*, s3_client: S3Client, review_uri: str, keys: list[str]) -> list[ReviewItem]:
     """The waiting images at `keys` (from review_queue), in order, each with the facts review.py wrote beside it.
 
     A missing or damaged JSON file is the item's `problem`, not an error: the image can still be labelled.
@@ -126,7 +130,7 @@ def review_items(*, s3_client: Any, review_uri: str, keys: list[str]) -> list[Re
         return list(pool.map(lambda key: _review_item(s3_client, bucket, prefix, key), keys))
 
 
-def read_review_image(*, s3_client: Any, review_uri: str, key: str) -> bytes:
+def read_review_image(*, s3_client: S3Client, review_uri: str, key: str) -> bytes:
     """The bytes of the image waiting at `key`."""
     bucket = _checked_key(key, review_uri)
     with _waiting(bucket, key):
@@ -134,7 +138,7 @@ def read_review_image(*, s3_client: Any, review_uri: str, key: str) -> bytes:
 
 
 def label_image(
-    *, s3_client: Any, review_uri: str, labeled_uri: str, review_log_uri: str, key: str, digit: int, user: str
+    *, s3_client: S3Client, review_uri: str, labeled_uri: str, review_log_uri: str, key: str, digit: int, user: str
 ) -> Labeled:
     """File the waiting image at `key` as `<labeled_uri><digit>/<sha256><suffix>` and take it out of review.
 
@@ -159,7 +163,7 @@ def label_image(
     return {"review_key": key, "labeled_key": labeled_key, "digit": digit}
 
 
-def discard_image(*, s3_client: Any, review_uri: str, review_log_uri: str, key: str, user: str) -> Discarded:
+def discard_image(*, s3_client: S3Client, review_uri: str, review_log_uri: str, key: str, user: str) -> Discarded:
     """Take the waiting image at `key` out of review unlabelled (recorded first, as label_image does)."""
     bucket = _checked_key(key, review_uri)
     with _waiting(bucket, key):
@@ -230,7 +234,7 @@ def _run_dir(key: str, prefix: str) -> str:
     return key.removeprefix(prefix).partition("/")[0]
 
 
-def _review_item(s3_client: Any, bucket: str, prefix: str, key: str) -> ReviewItem:
+def _review_item(s3_client: S3Client, bucket: str, prefix: str, key: str) -> ReviewItem:
     """One waiting image: its JSON's facts, and what is wrong with them, if anything."""
     facts, problem = _read_facts(s3_client, bucket, key)
     top3 = _top3(facts.get("top3", []))
@@ -251,16 +255,13 @@ def _review_item(s3_client: Any, bucket: str, prefix: str, key: str) -> ReviewIt
     }
 
 
-def _read_facts(s3_client: Any, bucket: str, key: str) -> tuple[dict[str, Any], str | None]:
+def _read_facts(s3_client: S3Client, bucket: str, key: str) -> tuple[dict[str, Any], str | None]:
     """(the JSON review.py wrote beside the image at `key`, None), or ({}, why there is none to read)."""
     facts_key = key + FACTS_SUFFIX
     with _naming("read", bucket, facts_key):
-        try:
-            body = s3_client.get_object(Bucket=bucket, Key=facts_key)["Body"].read()
-        except ClientError as err:
-            if not is_missing(err):
-                raise
-            return {}, f"no {facts_key}: the model's guesses are unknown"
+        body = get_bytes(s3_client, bucket, facts_key)
+    if body is None:
+        return {}, f"no {facts_key}: the model's guesses are unknown"
     try:
         facts = json.loads(body)
     except ValueError as err:
@@ -281,7 +282,7 @@ def _top3(pairs: Any) -> list[Guess] | None:
 
 
 def _write_record(
-    s3_client: Any, review_log_uri: str, action: str, user: str, key: str, facts: dict[str, Any], **labeled: Any
+    s3_client: S3Client, review_log_uri: str, action: str, user: str, key: str, facts: dict[str, Any], **labeled: Any
 ) -> None:
     """Write the action's audit record, `<review_log_uri><YYYY-MM-DD>/<UTC time>-<uuid4>.json`."""
     bucket, prefix = split_s3_dir(review_log_uri)
@@ -306,9 +307,9 @@ def _write_record(
         )
 
 
-def _remove_from_review(s3_client: Any, bucket: str, key: str) -> None:
+def _remove_from_review(s3_client: S3Client, bucket: str, key: str) -> None:
     """Delete the image and its JSON in one request; ReviewRemovalError naming the first that was not deleted."""
-    objects = [{"Key": key}, {"Key": key + FACTS_SUFFIX}]
+    objects: list[ObjectIdentifierTypeDef] = [{"Key": key}, {"Key": key + FACTS_SUFFIX}]
     with _naming("delete", bucket, key):
         response = s3_client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
     # DeleteObjects answers 200 and lists the keys it could not delete (a missing key is deleted).

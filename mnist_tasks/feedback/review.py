@@ -15,13 +15,15 @@ its own copies. The labelling loop reads from here.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mnist_tasks.s3 import split_s3_dir, split_s3_uri
+from mnist_tasks.s3 import json_bytes, split_s3_dir, split_s3_uri
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 COPIERS = 4  # copies in flight: threads of their own, so they never hold back the shard's GETs
 IN_FLIGHT = 32  # copies queued at most before submit waits for the oldest
@@ -30,12 +32,12 @@ IN_FLIGHT = 32  # copies queued at most before submit waits for the oldest
 class Reviewer:
     """Copies rows' images to the review directory in the background, boundedly (a context manager)."""
 
-    def __init__(self, s3_client: Any, *, review_uri: str, input_uri: str) -> None:
+    def __init__(self, s3_client: S3Client, *, review_uri: str, input_uri: str) -> None:
         self._s3 = s3_client
         self._review_bucket, self._review_prefix = split_s3_dir(review_uri)
         self._input_uri = input_uri
         self._pool = ThreadPoolExecutor(COPIERS)
-        self._pending: deque[Future] = deque()
+        self._pending: deque[Future[None]] = deque()
 
     def __enter__(self) -> Reviewer:
         return self
@@ -44,7 +46,7 @@ class Reviewer:
         # On an error, queued copies are dropped: the retry of the shard makes them all again.
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, row: dict) -> None:
+    def submit(self, row: dict[str, Any]) -> None:
         """Queue the copy of one scored row's image (and its JSON) to the review directory."""
         if len(self._pending) >= IN_FLIGHT:
             self._pending.popleft().result()
@@ -55,7 +57,7 @@ class Reviewer:
         while self._pending:
             self._pending.popleft().result()
 
-    def _copy(self, row: dict) -> None:
+    def _copy(self, row: dict[str, Any]) -> None:
         bucket, key = split_s3_uri(row["file"])
         # Below the input prefix, as list_shards found it (so never empty, never outside it).
         key_in_review = self._review_prefix + row["file"].removeprefix(self._input_uri)
@@ -73,6 +75,6 @@ class Reviewer:
         self._s3.put_object(
             Bucket=self._review_bucket,
             Key=key_in_review + ".json",
-            Body=(json.dumps(facts, indent=2, allow_nan=False) + "\n").encode(),
+            Body=json_bytes(facts),
             ContentType="application/json",
         )

@@ -24,11 +24,14 @@ import shutil
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from mnist_tasks.errors import PermanentError
 from mnist_tasks.files import ChecksumMismatchError, atomic_path, check_sha256, safe_name, sha256_file
-from mnist_tasks.s3 import directory_uri, is_missing, split_s3_uri
+from mnist_tasks.s3 import directory_uri, is_missing, json_bytes, split_s3_uri
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 # Object metadata (x-amz-meta-sha256) that lets `find` tell what an object holds without reading it.
 SHA256_METADATA = "sha256"
@@ -71,7 +74,7 @@ class ArtifactStore:
     the file names `dataset.load_split` reads.
     """
 
-    def __init__(self, uri: str, *, cache_dir: Path, s3_client: Any = None) -> None:
+    def __init__(self, uri: str, *, cache_dir: Path, s3_client: S3Client | None = None) -> None:
         scheme = urllib.parse.urlsplit(uri).scheme
         if scheme not in ("s3", "file"):
             raise ValueError(f"unsupported artifact store {uri!r}: use s3://bucket/prefix/ or file:///dir/")
@@ -79,7 +82,8 @@ class ArtifactStore:
             raise ValueError(f"artifact store {uri} needs an s3_client")
         self.uri = directory_uri(uri)
         self.cache_dir = cache_dir
-        self._s3 = s3_client
+        # None only for a file:// store, which never uses it (an s3:// one without a client was refused above).
+        self._s3 = cast("S3Client", s3_client)
 
     def uri_for(self, key: str) -> str:
         return self.uri + key
@@ -108,7 +112,7 @@ class ArtifactStore:
     def put_json(self, value: Any, key: str) -> ArtifactRef:
         path = self.local_path(key)
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n")
+            tmp.write_bytes(json_bytes(value, sort_keys=True))
         return self.put(path, key)
 
     def get(self, ref: ArtifactRef) -> Path:

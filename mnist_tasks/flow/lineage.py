@@ -26,22 +26,31 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+if TYPE_CHECKING:
+    from mnist_tasks.registry import ModelRegistry
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-INPUTS = ("data_sha256", "params", "code_sha256", "libraries")  # what a TrainingIdentity sums up
+# What a TrainingIdentity sums up.
+INPUTS: tuple[Literal["data_sha256", "params", "code_sha256", "libraries"], ...] = (
+    "data_sha256", "params", "code_sha256", "libraries",
+)  # fmt: skip
 # Of the libraries a manifest records, those whose version can change the weights (not boto3 or Airflow):
 # Pillow decodes the users' labelled images before they train.
 MODEL_LIBRARIES = ("tensorflow", "keras", "numpy", "pillow")
 
 
-class TrainingIdentity(TypedDict):
-    sha256: str
-    """Of the other four keys, as canonical JSON."""
+class TrainingInputs(TypedDict):
     data_sha256: str
     params: dict[str, Any]
     code_sha256: str
     libraries: dict[str, str | None]
+
+
+class TrainingIdentity(TrainingInputs):
+    sha256: str
+    """Of the four inputs, as canonical JSON."""
 
 
 def code_sha256(package_dir: Path = PACKAGE_DIR) -> str:
@@ -57,16 +66,16 @@ def training_identity(*, data_sha256: str, params: Mapping[str, Any]) -> Trainin
     """This run's identity: the data and training Params it was given (each as its Param's type: 4.0
     epochs is 4), with this worker's code and the libraries that shape a model."""
     from mnist_tasks.params import PARAMS
-    from mnist_tasks.registry.publish import library_versions
+    from mnist_tasks.registry.provenance import library_versions
 
-    inputs: dict[str, Any] = {
+    inputs: TrainingInputs = {
         "data_sha256": data_sha256,
         "params": {name: PARAMS[name].check(value) for name, value in params.items()},
         "code_sha256": code_sha256(),
         "libraries": {name: library_versions()[name] for name in MODEL_LIBRARIES},
     }
     canonical = json.dumps(inputs, sort_keys=True, allow_nan=False, separators=(",", ":"))
-    return {"sha256": hashlib.sha256(canonical.encode()).hexdigest(), **inputs}  # type: ignore[typeddict-item]
+    return {"sha256": hashlib.sha256(canonical.encode()).hexdigest(), **inputs}
 
 
 class Comparison(TypedDict):
@@ -77,7 +86,7 @@ class Comparison(TypedDict):
     "no identity recorded" (a version from before identities); empty when nothing does."""
 
 
-def compare_with_latest(*, s3_client: Any, models_uri: str, identity: TrainingIdentity) -> Comparison:
+def compare_with_latest(*, registry: ModelRegistry, identity: TrainingIdentity) -> Comparison:
     """This run's identity against the one recorded by the manifest `latest.json` vouches for (its sha256
     and seal checked; a damaged pointer or manifest raises).
 
@@ -92,7 +101,7 @@ def compare_with_latest(*, s3_client: Any, models_uri: str, identity: TrainingId
         verify_version,
     )
 
-    found = read_latest_manifest(s3_client=s3_client, models_uri=models_uri)
+    found = read_latest_manifest(registry=registry)
     if found is None:
         return {"latest_version": None, "changed": []}
     manifest, manifest_sha256 = found
@@ -101,12 +110,13 @@ def compare_with_latest(*, s3_client: Any, models_uri: str, identity: TrainingId
         return {"latest_version": version, "changed": ["no identity recorded"]}
     if recorded.get("sha256") != identity["sha256"]:
         # A sha256 that differs while no input does is a different rule for summing them up.
-        changed = [key for key in INPUTS if recorded.get(key) != identity[key]] or ["how the identity is summed up"]
+        changed: list[str] = [key for key in INPUTS if recorded.get(key) != identity[key]]
+        changed = changed or ["how the identity is summed up"]
         return {"latest_version": version, "changed": changed}
     try:
-        verify_version(s3_client=s3_client, models_uri=models_uri, version=version, manifest_sha256=manifest_sha256)
+        verify_version(registry=registry, version=version, manifest_sha256=manifest_sha256)
     except PublishVerificationError as err:
         return {"latest_version": version, "changed": [f"its files do not verify ({err})"]}
-    if not serving_copy_complete(s3_client=s3_client, models_uri=models_uri, manifest=manifest):
+    if not serving_copy_complete(registry=registry, manifest=manifest):
         return {"latest_version": version, "changed": ["its TensorFlow Serving copy is incomplete"]}
     return {"latest_version": version, "changed": []}

@@ -12,84 +12,27 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, cast
 
-from mnist_tasks.feedback.labeled import LabeledSet
 from mnist_tasks.files import sha256_file
 from mnist_tasks.flow.artifacts import ArtifactRef, ArtifactStore, dataset_key, run_key
 from mnist_tasks.flow.lineage import TrainingIdentity
-from mnist_tasks.model.serving import SAVED_MODEL_DIR, ServingSignature
+from mnist_tasks.flow.results import Downloaded, DownloadedFile, Novelty, Prepared, PreparedLabeled, Trained
+from mnist_tasks.model.serving import SAVED_MODEL_DIR
 from mnist_tasks.params import PARAMS
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from mnist_tasks.registry import Claim, ModelRegistry, Published
+    from mnist_tasks.registry.manifest import ManifestMetrics
 
 DATASET_INFO = "dataset.json"
 
 
-class DownloadedFile(TypedDict):
-    sha256: str
-    """Of the decompressed content, as `dataset.MNIST_FILES` pins it."""
-    bytes: int
-    source: str
-    """The mirror URL it came from now, or "cache" when this worker already had it."""
-    artifact: ArtifactRef
-    """The .gz file in the store."""
-
-
-class Downloaded(TypedDict):
-    data_sha256: str
-    files: dict[str, DownloadedFile]
-    downloaded: list[str]
-
-
-class PreparedLabeled(LabeledSet):
-    arrays: dict[str, ArtifactRef]
-    """x_train, y_train, x_test, y_test of the labelled set in the store; empty while the set is."""
-
-
-class Prepared(TypedDict):
-    data_sha256: str
-    """The dataset's identity: MNIST's and the labelled set's (labeled.combined_data_sha256)."""
-    training_data_sha256: str
-    """The same of what trains (MNIST and the labelled training split): part of the training identity."""
-    mnist_data_sha256: str
-    cache_hit: bool
-    """True when the store already held the prepared arrays of this MNIST data."""
-    train_count: int
-    test_count: int
-    """MNIST's."""
-    arrays: dict[str, ArtifactRef]
-    """MNIST's x_train, y_train, x_test, y_test."""
-    labeled: PreparedLabeled
-
-
-class Novelty(TypedDict):
-    train: bool
-    """False when `latest` already is the model this run would train (and `force` is not set)."""
-    reason: str
-    """Why, in a sentence for the task log."""
-    unchanged_since: int | None
-    """The version `latest` points at, when nothing changed since it."""
-    identity: TrainingIdentity
-
-
-class StoredSavedModel(TypedDict):
-    files: dict[str, ArtifactRef]
-    """Path inside the export ('variables/variables.index') -> the file in the store."""
-    signature: ServingSignature
-
-
-class Trained(TypedDict):
-    model: ArtifactRef
-    history: ArtifactRef
-    saved_model: StoredSavedModel
-    """The model's SavedModel export, for TensorFlow Serving."""
-    params: dict[str, Any]
-    final: dict[str, float]
-    train_count: int
-    labeled_train_count: int
-    seconds: float
-
-
-def download(*, store: ArtifactStore, mirrors: Sequence[str], raw_dir: Path, s3_client: Any = None) -> Downloaded:
+def download(
+    *, store: ArtifactStore, mirrors: Sequence[str], raw_dir: Path, s3_client: S3Client | None = None
+) -> Downloaded:
     """Verified MNIST files in raw_dir (fetched from a mirror only when missing or damaged), and in the store."""
     from mnist_tasks.data.download import download_mnist
 
@@ -110,7 +53,7 @@ def prepare(
     store: ArtifactStore,
     downloaded: Downloaded,
     cache_root: Path,
-    s3_client: Any = None,
+    s3_client: S3Client | None = None,
     labeled_uri: str | None = None,
 ) -> Prepared:
     """The prepared arrays of MNIST and of the users' labelled set (labeled.py) in the store, and their identity.
@@ -169,7 +112,7 @@ def _prepare_mnist(*, store: ArtifactStore, downloaded: Downloaded, cache_root: 
 
 
 def _prepare_labeled(
-    *, store: ArtifactStore, s3_client: Any, labeled_uri: str | None, cache_root: Path
+    *, store: ArtifactStore, s3_client: S3Client | None, labeled_uri: str | None, cache_root: Path
 ) -> PreparedLabeled:
     """The labelled set's summary, with its arrays in the store under `datasets/labeled/<their sha256>/`.
 
@@ -203,9 +146,7 @@ def _prepare_labeled(
     return {**found, "arrays": arrays}
 
 
-def novelty(
-    *, s3_client: Any, models_uri: str, prepared: Prepared, params: Mapping[str, Any], force: bool
-) -> Novelty:
+def novelty(*, registry: ModelRegistry, prepared: Prepared, params: Mapping[str, Any], force: bool) -> Novelty:
     """Whether this run has anything new to train: its identity (the data, the training Params, the code
     and the libraries) against the one of the version `latest` points at. See lineage.py."""
     from mnist_tasks.flow.lineage import compare_with_latest, training_identity
@@ -214,7 +155,7 @@ def novelty(
         # Without labelled images to weigh it changes nothing, so it is not part of what the model is a function of.
         params = {name: value for name, value in params.items() if name != "labeled_weight"}
     identity = training_identity(data_sha256=prepared["training_data_sha256"], params=params)
-    comparison = compare_with_latest(s3_client=s3_client, models_uri=models_uri, identity=identity)
+    comparison = compare_with_latest(registry=registry, identity=identity)
     latest, changed = comparison["latest_version"], comparison["changed"]
     unchanged_since = latest if latest is not None and not changed else None
     if latest is None:
@@ -256,7 +197,8 @@ def train(
     The SavedModel export is a directory; the store holds files, so each of its
     files is stored (and later checked) on its own, under `saved_model/<path>`.
     """
-    from mnist_tasks.model.train import HISTORY_FILE, MODEL_FILE, train_model
+    from mnist_tasks.model.architecture import MODEL_FILE
+    from mnist_tasks.model.train import HISTORY_FILE, train_model
 
     out_dir = store.local_path(run_key(dag_id, run_id, ""))
     result = train_model(
@@ -287,8 +229,7 @@ def train(
 def evaluate(
     *,
     store: ArtifactStore,
-    s3_client: Any,
-    models_uri: str,
+    registry: ModelRegistry,
     prepared: Prepared,
     trained: Trained,
     dag_id: str,
@@ -315,7 +256,7 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="mnist-champion-") as champion_dir:
         # None before the first publish; an unreachable bucket raises rather than
         # letting the candidate skip the comparison.
-        champion = fetch_champion(s3_client=s3_client, models_uri=models_uri, dest_dir=Path(champion_dir))
+        champion = fetch_champion(registry=registry, dest_dir=Path(champion_dir))
         result = evaluate_model(
             model_path=model_path,
             model_sha256=trained["model"]["sha256"],
@@ -330,17 +271,16 @@ def evaluate(
             champion=champion,
             history_path=history_path,
         )
-    outputs = {METRICS_FILE: result.pop("metrics_path"), **result.pop("pictures")}
-    result["artifacts"] = {name: store.put(Path(path), run_key(dag_id, run_id, name)) for name, path in outputs.items()}
-    result["champion_latest_etag"] = None if champion is None else champion.latest_etag
-    return result
+    outputs = {METRICS_FILE: result["metrics_path"], **result["pictures"]}
+    artifacts = {name: store.put(Path(path), run_key(dag_id, run_id, name)) for name, path in outputs.items()}
+    kept = {key: value for key, value in result.items() if key not in ("metrics_path", "pictures")}
+    return {**kept, "artifacts": artifacts, "champion_latest_etag": None if champion is None else champion.latest_etag}
 
 
 def publish(
     *,
     store: ArtifactStore,
-    s3_client: Any,
-    models_uri: str,
+    registry: ModelRegistry,
     version: int,
     dag_id: str,
     run_id: str,
@@ -350,7 +290,7 @@ def publish(
     trained: Trained,
     evaluated: Mapping[str, Any],
     identity: TrainingIdentity,
-) -> dict[str, Any]:
+) -> Published:
     """Render report.html and publish the run's model, SavedModel, history, metrics, pictures and report as `version`.
 
     The manifest records the data's and the run's artifacts by URI and sha256, and
@@ -360,44 +300,24 @@ def publish(
     """
     from mnist_tasks.model.evaluate import METRICS_FILE
     from mnist_tasks.model.report import REPORT_FILE, write_report
-    from mnist_tasks.model.serving import manifest_entry
-    from mnist_tasks.registry.publish import build_manifest, publish_model
+    from mnist_tasks.registry import publish_model
 
     files = _run_files(store, trained, evaluated)
     manifest = _manifest_for(
-        s3_client=s3_client,
-        models_uri=models_uri,
+        registry=registry,
         version=version,
         run_id=run_id,
-        build=lambda: build_manifest(
-            version=version,
-            run_id=run_id,
-            dag_id=dag_id,
-            params=trained["params"],
-            # The MNIST files as downloaded, with the identity of all the data (the labelled set's too).
-            data={
-                **downloaded,
-                "data_sha256": prepared["data_sha256"],
-                "mnist_data_sha256": prepared["mnist_data_sha256"],
-                "labeled": prepared["labeled"],
-            },
-            metrics=evaluated,
-            started_at=started_at,
-            training={
-                name: trained[name]
-                for name in ("model", "history", "final", "train_count", "labeled_train_count", "seconds")
-            },
-            serving=manifest_entry(version=version, signature=trained["saved_model"]["signature"]),
-            training_identity=dict(identity),
+        build=lambda: _new_manifest(
+            version=version, dag_id=dag_id, run_id=run_id, started_at=started_at, downloaded=downloaded,
+            prepared=prepared, trained=trained, evaluated=evaluated, identity=identity,
         ),
-    )
+    )  # fmt: skip
     # Rendered here, not in evaluate: the report shows the manifest's lineage.
     report = store.local_path(run_key(dag_id, run_id, REPORT_FILE))
     pictures = {name: path for name, path in files.items() if name.endswith(".png")}
     write_report(metrics_path=files[METRICS_FILE], manifest=manifest, pictures=pictures, path=report)
     return publish_model(
-        s3_client=s3_client,
-        models_uri=models_uri,
+        registry=registry,
         version=version,
         files={**files, REPORT_FILE: report},
         manifest=manifest,
@@ -407,7 +327,8 @@ def publish(
 
 def _run_files(store: ArtifactStore, trained: Trained, evaluated: Mapping[str, Any]) -> dict[str, Path]:
     """The run's files a version holds, report aside: name in the version -> this worker's verified copy."""
-    from mnist_tasks.model.train import HISTORY_FILE, MODEL_FILE
+    from mnist_tasks.model.architecture import MODEL_FILE
+    from mnist_tasks.model.train import HISTORY_FILE
 
     return {
         MODEL_FILE: store.get(trained["model"]),
@@ -417,14 +338,52 @@ def _run_files(store: ArtifactStore, trained: Trained, evaluated: Mapping[str, A
     }
 
 
-def _manifest_for(
-    *, s3_client: Any, models_uri: str, version: int, run_id: str, build: Callable[[], dict[str, Any]]
-) -> dict[str, Any]:
+def _manifest_for(*, registry: ModelRegistry, version: int, run_id: str, build: Callable[[], Claim]) -> Claim:
     """The manifest (without files) this run publishes `version` with: its earlier claim, or a new one."""
     from mnist_tasks.registry import read_claim
 
-    claim = read_claim(s3_client=s3_client, models_uri=models_uri, version=version)
+    claim = read_claim(registry=registry, version=version)
     if claim is not None and claim["run_id"] == run_id:
         return claim
     # In the key order the stored claim will have, so a retry renders the same report.
-    return json.loads(json.dumps(build(), sort_keys=True))
+    return cast("Claim", json.loads(json.dumps(build(), sort_keys=True)))
+
+
+def _new_manifest(
+    *,
+    version: int,
+    dag_id: str,
+    run_id: str,
+    started_at: str | None,
+    downloaded: Downloaded,
+    prepared: Prepared,
+    trained: Trained,
+    evaluated: Mapping[str, Any],
+    identity: TrainingIdentity,
+) -> Claim:
+    """The run's manifest, its files aside: the data, the training run, its export and its evaluation."""
+    from mnist_tasks.model.serving import manifest_entry
+    from mnist_tasks.registry import build_manifest
+
+    return build_manifest(
+        version=version,
+        run_id=run_id,
+        dag_id=dag_id,
+        params=trained["params"],
+        # The MNIST files as downloaded, with the identity of all the data (the labelled set's too).
+        data={
+            **downloaded,
+            "data_sha256": prepared["data_sha256"],
+            "mnist_data_sha256": prepared["mnist_data_sha256"],
+            "labeled": prepared["labeled"],
+        },
+        metrics=cast("ManifestMetrics", evaluated),
+        started_at=started_at,
+        training={
+            "model": trained["model"], "history": trained["history"], "final": trained["final"],
+            "train_count": trained["train_count"], "labeled_train_count": trained["labeled_train_count"],
+            "seconds": trained["seconds"],
+        },  # fmt: skip
+        serving=manifest_entry(version=version, signature=trained["saved_model"]["signature"]),
+        training_identity=identity,
+    )

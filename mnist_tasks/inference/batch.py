@@ -31,7 +31,7 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from mnist_tasks.errors import PermanentError
 from mnist_tasks.files import atomic_path, check_sha256, scratch_dir, sha256_file
@@ -42,7 +42,10 @@ from mnist_tasks.registry import (
     fetch_model,
     parse_model_reference,
 )
-from mnist_tasks.s3 import directory_uri, split_s3_dir, split_s3_uri
+from mnist_tasks.s3 import directory_uri, json_bytes, split_s3_dir, split_s3_uri
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
@@ -127,7 +130,7 @@ class BatchPrediction(TypedDict):
 
 def list_shards(
     *,
-    s3_client: Any,
+    s3_client: S3Client,
     input_uri: str,
     output_uri: str,
     review_uri: str,
@@ -190,7 +193,7 @@ def _refuse_overlap(input_uri: str, output_uri: str, review_uri: str) -> None:
             )
 
 
-def _remove_directory(s3_client: Any, uri: str) -> None:
+def _remove_directory(s3_client: S3Client, uri: str) -> None:
     """Delete every object under s3://bucket/prefix/ (a run's own directory; never a whole bucket)."""
     bucket, prefix = split_s3_dir(uri)
     if not prefix:
@@ -205,13 +208,13 @@ def _remove_directory(s3_client: Any, uri: str) -> None:
             raise RuntimeError(f"could not remove the run's earlier outputs: {problems}")
 
 
-def _put_json(s3_client: Any, bucket: str, key: str, value: Any) -> Part:
-    body = (json.dumps(value, indent=2, allow_nan=False) + "\n").encode()
+def _put_json(s3_client: S3Client, bucket: str, key: str, value: Any) -> Part:
+    body = json_bytes(value)
     s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
     return {"uri": f"s3://{bucket}/{key}", "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)}
 
 
-def get_json(s3_client: Any, ref: Part) -> Any:
+def get_json(s3_client: S3Client, ref: Part) -> Any:
     """The JSON object `ref` names, once its bytes match the sha256 they were handed over with."""
     bucket, key = split_s3_uri(ref["uri"])
     body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -219,7 +222,7 @@ def get_json(s3_client: Any, ref: Part) -> Any:
     return json.loads(body)
 
 
-def _list_images(s3_client: Any, input_uri: str, max_images: int) -> tuple[list[dict], int, int]:
+def _list_images(s3_client: S3Client, input_uri: str, max_images: int) -> tuple[list[dict], int, int]:
     """(the first max_images images by key, as {"key", "size", "etag"}; how many images beyond; other objects).
 
     Only the images to score are kept: the listing's memory does not grow with the prefix.
@@ -242,7 +245,7 @@ def _list_images(s3_client: Any, input_uri: str, max_images: int) -> tuple[list[
 
 def combine_shards(
     *,
-    s3_client: Any,
+    s3_client: S3Client,
     shards: list[Shard],
     scored: list[ScoredShard],
     min_confidence: float,
@@ -264,23 +267,8 @@ def combine_shards(
         _concatenate_csv(s3_client, [shard["parts"]["csv"] for shard in ordered], table, scratch)
         csv_type = {"ContentType": "text/csv"}
         s3_client.upload_file(str(table), out_bucket, out_prefix + PREDICTIONS_CSV, ExtraArgs=csv_type)
-    counts = {status: sum(shard["counts"][status] for shard in ordered) for status in STATUSES}
-    seconds = sum(shard["seconds"] for shard in ordered)
+    summary = _summary(listing, ordered, max_low_confidence_share=max_low_confidence_share)
     source = listing["model"]
-    share = round(counts["low_confidence"] / listing["images"], 4) if listing["images"] else 0.0
-    summary = {
-        "input_uri": listing["input_uri"],
-        "images": listing["images"],
-        "skipped": listing["skipped"],
-        "ignored": listing["ignored"],
-        "counts": counts,
-        "low_confidence_share": share,
-        "max_low_confidence_share": max_low_confidence_share,
-        "drift": share > max_low_confidence_share,
-        # Per second of the shards' own scoring time, added up: what one worker does.
-        "images_per_second": round(listing["images"] / seconds, 1) if seconds else 0.0,
-        "shards": len(ordered),
-    }
     document = {
         **summary,
         "model": source,
@@ -292,7 +280,7 @@ def combine_shards(
     s3_client.put_object(
         Bucket=out_bucket,
         Key=out_prefix + PREDICTIONS_JSON,
-        Body=(json.dumps(document, indent=2, allow_nan=False) + "\n").encode(),
+        Body=json_bytes(document),
         ContentType="application/json",
     )
     return {
@@ -308,7 +296,27 @@ def combine_shards(
     }
 
 
-def _concatenate_csv(s3_client: Any, parts: list[Part], table: Path, scratch: Path) -> None:
+def _summary(listing: Listing, ordered: list[ScoredShard], *, max_low_confidence_share: float) -> dict[str, Any]:
+    """The run's figures, from the listing and its shards (in order): predictions.json's and the task's result's."""
+    counts = {status: sum(shard["counts"][status] for shard in ordered) for status in STATUSES}
+    seconds = sum(shard["seconds"] for shard in ordered)
+    share = round(counts["low_confidence"] / listing["images"], 4) if listing["images"] else 0.0
+    return {
+        "input_uri": listing["input_uri"],
+        "images": listing["images"],
+        "skipped": listing["skipped"],
+        "ignored": listing["ignored"],
+        "counts": counts,
+        "low_confidence_share": share,
+        "max_low_confidence_share": max_low_confidence_share,
+        "drift": share > max_low_confidence_share,
+        # Per second of the shards' own scoring time, added up: what one worker does.
+        "images_per_second": round(listing["images"] / seconds, 1) if seconds else 0.0,
+        "shards": len(ordered),
+    }
+
+
+def _concatenate_csv(s3_client: S3Client, parts: list[Part], table: Path, scratch: Path) -> None:
     """`table`: the header once, then each part's rows, each part checked against its sha256."""
     with atomic_path(table) as tmp, tmp.open("wb") as out:
         for i, part in enumerate(parts):

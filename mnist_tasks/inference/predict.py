@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -25,6 +25,7 @@ from mnist_tasks.registry import ModelSource, fetch_model, parse_model_reference
 
 if TYPE_CHECKING:
     import keras
+    from mypy_boto3_s3 import S3Client
 
 
 class PredictError(PermanentError, ValueError):
@@ -33,6 +34,18 @@ class PredictError(PermanentError, ValueError):
 
 class ModelOutputError(PermanentError, RuntimeError):
     """The model does not return 10 class probabilities per image."""
+
+
+class Reading(TypedDict):
+    """The model's reading of one image (`read_digit`)."""
+
+    digit: int | None
+    """None below min_confidence."""
+    probability: float
+    top3: list[list[float]]
+    """[[digit, probability], ...], best first; the digit an int."""
+    status: str
+    """"ok" or "low_confidence"."""
 
 
 def expand_inputs(paths: Sequence[Path]) -> list[Path]:
@@ -64,7 +77,7 @@ def predict_files(
     min_confidence: float = 0.5,
     multi: bool = False,
     save_preprocessed: Path | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Predict the digit (or with `multi`, the number) in each file, in one model call.
 
     One dict per file, in order:
@@ -96,23 +109,25 @@ def predict_files(
         fields.extend(digits)
 
     probabilities = classify(model, fields)
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     start = 0
     for path, count, error in per_file:
-        digits = []
+        readings: list[dict[str, Any]] = []
         for i in range(count):
             digit = read_digit(probabilities[start + i], min_confidence=min_confidence)
             saved = None
             if save_preprocessed is not None:
                 name = f"{path.stem}_{i}.png" if multi else f"{path.stem}.png"
                 saved = str(_save_field(fields[start + i], save_preprocessed / name))
-            digits.append({**digit, "preprocessed": saved})
+            readings.append({**digit, "preprocessed": saved})
         start += count
-        rows.append(_file_result(path, digits, error=error, multi=multi))
+        rows.append(_file_result(path, readings, error=error, multi=multi))
     return rows
 
 
-def load_model_for_prediction(*, model: str, models_uri: str, s3_client: Any = None) -> tuple[keras.Model, ModelSource]:
+def load_model_for_prediction(
+    *, model: str, models_uri: str, s3_client: S3Client | None = None
+) -> tuple[keras.Model, ModelSource]:
     """The Keras model a reference names (registry.parse_model_reference has the forms), and its source.
 
     The file is fetched and checked by registry.fetch_model, then loaded with safe_mode=True
@@ -160,7 +175,7 @@ def classify(model: keras.Model, fields: list[np.ndarray]) -> np.ndarray:
     return probabilities
 
 
-def read_digit(probabilities: np.ndarray, *, min_confidence: float) -> dict:
+def read_digit(probabilities: np.ndarray, *, min_confidence: float) -> Reading:
     """{digit (None below min_confidence), probability, top3, status} of one image's class probabilities."""
     best = np.argsort(probabilities)[::-1][:3]
     probability = float(probabilities[best[0]])
@@ -173,7 +188,7 @@ def read_digit(probabilities: np.ndarray, *, min_confidence: float) -> dict:
     }
 
 
-def _file_result(path: Path, digits: list[dict], *, error: str | None, multi: bool) -> dict:
+def _file_result(path: Path, digits: list[dict[str, Any]], *, error: str | None, multi: bool) -> dict[str, Any]:
     if error is not None:
         status = "error"
     elif not digits:
@@ -185,7 +200,7 @@ def _file_result(path: Path, digits: list[dict], *, error: str | None, multi: bo
     if multi:
         number = "".join("?" if d["digit"] is None else str(d["digit"]) for d in digits) or None
         return {"file": str(path), "number": number, "digits": digits, "status": status, "error": error}
-    nothing = {"digit": None, "probability": None, "top3": [], "preprocessed": None}
+    nothing: dict[str, Any] = {"digit": None, "probability": None, "top3": [], "preprocessed": None}
     digit = {key: value for key, value in (digits[0] if digits else nothing).items() if key != "status"}
     return {"file": str(path), **digit, "status": status, "error": error}
 

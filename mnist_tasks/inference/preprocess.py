@@ -249,7 +249,8 @@ def _averaged_down(gray: np.ndarray, max_pixels: int = WORK_PIXELS) -> np.ndarra
     long_factor = math.ceil(long / (max_pixels // (short // short_factor)))
     rows, cols = (short_factor, long_factor) if height <= width else (long_factor, short_factor)
     kept = gray[: height // rows * rows, : width // cols * cols]
-    return kept.reshape(height // rows, rows, width // cols, cols).mean(axis=(1, 3), dtype=np.float32)
+    averaged: np.ndarray = kept.reshape(height // rows, rows, width // cols, cols).mean(axis=(1, 3), dtype=np.float32)
+    return averaged
 
 
 def _flattened(rgba: Image.Image) -> Image.Image:
@@ -356,7 +357,8 @@ def _fit(ink: np.ndarray, box: int, resample: Image.Resampling) -> np.ndarray:
     scale = box / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     scaled = np.clip(np.asarray(Image.fromarray(ink.astype(np.float32)).resize(size, resample)), 0, None)
-    return scaled / scaled.max()
+    fitted: np.ndarray = scaled / scaled.max()
+    return fitted
 
 
 def _mnist_field(ink: np.ndarray, parts: _Parts, members: np.ndarray) -> np.ndarray:

@@ -32,7 +32,9 @@ from mnist_tasks.s3 import is_condition_failed, is_missing, split_s3_dir, split_
 from mnist_tasks.signed_get import SignedGetter
 
 if TYPE_CHECKING:
+    import keras
     import numpy as np
+    from mypy_boto3_s3 import S3Client
 
 BATCH_SIZE = 256  # images per model call: large enough that the call's own cost vanishes
 # S3 GETs in flight per shard. The fetch threads only wait on sockets: preprocessing in them
@@ -43,7 +45,7 @@ PROGRESS_SECONDS = 30.0  # how often a shard logs its progress
 
 def score_shard(
     *,
-    s3_client: Any,
+    s3_client: S3Client,
     shard: Shard,
     min_confidence: float,
     review_uri: str,
@@ -91,7 +93,7 @@ def score_shard(
     }
 
 
-def _pinned_model(s3_client: Any, pinned: ModelSource, scratch: Path) -> Any:
+def _pinned_model(s3_client: S3Client, pinned: ModelSource, scratch: Path) -> keras.Model:
     """The model the listing pinned: its file, loaded once it hashes to the sha256 its manifest recorded.
 
     By its URI, not by version: list_shards checked it against the manifest latest.json
@@ -107,10 +109,10 @@ def _pinned_model(s3_client: Any, pinned: ModelSource, scratch: Path) -> Any:
 
 
 def _fetched(
-    getter: SignedGetter, bucket: str, objects: list[dict], pool: ThreadPoolExecutor
+    getter: SignedGetter, bucket: str, objects: list[dict[str, Any]], pool: ThreadPoolExecutor
 ) -> Iterator[tuple[str, bytes | ImageError]]:
     """(URI, its bytes or the ImageError that names it) per object, in order, at most FETCHES in flight."""
-    pending: deque[tuple[str, Future]] = deque()
+    pending: deque[tuple[str, Future[bytes | ImageError]]] = deque()
     remaining = iter(objects)
     for obj in islice(remaining, FETCHES):
         pending.append((f"s3://{bucket}/{obj['key']}", pool.submit(_fetch, getter, bucket, obj)))
@@ -121,7 +123,7 @@ def _fetched(
         yield uri, future.result()
 
 
-def _fetch(getter: SignedGetter, bucket: str, obj: dict) -> bytes | ImageError:
+def _fetch(getter: SignedGetter, bucket: str, obj: dict[str, Any]) -> bytes | ImageError:
     """One object's bytes, or the ImageError that names it; other S3 errors propagate.
 
     Read only as it was listed (If-Match on its ETag): the size checked is the size read.
@@ -155,7 +157,9 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _scored(model: Any, chunk: list[tuple[str, Any]], *, min_confidence: float, version: int | None) -> list[dict]:
+def _scored(
+    model: keras.Model, chunk: list[tuple[str, Any]], *, min_confidence: float, version: int | None
+) -> list[dict[str, Any]]:
     """The rows of a chunk of fetched images, in its order, with the model run once on its fields."""
     import numpy as np
 
@@ -165,7 +169,9 @@ def _scored(model: Any, chunk: list[tuple[str, Any]], *, min_confidence: float, 
     probabilities = iter(classify(model, fields))
     rows = []
     for uri, field in chunk:
-        row = {"file": uri, "digit": None, "probability": None, "top3": [], "error": None, "model_version": version}
+        row: dict[str, Any] = {
+            "file": uri, "digit": None, "probability": None, "top3": [], "error": None, "model_version": version
+        }
         if isinstance(field, ImageError):
             row.update(status="error", error=str(field))
         elif field is None:
@@ -204,7 +210,7 @@ class _PartWriter:
 
     def __init__(self, directory: Path) -> None:
         self.paths = {"parquet": directory / "part.parquet", "csv": directory / "part.csv"}
-        self._parquet = None
+        self._parquet: Any = None  # pyarrow's ParquetWriter once entered
 
     def __enter__(self) -> _PartWriter:
         import pyarrow.parquet as pq
@@ -215,7 +221,7 @@ class _PartWriter:
         self._parquet = pq.ParquetWriter(self.paths["parquet"], _row_schema())
         return self
 
-    def write(self, rows: list[dict]) -> None:
+    def write(self, rows: list[dict[str, Any]]) -> None:
         import pyarrow as pa
 
         self._csv.writerows(rows)
@@ -252,10 +258,10 @@ def _row_schema() -> Any:
     )
 
 
-def _upload_parts(s3_client: Any, output_uri: str, index: int, paths: dict[str, Path]) -> dict[str, Part]:
+def _upload_parts(s3_client: S3Client, output_uri: str, index: int, paths: dict[str, Path]) -> dict[str, Part]:
     """Upload the shard's parts under their fixed names (a retry replaces them); their refs."""
     bucket, prefix = split_s3_dir(output_uri)
-    parts = {}
+    parts: dict[str, Part] = {}
     for kind, path in paths.items():
         key = f"{prefix}parts/part-{index:05d}.{kind}"
         sha256 = sha256_file(path)

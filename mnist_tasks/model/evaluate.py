@@ -8,7 +8,6 @@ Before the first publish there is no champion and the threshold alone decides.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 import numpy as np
 
 from mnist_tasks.files import atomic_path
-from mnist_tasks.model.architecture import NUM_CLASSES
 from mnist_tasks.model.loading import load_keras_model
+from mnist_tasks.model.metrics import confusion_matrix, per_class_metrics
 from mnist_tasks.params import PARAMS
-from mnist_tasks.registry import NothingPublishedError, download_model
+from mnist_tasks.registry import ModelRegistry, NothingPublishedError, download_model
+from mnist_tasks.s3 import json_bytes
 
 if TYPE_CHECKING:
     import keras
@@ -46,7 +46,7 @@ class Champion:
     """The ETag of the `latest.json` that pointed at it: publish moves `latest` only from that state."""
 
 
-def fetch_champion(*, s3_client: Any, models_uri: str, dest_dir: Path) -> Champion | None:
+def fetch_champion(*, registry: ModelRegistry, dest_dir: Path) -> Champion | None:
     """Download the `latest` model into dest_dir, sha256-verified; None when nothing is published yet.
 
     Anything else that goes wrong (bucket unreachable or missing, access denied,
@@ -54,7 +54,7 @@ def fetch_champion(*, s3_client: Any, models_uri: str, dest_dir: Path) -> Champi
     model replace the champion.
     """
     try:
-        got = download_model(s3_client=s3_client, models_uri=models_uri, version=None, dest_dir=dest_dir)
+        got = download_model(registry=registry, version=None, dest_dir=dest_dir)
     except NothingPublishedError:
         return None
     return Champion(
@@ -111,32 +111,6 @@ def gate_verdict(
         f"{gate} passed: {measure} {accuracy:.4f} meets the threshold {threshold:.4f} "
         f"and is within {max_regression:.4f} of {champion}"
     )
-
-
-def confusion_matrix(*, labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-    """(10, 10) int64 counts; rows are the true digit, columns the predicted one."""
-    flat = labels.astype(np.int64) * NUM_CLASSES + predictions.astype(np.int64)
-    return np.bincount(flat, minlength=NUM_CLASSES * NUM_CLASSES).reshape(NUM_CLASSES, NUM_CLASSES)
-
-
-def per_class_metrics(confusion: np.ndarray) -> dict[str, dict[str, float | int]]:
-    """{"0": {"precision", "recall", "support"}, ..., "9": {...}} from a confusion matrix.
-
-    A digit the model never predicts has no precision to speak of; it is
-    reported as 0.0 rather than dividing by zero, which is also what a reader
-    should conclude about it. Likewise recall is 0.0 for a digit absent from the labels.
-    """
-    correct = np.diag(confusion)
-    predicted = confusion.sum(axis=0)
-    actual = confusion.sum(axis=1)
-    return {
-        str(digit): {
-            "precision": float(correct[digit] / predicted[digit]) if predicted[digit] else 0.0,
-            "recall": float(correct[digit] / actual[digit]) if actual[digit] else 0.0,
-            "support": int(actual[digit]),
-        }
-        for digit in range(NUM_CLASSES)
-    }
 
 
 class Evaluation(TypedDict):
@@ -224,20 +198,17 @@ def evaluate_model(
     images, labels = np.asarray(x_test), np.asarray(y_test)
     tested = _test_metrics(model, images, labels)
     champion_accuracy = _champion_accuracy(champion_model, images, labels)
-    labeled = None
-    if labeled_dir is not None:
-        labeled = _evaluate_labeled(
-            model,
-            champion_model,
-            labeled_dir,
-            threshold=labeled_threshold,
-            min_test_images=labeled_min_test_images,
-            max_regression=labeled_max_regression,
-        )
+    labeled = _evaluate_labeled(
+        model,
+        champion_model,
+        labeled_dir,
+        threshold=labeled_threshold,
+        min_test_images=labeled_min_test_images,
+        max_regression=labeled_max_regression,
+    )
     gate = _gate(
         tested, threshold=threshold, champion_accuracy=champion_accuracy, max_regression=max_regression, labeled=labeled
     )
-    loss = tested.loss if math.isfinite(tested.loss) else None  # standard JSON has no NaN; the message says what it was
     pictures = render_pictures(
         images=images,
         labels=labels,
@@ -246,6 +217,23 @@ def evaluate_model(
         history_path=history_path,
         out_dir=out_dir,
     )
+    return _evaluation(
+        out_dir, pictures, model_sha256=model_sha256, tested=tested, champion=champion, gate=gate, labeled=labeled
+    )
+
+
+def _evaluation(
+    out_dir: Path,
+    pictures: dict[str, str],
+    *,
+    model_sha256: str,
+    tested: _TestMetrics,
+    champion: Champion | None,
+    gate: dict[str, Any],
+    labeled: LabeledEvaluation | None,
+) -> Evaluation:
+    """metrics.json written, and what evaluate_model returns."""
+    loss = tested.loss if math.isfinite(tested.loss) else None  # standard JSON has no NaN; the message says what it was
     metrics_path = _write_metrics(
         out_dir, model_sha256=model_sha256, tested=tested, loss=loss, champion=champion, gate=gate, labeled=labeled
     )
@@ -253,13 +241,13 @@ def evaluate_model(
         "metrics_path": str(metrics_path),
         "accuracy": tested.accuracy,
         "loss": loss,
-        "threshold": threshold,
-        "max_regression": max_regression,
+        "threshold": gate["threshold"],
+        "max_regression": gate["max_regression"],
         "champion_version": None if champion is None else champion.version,
-        "champion_accuracy": champion_accuracy,
+        "champion_accuracy": gate["champion_accuracy"],
         "passed": gate["passed"],
         "message": gate["message"],
-        "test_count": len(labels),
+        "test_count": int(tested.confusion.sum()),
         "labeled": labeled,
         "pictures": pictures,
     }
@@ -269,7 +257,8 @@ def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """(N, NUM_CLASSES) softmax outputs."""
     # Keras' default of 32 images a call spends ~1 s of Python overhead on the 10,000 test
     # images; 2,048 a call costs under 0.1 s and the same outputs (inference is per image).
-    return model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+    probabilities: np.ndarray = model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+    return probabilities
 
 
 def _champion_accuracy(champion_model: keras.Model | None, images: np.ndarray, labels: np.ndarray) -> float | None:
@@ -302,7 +291,7 @@ def _gate(
     champion_accuracy: float | None,
     max_regression: float,
     labeled: LabeledEvaluation | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """metrics.json's "gate": the verdict (gate_verdict, on MNIST and the labelled split) and what it was decided on."""
     passed, message = gate_verdict(
         accuracy=tested.accuracy,
@@ -326,14 +315,17 @@ def _gate(
 def _evaluate_labeled(
     model: keras.Model,
     champion_model: keras.Model | None,
-    labeled_dir: Path,
+    labeled_dir: Path | None,
     *,
     threshold: float,
     min_test_images: int,
     max_regression: float,
-) -> LabeledEvaluation:
-    """Both models on the labelled test split, and that split's part of the gate."""
+) -> LabeledEvaluation | None:
+    """Both models on the labelled test split, and that split's part of the gate; None without one."""
     from mnist_tasks.data.prepare import load_split
+
+    if labeled_dir is None:
+        return None
 
     images, labels = (np.asarray(array) for array in load_split(labeled_dir, "test"))
     tested = _test_metrics(model, images, labels)
@@ -399,5 +391,5 @@ def _write_metrics(
     }
     metrics_path = out_dir / METRICS_FILE
     with atomic_path(metrics_path) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        tmp.write_bytes(json_bytes(metrics))
     return metrics_path

@@ -159,9 +159,10 @@ def plot_confusion_matrix(*, confusion: np.ndarray, path: Path) -> str:
     figure = _figure(7.5, 6.4)
     ax = figure.subplots()
     # Errors are a few percent of a row: a gamma below 1 keeps them visible next to the diagonal.
-    image = ax.imshow(rates, cmap="Blues", norm=PowerNorm(gamma=0.4, vmin=0.0, vmax=1.0))
+    norm = PowerNorm(gamma=0.4, vmin=0.0, vmax=1.0)
+    image = ax.imshow(rates, cmap="Blues", norm=norm)
     for (row, column), count in np.ndenumerate(confusion):
-        dark = image.norm(rates[row, column]) > 0.6
+        dark = norm(float(rates[row, column])) > 0.6
         ax.text(
             column,
             row,

@@ -4,7 +4,7 @@ TensorFlow Serving cannot read a `.keras` file. `train` exports the model it
 has in memory with Keras' `model.export` (a TensorFlow SavedModel) into
 `saved_model/` beside `model.keras`. The export travels to publish like any
 artifact, one file at a time with its sha256, and is published as
-`<version>/saved_model/…`. When a version becomes `latest`, registry.py copies
+`<version>/saved_model/…`. When a version becomes `latest`, the registry copies
 it to `serving/<version>/`, the layout TensorFlow Serving reads (a base path
 holding numbered version directories).
 
@@ -47,6 +47,15 @@ class ServingSignature(TypedDict):
     signature: str
     input: TensorDescription
     output: TensorDescription
+
+
+class ServingEntry(ServingSignature):
+    """The manifest's `serving` (manifest_entry): the signature, and where the export and its copy are."""
+
+    export: str
+    """The export in the version, relative to the registry's models_uri: "<version>/saved_model/"."""
+    path: str
+    """TensorFlow Serving's copy, relative to the same: "serving/<version>/"."""
 
 
 class SavedModelExport(TypedDict):
@@ -113,10 +122,10 @@ def _describe(name: str, info: Any) -> TensorDescription:
     }
 
 
-def manifest_entry(*, version: int, signature: ServingSignature) -> dict[str, Any]:
+def manifest_entry(*, version: int, signature: ServingSignature) -> ServingEntry:
     """The manifest's `serving`: where the export is, where TensorFlow Serving finds it, how to call it.
 
     Paths are relative to the registry's models_uri. `path` holds the copy only
-    once the version has become latest (see registry.write_serving_copy).
+    once the version has become latest (see registry/serving_copy.py).
     """
     return {"export": f"{version}/{SAVED_MODEL_DIR}/", "path": f"{SERVING_DIR}/{version}/", **signature}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -15,6 +14,7 @@ from mnist_tasks.errors import PermanentError
 from mnist_tasks.files import atomic_path, sha256_file
 from mnist_tasks.model.architecture import MODEL_FILE
 from mnist_tasks.model.serving import SavedModelExport
+from mnist_tasks.s3 import json_bytes
 
 HISTORY_FILE = "history.json"
 MAX_LABELED_PER_EPOCH = 200_000  # labelled images (repeats counted) an epoch trains on at most: about 0.6 GB
@@ -90,31 +90,16 @@ def train_model(
     `augment` auto means on for cnn and off for dense (README, *Architectures*).
     """
     params = _check_params(
-        {
-            "architecture": architecture,
-            "augment": augment,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "lr_schedule": lr_schedule,
-            "adam_beta_2": adam_beta_2,
-            "hidden_units": hidden_units,
-            "labeled_weight": labeled_weight,
-            "seed": seed,
-            "validation_split": validation_split,
-        }
-    )
-
-    import keras
-    import tensorflow as tf
-
+        dict(architecture=architecture, augment=augment, epochs=epochs, batch_size=batch_size,
+             learning_rate=learning_rate, lr_schedule=lr_schedule, adam_beta_2=adam_beta_2, hidden_units=hidden_units,
+             labeled_weight=labeled_weight, seed=seed, validation_split=validation_split)
+    )  # fmt: skip
     from mnist_tasks.data.prepare import load_split
 
     started = time.monotonic()
     x_train, y_train = load_split(cache_dir, "train")
-    labeled = None if labeled_dir is None else tuple(np.asarray(a) for a in load_split(labeled_dir, "train"))
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    labeled = None if labeled_dir is None else load_split(labeled_dir, "train")
+    _deterministic(seed)
     fit_started = time.monotonic()
     model, history = _fit(params, np.asarray(x_train), np.asarray(y_train), labeled=labeled)
     fit_seconds = time.monotonic() - fit_started
@@ -134,6 +119,15 @@ def train_model(
     }
 
 
+def _deterministic(seed: int) -> None:
+    """Every seed set from `seed`, and TensorFlow's deterministic kernels (a process-wide switch, slightly slower)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
 def _fit(
     params: dict[str, Any],
     images: np.ndarray,
@@ -145,6 +139,7 @@ def _fit(
     import keras
 
     from mnist_tasks.model.architecture import build_model
+
 
     # Like Keras' validation_split: the *last* part of the arrays is held out, before
     # shuffling; MNIST's training file is not ordered by class, so that tail is a fair sample.
@@ -273,10 +268,7 @@ def _save(
     saved_model = export_saved_model(model, out_dir / SAVED_MODEL_DIR)
     history_path = out_dir / HISTORY_FILE
     with atomic_path(history_path) as tmp:
-        tmp.write_text(
-            json.dumps({"params": params, "train_count": train_count, "history": per_epoch}, indent=2, allow_nan=False)
-            + "\n"
-        )
+        tmp.write_bytes(json_bytes({"params": params, "train_count": train_count, "history": per_epoch}))
     return model_path, saved_model, history_path
 
 

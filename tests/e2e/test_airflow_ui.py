@@ -265,7 +265,7 @@ def test_the_batch_dags_form_refuses_an_out_of_range_value_too(page, stack, api)
 def test_a_run_triggered_from_the_form_publishes_a_model_shown_in_the_models_view(page, stack, api):
     from playwright.sync_api import expect
 
-    from mnist_tasks.registry.publish import version_for
+    from mnist_tasks.registry import ModelRegistry, version_for
 
     # The nightly run that unpausing started publishes a champion trained with the defaults first. It
     # ends before this run is triggered, so that this run meets that champion, and RUN_TIMEOUT times
@@ -318,7 +318,7 @@ def test_a_run_triggered_from_the_form_publishes_a_model_shown_in_the_models_vie
     # What trained is what the form asked for: the manifest records the run's Params.
     from mnist_tasks.registry import read_manifest
 
-    manifest = read_manifest(s3_client=stack.store.client(), models_uri=MODELS_URI, version=version)
+    manifest = read_manifest(registry=ModelRegistry(stack.store.client(), MODELS_URI), version=version)
     assert manifest["run_id"] == run["dag_run_id"]
     assert manifest["params"]["epochs"] == 1
 
@@ -397,7 +397,7 @@ def test_the_loop_unsure_digits_labelled_in_the_review_page_train_the_next_versi
     page, a run that trains on them and publishes a better version on them, and a run with nothing new."""
     from playwright.sync_api import expect
 
-    from mnist_tasks.registry import read_latest, read_manifest
+    from mnist_tasks.registry import ModelRegistry, read_latest, read_manifest
 
     admin = stack.store.client("admin")
     # `make airflow` unpauses mnist_retraining only; a user switches batch predictions on as this does.
@@ -436,8 +436,8 @@ def test_the_loop_unsure_digits_labelled_in_the_review_page_train_the_next_versi
     conf = {"labeled_min_test_images": 10, "labeled_accuracy_threshold": 0.5}
     learned = _trigger(api, stack, DAG_ID, conf)
     assert _final_state(api, stack, learned) == "success", stack.logs()
-    latest = read_latest(s3_client=admin, models_uri=MODELS_URI)
-    manifest = read_manifest(s3_client=admin, models_uri=MODELS_URI, version=latest["version"])
+    latest = read_latest(registry=ModelRegistry(admin, MODELS_URI))
+    manifest = read_manifest(registry=ModelRegistry(admin, MODELS_URI), version=latest["version"])
     assert manifest["run_id"] == learned
     on_labels = manifest["metrics"]["labeled"]
     assert on_labels["gated"] is True and on_labels["test_count"] >= 10
@@ -458,7 +458,7 @@ def test_the_loop_unsure_digits_labelled_in_the_review_page_train_the_next_versi
     assert _final_state(api, stack, unchanged) == "success", stack.logs()
     tasks = api.get(f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns/{unchanged}/taskInstances", timeout=30).json()
     assert {ti["task_id"]: ti["state"] for ti in tasks["task_instances"]}["train"] == "skipped"
-    assert read_latest(s3_client=admin, models_uri=MODELS_URI)["version"] == latest["version"]
+    assert read_latest(registry=ModelRegistry(admin, MODELS_URI))["version"] == latest["version"]
 
 
 def test_the_models_view_needs_a_login(stack, api):

@@ -259,7 +259,7 @@ def test_a_new_models_uri_on_the_same_airflow_home_still_publishes(pipeline_env,
 
 
 def test_a_cnn_challenger_is_compared_with_the_dense_champion_and_published_as_cnn(pipeline_env, s3_client):
-    from mnist_tasks.registry import list_versions
+    from mnist_tasks.registry import ModelRegistry, list_versions
     from tests.e2e.conftest import load_dag_for_test
 
     # Parsed anew: dag.test() leaves a run's conf in the DAG object's params (WORSE_CONF's learning rate).
@@ -278,7 +278,7 @@ def test_a_cnn_challenger_is_compared_with_the_dense_champion_and_published_as_c
     assert manifest["metrics"]["champion_version"] == 20261125020000
     report = " ".join(objects["mnist/20261126020000/report.html"].decode().split())
     assert "the <code>cnn</code> model, trained with augmented training images" in report
-    rows = list_versions(s3_client=s3_client, models_uri=f"s3://{MODELS_BUCKET}/mnist/")
+    rows = list_versions(registry=ModelRegistry(s3_client, f"s3://{MODELS_BUCKET}/mnist/"))
     assert [(r["architecture"], r["augment"], r["is_latest"]) for r in rows] == [
         ("dense", "off", False),
         ("cnn", "on", True),

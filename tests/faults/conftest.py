@@ -19,7 +19,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mnist_tasks.registry import PublishVerificationError, gate_passed, list_versions, read_latest, verify_version
+from mnist_tasks.registry import (
+    ModelRegistry,
+    PublishVerificationError,
+    gate_passed,
+    list_versions,
+    read_latest,
+    verify_version,
+)
 from tests.conftest import aws_connection_json
 
 # The e2e fixtures: tiny data served by a local HTTP mirror, Airflow's database, dag.test() loading.
@@ -146,10 +153,10 @@ class Ledger:
         """Check the registry's promises; what breaks them is counted and fails the scenario."""
         bucket = models_uri.split("/")[2]
         bad, lost = [], []
-        published = {row["version"]: row for row in list_versions(s3_client=s3_client, models_uri=models_uri)}
+        published = {row["version"]: row for row in list_versions(registry=ModelRegistry(s3_client, models_uri))}
         for version in published:
             try:
-                manifest = verify_version(s3_client=s3_client, models_uri=models_uri, version=version)
+                manifest = verify_version(registry=ModelRegistry(s3_client, models_uri), version=version)
             except PublishVerificationError as err:
                 bad.append(f"{models_uri}{version}: {err}")
                 continue
@@ -159,7 +166,7 @@ class Ledger:
         for (seen_bucket, version), run_id in self._published.items():
             if seen_bucket == bucket and version not in published:
                 lost.append(f"{models_uri}{version} (run {run_id}) is gone")
-        latest = read_latest(s3_client=s3_client, models_uri=models_uri)
+        latest = read_latest(registry=ModelRegistry(s3_client, models_uri))
         if latest is not None and latest["version"] not in published:
             bad.append(f"latest points at {latest['version']}, which is not a complete version")
         self.bad_models += bad

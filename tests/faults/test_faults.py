@@ -16,7 +16,7 @@ import pytest
 
 from mnist_tasks.flow import pipeline
 from mnist_tasks.flow.artifacts import ArtifactStore
-from mnist_tasks.registry import LatestMovedError, read_latest, repair_latest
+from mnist_tasks.registry import LatestMovedError, ModelRegistry, read_latest, repair_latest
 from tests.e2e.conftest import ARTIFACTS_BUCKET, MODELS_BUCKET, MODELS_URI, load_dag_for_test
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -71,7 +71,7 @@ def test_a_transient_s3_fault_is_retried_and_the_run_publishes_once(
     assert str(dag_run.state) == "success", tries
     assert aws_through_proxy.faults[0].hits == 1
     assert tries[task] == ("success", 2)  # failed once, retried after the back-off
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == 20261120020000
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["version"] == 20261120020000
     ledger.scenario(f"transient S3 fault in {task}: {fault['action']} on {fault['method']} {fault['path']}")
     ledger.audit(s3_client, MODELS_URI)
 
@@ -185,7 +185,7 @@ def test_a_deleted_latest_json_never_waives_the_champion_until_it_is_repaired(
     pipeline_env, monkeypatch, s3_client, ledger
 ):
     dag = _first_run_published(monkeypatch, s3_client, ledger)
-    pointer = read_latest(s3_client=s3_client, models_uri=MODELS_URI)
+    pointer = read_latest(registry=ModelRegistry(s3_client, MODELS_URI))
     s3_client.delete_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json")
     versions_before = _versions(s3_client)
 
@@ -197,9 +197,9 @@ def test_a_deleted_latest_json_never_waives_the_champion_until_it_is_repaired(
     # Refused at once by the first task that reads the pointer, and alerted: a person must repair.
     assert _tries(dag_run)["anything_new"] == ("failed", 1)
     assert _versions(s3_client) == versions_before
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI) is None
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI)) is None
 
-    repaired = repair_latest(s3_client=s3_client, models_uri=MODELS_URI)
+    repaired = repair_latest(registry=ModelRegistry(s3_client, MODELS_URI))
     assert (repaired["version"], repaired["manifest_sha256"]) == (pointer["version"], pointer["manifest_sha256"])
     ledger.scenario("latest.json deleted while versions are published", bad_inputs=1)
     ledger.audit(s3_client, MODELS_URI)
@@ -229,7 +229,7 @@ def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_
             store=store, prepared=prepared, dag_id="mnist_retraining", run_id=run_id, params=params
         )
         evaluated = pipeline.evaluate(
-            store=store, s3_client=s3_client, models_uri=MODELS_URI, prepared=prepared, trained=trained,
+            store=store, registry=ModelRegistry(s3_client, MODELS_URI), prepared=prepared, trained=trained,
             dag_id="mnist_retraining", run_id=run_id, threshold=0.0, max_regression=1.0,
         )
         identity = training_identity(data_sha256=prepared["data_sha256"], params=params)
@@ -240,7 +240,7 @@ def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_
 
     def publish(run_id: str, version: int, outputs: dict):
         return pipeline.publish(
-            store=store, s3_client=s3_client, models_uri=MODELS_URI, version=version, dag_id="mnist_retraining",
+            store=store, registry=ModelRegistry(s3_client, MODELS_URI), version=version, dag_id="mnist_retraining",
             run_id=run_id, started_at=None, **outputs,
         )
 
@@ -251,13 +251,13 @@ def test_a_delayed_publish_never_moves_latest_back(pipeline_env, s3_client, tmp_
 
     with pytest.raises(LatestMovedError, match="now points at version 20261121020000"):
         publish("scheduled__a", 20261120020000, a)
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == 20261121020000
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["version"] == 20261121020000
     ledger.scenario("a delayed publish meets a newer latest")
     ledger.audit(s3_client, MODELS_URI)
 
 
 def test_concurrent_runs_publishing_one_version_leave_one_complete_version(pipeline_env, s3_client, tmp_path, ledger):
-    from mnist_tasks.registry.publish import VersionConflictError, build_manifest, publish_model
+    from mnist_tasks.registry import VersionConflictError, build_manifest, publish_model
 
     def publisher(run_id: str) -> str:
         model = tmp_path / run_id / "model.keras"
@@ -268,7 +268,7 @@ def test_concurrent_runs_publishing_one_version_leave_one_complete_version(pipel
             metrics={"accuracy": 0.9, "passed": True}, started_at=None,
         )
         try:
-            publish_model(s3_client=s3_client, models_uri=MODELS_URI, version=7, files={"model.keras": model},
+            publish_model(registry=ModelRegistry(s3_client, MODELS_URI), version=7, files={"model.keras": model},
                           manifest=manifest)
             return "published"
         except VersionConflictError:
@@ -318,13 +318,13 @@ def test_bad_command_lines_are_one_line_errors_and_change_nothing(
 
 
 def read_latest_metrics(s3_client) -> dict:
-    latest = read_latest(s3_client=s3_client, models_uri=MODELS_URI)
+    latest = read_latest(registry=ModelRegistry(s3_client, MODELS_URI))
     key = f"mnist/{latest['version']}/metrics.json"
     return json.loads(s3_client.get_object(Bucket=MODELS_BUCKET, Key=key)["Body"].read())
 
 
 def test_the_audit_itself_catches_a_damaged_or_lost_version(s3_client, tmp_path):
-    from mnist_tasks.registry.publish import build_manifest, publish_model
+    from mnist_tasks.registry import build_manifest, publish_model
     from tests.faults.conftest import Ledger
 
     s3_client.create_bucket(Bucket=MODELS_BUCKET)
@@ -334,7 +334,7 @@ def test_the_audit_itself_catches_a_damaged_or_lost_version(s3_client, tmp_path)
         version=5, run_id="r", dag_id="d", params={}, data={}, metrics={"passed": True}, started_at=None
     )
     publish_model(
-        s3_client=s3_client, models_uri=MODELS_URI, version=5, files={"model.keras": model}, manifest=manifest
+        registry=ModelRegistry(s3_client, MODELS_URI), version=5, files={"model.keras": model}, manifest=manifest
     )
     audit = Ledger()  # not the suite's: its counts stay clean
     audit.audit(s3_client, MODELS_URI)

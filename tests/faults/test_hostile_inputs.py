@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_tasks.registry import read_latest
+from mnist_tasks.registry import ModelRegistry, read_latest
 from tests.conftest import REPO, alive_in_session, script_module, wait_until_written
 from tests.e2e.conftest import ARTIFACTS_BUCKET, MODELS_BUCKET, MODELS_URI, load_dag_for_test
 from tests.test_cli import publish_test_model, run
@@ -151,7 +151,7 @@ def test_an_edited_manifest_of_an_old_version_is_noticed_and_never_promoted(
     assert code == 2
     assert err.startswith(f"error: checksum mismatch for s3://{MODELS_BUCKET}/{key}: expected ")
     assert f"(from s3://{MODELS_BUCKET}/mnist/1/manifest.sha256)" in err
-    assert read_latest(s3_client=s3_client, models_uri=MODELS_URI)["version"] == 2
+    assert read_latest(registry=ModelRegistry(s3_client, MODELS_URI))["version"] == 2
     s3_client.put_object(Bucket=MODELS_BUCKET, Key=key, Body=original)  # mended, for the audit
     ledger.scenario("the manifest of a version that is not latest edited, then promoted", bad_inputs=1)
     ledger.audit(s3_client, MODELS_URI)

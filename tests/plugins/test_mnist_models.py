@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.registry.publish import build_manifest, publish_model
+from mnist_tasks.registry import ModelRegistry, build_manifest, publish_model
 
 # Migrates an Airflow database and builds the api-server's app: about ten seconds.
 pytestmark = pytest.mark.slow
@@ -97,7 +97,7 @@ def _publish(
         metrics=metrics or {"accuracy": 0.97314, "passed": True, "threshold": 0.93},
         started_at=None,
     )
-    publish_model(s3_client=s3_client, models_uri=MODELS_URI, version=version, files=files, manifest=manifest)
+    publish_model(registry=ModelRegistry(s3_client, MODELS_URI), version=version, files=files, manifest=manifest)
 
 
 def _publish_scored(s3_client, tmp_path: Path, scores: dict[int, tuple[float, tuple | None]]) -> list[dict]:
@@ -109,7 +109,7 @@ def _publish_scored(s3_client, tmp_path: Path, scores: dict[int, tuple[float, tu
         if labeled is not None:
             metrics["labeled"] = dict(zip(("accuracy", "test_count"), labeled, strict=True))
         _publish(s3_client, tmp_path, version, run_id=f"scheduled__{version}", metrics=metrics)
-    return list_versions(s3_client=s3_client, models_uri=MODELS_URI)
+    return list_versions(registry=ModelRegistry(s3_client, MODELS_URI))
 
 
 @pytest.mark.parametrize("url", [PAGE, _report_url(NEW)])
@@ -315,7 +315,7 @@ def test_the_chart_leaves_out_unreadable_versions_and_is_none_without_an_accurac
 
     _publish_scored(registry, tmp_path, {OLD: (0.9712, (0.91, 480)), NEW: (0.9805, None)})
     registry.put_object(Bucket=BUCKET, Key=f"mnist/{OLD}/manifest.json", Body=b"{not json")
-    rows = list_versions(s3_client=registry, models_uri=MODELS_URI)
+    rows = list_versions(registry=ModelRegistry(registry, MODELS_URI))
 
     chart = plugin.accuracy_chart(rows)
 

@@ -244,9 +244,9 @@ def _log_entries(api, cluster, run_id: str, try_number: int, *, task_id: str = "
 
 
 def _versions(s3) -> set[int]:
-    from mnist_tasks.registry import list_versions
+    from mnist_tasks.registry import ModelRegistry, list_versions
 
-    return {row["version"] for row in list_versions(s3_client=s3, models_uri=MODELS_URI)}
+    return {row["version"] for row in list_versions(registry=ModelRegistry(s3, MODELS_URI))}
 
 
 @pytest.fixture(scope="module")
@@ -267,12 +267,12 @@ def test_a_run_succeeds_with_each_task_on_the_worker_of_its_queue(first_run, clu
 
 
 def test_the_model_is_published_and_matches_its_manifest(first_run, cluster, s3):
-    from mnist_tasks.registry import read_latest, verify_version
+    from mnist_tasks.registry import ModelRegistry, read_latest, verify_version
 
     assert first_run["final_state"] == "success", cluster.logs()
-    latest = read_latest(s3_client=s3, models_uri=MODELS_URI)
+    latest = read_latest(registry=ModelRegistry(s3, MODELS_URI))
     manifest = verify_version(
-        s3_client=s3, models_uri=MODELS_URI, version=latest["version"], manifest_sha256=latest["manifest_sha256"]
+        registry=ModelRegistry(s3, MODELS_URI), version=latest["version"], manifest_sha256=latest["manifest_sha256"]
     )
     assert manifest["run_id"] == first_run["dag_run_id"], cluster.logs()
     assert (manifest["params"]["epochs"], manifest["params"]["seed"]) == (1, 42)
@@ -447,7 +447,7 @@ def test_a_training_worker_killed_mid_train_is_back_within_minutes_and_its_logs_
     """The running train's log, read from the training worker's log server through the API and in the UI;
     then the worker SIGKILLed, restarted as `make cluster` does, and the run recovering with the shipped
     settings. Screenshots and the timeline (recovery.json) go to test-artifacts/cluster/."""
-    from mnist_tasks.registry import read_latest, verify_version
+    from mnist_tasks.registry import ModelRegistry, read_latest, verify_version
 
     local_processes, _ = scripts
     assert first_run["final_state"] == "success", cluster.logs()
@@ -496,10 +496,10 @@ def test_a_training_worker_killed_mid_train_is_back_within_minutes_and_its_logs_
     new_versions = _versions(s3) - versions_before
     assert len(new_versions) == 1, f"{new_versions}\n{cluster.logs()}"
     (version,) = new_versions
-    latest = read_latest(s3_client=s3, models_uri=MODELS_URI)
+    latest = read_latest(registry=ModelRegistry(s3, MODELS_URI))
     assert latest["version"] == version
     manifest = verify_version(
-        s3_client=s3, models_uri=MODELS_URI, version=version, manifest_sha256=latest["manifest_sha256"]
+        registry=ModelRegistry(s3, MODELS_URI), version=version, manifest_sha256=latest["manifest_sha256"]
     )
     assert manifest["run_id"] == run_id, cluster.logs()
 
