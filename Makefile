@@ -138,6 +138,7 @@ bench-handwriting: mirror
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict --quiet --site-dir $(STATE)/docs-site
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -211,13 +211,30 @@ def registry(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, s3_client, tmp_p
 
 
 def test_models_list_prints_every_version_oldest_first_and_marks_latest(registry, capsys):
-    printed = _json(*run(["models", "list", "--models-uri", MODELS_URI], capsys))
+    printed = _json(*run(["models", "list", "-o", "json", "--models-uri", MODELS_URI], capsys))
 
     assert [row["version"] for row in printed] == [OLD, NEW]
     assert [row["is_latest"] for row in printed] == [False, True]
     assert printed[1]["run_id"] == f"scheduled__{NEW}"
     assert printed[1]["accuracy"] == 0.97 and printed[1]["passed"] is True
     assert printed[1]["data_sha256"] == "d" * 64
+
+
+def test_models_list_prints_a_table_for_people_and_yaml_on_request(registry, capsys):
+    code, out, err = run(["models", "list", "--models-uri", MODELS_URI], capsys)
+
+    assert code == 0, err
+    header, rule, old, new = out.splitlines()
+    assert header.split()[:3] == ["version", "is_latest", "created_at"]
+    assert set(rule.replace(" ", "")) == {"-"}
+    assert old.split()[:2] == [str(OLD), "False"] and new.split()[:2] == [str(NEW), "True"]
+    assert "d" * 12 in new and "d" * 13 not in new  # a sha256 shortened as git shortens hashes
+    assert f"scheduled__{NEW}" in new
+
+    import yaml
+
+    as_yaml = yaml.safe_load(run(["models", "list", "-o", "yaml", "--models-uri", MODELS_URI], capsys)[1])
+    assert as_yaml == _json(*run(["models", "list", "-o", "json", "--models-uri", MODELS_URI], capsys))
 
 
 def test_models_show_prints_the_versions_manifest(registry, capsys):
@@ -241,5 +258,5 @@ def test_models_promote_moves_latest_back_and_prints_the_pointer(registry, capsy
     assert printed["serving_uri"] is None  # published without a SavedModel export
     stored = json.loads(registry.get_object(Bucket=MODELS_BUCKET, Key="mnist/latest.json")["Body"].read())
     assert stored == printed
-    listed = _json(*run(["models", "list", "--models-uri", MODELS_URI], capsys))
+    listed = _json(*run(["models", "list", "-o", "json", "--models-uri", MODELS_URI], capsys))
     assert [row["is_latest"] for row in listed] == [True, False]

@@ -13,7 +13,7 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 FORMATS = ("table", "json", "yaml")
 SHORT_SHA256 = 12
@@ -39,7 +39,8 @@ def render(result: object, output: str, *, columns: Sequence[str] = ()) -> str:
         import yaml
 
         return yaml.safe_dump(result, sort_keys=False, allow_unicode=True)
-    rows = list(result) if isinstance(result, list) else [result]
+    # Every command's result is a JSON record, or a list of them.
+    rows = cast("list[Mapping[str, Any]]", result if isinstance(result, list) else [result])
     return table(rows, columns=columns)
 
 

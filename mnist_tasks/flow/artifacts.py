@@ -23,6 +23,7 @@ import os
 import shutil
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
@@ -123,6 +124,12 @@ class ArtifactStore:
 
     def get_json(self, ref: ArtifactRef) -> Any:
         return json.loads(self.get(ref).read_text())
+
+    def split_dir(self, arrays: Mapping[str, ArtifactRef], split: str) -> Path:
+        """This worker's verified copies of one split's arrays (x_<split>.npy, y_<split>.npy): their directory."""
+        images = self.get(arrays[f"x_{split}"])
+        self.get(arrays[f"y_{split}"])  # the same key directory, so beside it
+        return images.parent
 
     def key_of(self, ref: ArtifactRef) -> str:
         if not ref["uri"].startswith(self.uri):

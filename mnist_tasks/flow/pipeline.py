@@ -15,15 +15,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from mnist_tasks.files import sha256_file
-from mnist_tasks.flow.artifacts import ArtifactRef, ArtifactStore, dataset_key, run_key
+from mnist_tasks.flow.artifacts import ArtifactStore, dataset_key, run_key
 from mnist_tasks.flow.lineage import TrainingIdentity
-from mnist_tasks.flow.results import Downloaded, DownloadedFile, Novelty, Prepared, PreparedLabeled, Trained
+from mnist_tasks.flow.results import (
+    Downloaded,
+    DownloadedFile,
+    MnistInfo,
+    Novelty,
+    Prepared,
+    PreparedLabeled,
+    PreparedMnist,
+    Trained,
+)
 from mnist_tasks.model.serving import SAVED_MODEL_DIR
 from mnist_tasks.params import PARAMS
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+    from mnist_tasks.feedback.labeled import ExcludedFile, LabeledImage
     from mnist_tasks.registry import Claim, ModelRegistry, Published
     from mnist_tasks.registry.manifest import ManifestMetrics
 
@@ -60,7 +70,7 @@ def prepare(
 
     Without `labeled_uri` (the CLI, the benchmarks) the labelled set is empty.
 
-    MNIST's are found in the store, or decoded in `dataset.prepare_dataset`'s local cache
+    MNIST's are found in the store, or decoded in `prepare_dataset`'s local cache
     under cache_root and uploaded. The labelled set is read whole each time (it is small,
     and only its content tells whether it changed); its arrays are stored by its identity.
     """
@@ -77,13 +87,13 @@ def prepare(
     }
 
 
-def _prepare_mnist(*, store: ArtifactStore, downloaded: Downloaded, cache_root: Path) -> dict[str, Any]:
-    """{"data_sha256", "train_count", "test_count", "arrays", "cache_hit"} of MNIST's prepared arrays in the store."""
+def _prepare_mnist(*, store: ArtifactStore, downloaded: Downloaded, cache_root: Path) -> PreparedMnist:
+    """MNIST's prepared arrays in the store: found there (cache_hit), or decoded here and put there."""
     data_sha256 = downloaded["data_sha256"]
     info_key = dataset_key(data_sha256, "prepared", DATASET_INFO)
     found = store.find(info_key)
     if found is not None:
-        info = store.get_json(found)
+        info: MnistInfo = store.get_json(found)
         # An array replaced or deleted in the store since would fail every later run
         # (the check on read is not retried): rebuild instead. One HEAD request each.
         if info["data_sha256"] == data_sha256 and all(
@@ -126,7 +136,12 @@ def _prepare_labeled(
     from mnist_tasks.feedback.labeled import read_labeled_set, split_arrays, summary
     from mnist_tasks.files import atomic_path
 
-    images, excluded = read_labeled_set(s3_client=s3_client, labeled_uri=labeled_uri) if labeled_uri else ([], [])
+    images: list[LabeledImage] = []
+    excluded: list[ExcludedFile] = []
+    if labeled_uri:
+        if s3_client is None:
+            raise ValueError(f"reading the labelled set at {labeled_uri} needs an S3 client")
+        images, excluded = read_labeled_set(s3_client=s3_client, labeled_uri=labeled_uri)
     found = summary(labeled_uri=labeled_uri, images=images, excluded=excluded)
     if found["sha256"] is None:
         return {**found, "arrays": {}}
@@ -174,19 +189,12 @@ def novelty(*, registry: ModelRegistry, prepared: Prepared, params: Mapping[str,
     }
 
 
-def _split_dir(store: ArtifactStore, arrays: Mapping[str, ArtifactRef], split: str) -> Path:
-    """This worker's verified copies of one split's arrays (x_<split>.npy, y_<split>.npy): their directory."""
-    images = store.get(arrays[f"x_{split}"])
-    store.get(arrays[f"y_{split}"])  # the same key directory, so beside it
-    return images.parent
-
-
 def _labeled_dir(store: ArtifactStore, prepared: Prepared, split: str) -> Path | None:
-    """The labelled set's copy of one split, as _split_dir; None when that split has no images."""
+    """The labelled set's copy of one split, as ArtifactStore.split_dir; None when that split has no images."""
     labeled = prepared["labeled"]
     if not (labeled["train_count"] if split == "train" else labeled["test_count"]):
         return None
-    return _split_dir(store, labeled["arrays"], split)
+    return store.split_dir(labeled["arrays"], split)
 
 
 def train(
@@ -202,7 +210,7 @@ def train(
 
     out_dir = store.local_path(run_key(dag_id, run_id, ""))
     result = train_model(
-        cache_dir=_split_dir(store, prepared["arrays"], "train"),
+        cache_dir=store.split_dir(prepared["arrays"], "train"),
         labeled_dir=_labeled_dir(store, prepared, "train"),
         out_dir=out_dir,
         **params,
@@ -236,9 +244,9 @@ def evaluate(
     run_id: str,
     threshold: float,
     max_regression: float,
-    labeled_threshold: float = PARAMS["labeled_accuracy_threshold"].default,
-    labeled_max_regression: float = PARAMS["labeled_max_regression"].default,
-    labeled_min_test_images: int = PARAMS["labeled_min_test_images"].default,
+    labeled_threshold: float = float(PARAMS["labeled_accuracy_threshold"].default),
+    labeled_max_regression: float = float(PARAMS["labeled_max_regression"].default),
+    labeled_min_test_images: int = int(PARAMS["labeled_min_test_images"].default),
 ) -> dict[str, Any]:
     """The gate's verdict on the trained model, against the champion (`latest`) on the same test sets
     (MNIST's, and the labelled set's test split when it has images).
@@ -260,7 +268,7 @@ def evaluate(
         result = evaluate_model(
             model_path=model_path,
             model_sha256=trained["model"]["sha256"],
-            cache_dir=_split_dir(store, prepared["arrays"], "test"),
+            cache_dir=store.split_dir(prepared["arrays"], "test"),
             labeled_dir=_labeled_dir(store, prepared, "test"),
             out_dir=store.local_path(run_key(dag_id, run_id, "")),
             threshold=threshold,

@@ -36,19 +36,29 @@ class PreparedLabeled(LabeledSet):
     """x_train, y_train, x_test, y_test of the labelled set in the store; empty while the set is."""
 
 
-class Prepared(TypedDict):
+class MnistInfo(TypedDict):
+    """The artifact store's record of MNIST's prepared arrays (datasets/<data sha256>/prepared/dataset.json)."""
+
     data_sha256: str
-    """The dataset's identity: MNIST's and the labelled set's (labeled.combined_data_sha256)."""
-    training_data_sha256: str
-    """The same of what trains (MNIST and the labelled training split): part of the training identity."""
-    mnist_data_sha256: str
-    cache_hit: bool
-    """True when the store already held the prepared arrays of this MNIST data."""
     train_count: int
     test_count: int
     """MNIST's."""
     arrays: dict[str, ArtifactRef]
     """MNIST's x_train, y_train, x_test, y_test."""
+
+
+class PreparedMnist(MnistInfo):
+    cache_hit: bool
+    """True when the store already held the prepared arrays of this MNIST data."""
+
+
+class Prepared(PreparedMnist):
+    """prepare's result. `data_sha256` is the dataset's identity: MNIST's and the labelled set's
+    (labeled.combined_data_sha256)."""
+
+    training_data_sha256: str
+    """The same of what trains (MNIST and the labelled training split): part of the training identity."""
+    mnist_data_sha256: str
     labeled: PreparedLabeled
 
 

@@ -46,6 +46,7 @@ from mnist_tasks.s3 import directory_uri, json_bytes, split_s3_dir, split_s3_uri
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
@@ -58,19 +59,24 @@ class ShardingError(PermanentError, ValueError):
     """The images cannot be cut into shards Airflow can map, or a shard is missing at the end."""
 
 
-class Part(TypedDict):
+class Ref(TypedDict):
+    """An object handed over by URI with the sha256 of its bytes (get_json checks them)."""
+
     uri: str
     sha256: str
+
+
+class Part(Ref):
     bytes: int
 
 
-class Shard(TypedDict):
-    """What list_shards returns one of per shard: a mapped task's input."""
+class Shard(Ref):
+    """What list_shards returns one of per shard: a mapped task's input.
+
+    `uri` is the JSON list of the shard's objects: {"bucket", "objects": [{"key", "size"}, …]}.
+    """
 
     index: int
-    uri: str
-    """The JSON list of the shard's objects: {"bucket", "objects": [{"key", "size"}, …]}."""
-    sha256: str
     images: int
     listing: Part
     """The run's listing.json."""
@@ -101,8 +107,8 @@ class ScoredShard(TypedDict):
     """{"parquet": …, "csv": …}"""
 
 
-class BatchPrediction(TypedDict):
-    """What combine returns (the batch DAG's XCom)."""
+class RunSummary(TypedDict):
+    """The run's figures: predictions.json's, and the start of what combine returns."""
 
     input_uri: str
     images: int
@@ -117,6 +123,11 @@ class BatchPrediction(TypedDict):
     images_per_second: float
     """Images scored per second of the shards' own time, added up over the shards."""
     shards: int
+
+
+class BatchPrediction(RunSummary):
+    """What combine returns (the batch DAG's XCom)."""
+
     predictions_csv: str
     predictions_json: str
     parts_uri: str
@@ -173,7 +184,7 @@ def list_shards(
     out_bucket, out_prefix = split_s3_dir(output_uri)
     listing_ref = _put_json(s3_client, out_bucket, out_prefix + "listing.json", listing)
     in_bucket, _ = split_s3_dir(input_uri)
-    shards = []
+    shards: list[Shard] = []
     for index, start in enumerate(cuts):
         objects = scored[start : start + shard_size]
         ref = _put_json(s3_client, out_bucket, f"{out_prefix}shards/shard-{index:05d}.json",
@@ -199,7 +210,7 @@ def _remove_directory(s3_client: S3Client, uri: str) -> None:
     if not prefix:
         raise ShardingError(f"{uri} is a whole bucket, not a run's directory: nothing is removed from it")
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+        keys: list[ObjectIdentifierTypeDef] = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
         if not keys:
             continue
         failed = s3_client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True}).get("Errors", [])
@@ -214,7 +225,7 @@ def _put_json(s3_client: S3Client, bucket: str, key: str, value: Any) -> Part:
     return {"uri": f"s3://{bucket}/{key}", "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)}
 
 
-def get_json(s3_client: S3Client, ref: Part) -> Any:
+def get_json(s3_client: S3Client, ref: Ref) -> Any:
     """The JSON object `ref` names, once its bytes match the sha256 they were handed over with."""
     bucket, key = split_s3_uri(ref["uri"])
     body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -222,13 +233,20 @@ def get_json(s3_client: S3Client, ref: Part) -> Any:
     return json.loads(body)
 
 
-def _list_images(s3_client: S3Client, input_uri: str, max_images: int) -> tuple[list[dict], int, int]:
+class ListedImage(TypedDict):
+    key: str
+    size: int
+    etag: str
+
+
+def _list_images(s3_client: S3Client, input_uri: str, max_images: int) -> tuple[list[ListedImage], int, int]:
     """(the first max_images images by key, as {"key", "size", "etag"}; how many images beyond; other objects).
 
     Only the images to score are kept: the listing's memory does not grow with the prefix.
     """
     bucket, prefix = split_s3_dir(input_uri)
-    images, skipped, ignored = [], 0, 0
+    images: list[ListedImage] = []
+    skipped = ignored = 0
     # S3 lists keys in ascending UTF-8 byte order, page after page.
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
@@ -296,7 +314,7 @@ def combine_shards(
     }
 
 
-def _summary(listing: Listing, ordered: list[ScoredShard], *, max_low_confidence_share: float) -> dict[str, Any]:
+def _summary(listing: Listing, ordered: list[ScoredShard], *, max_low_confidence_share: float) -> RunSummary:
     """The run's figures, from the listing and its shards (in order): predictions.json's and the task's result's."""
     counts = {status: sum(shard["counts"][status] for shard in ordered) for status in STATUSES}
     seconds = sum(shard["seconds"] for shard in ordered)

@@ -1,7 +1,6 @@
 """Images -> 28x28 fields, preprocessed the way MNIST's own digits were made: pure PIL and numpy.
 
-This docstring is the one description of the algorithm; the README and `predict --help`
-point here.
+This docstring is the one description of the algorithm; the docs and `predict --help` point here.
 
 A model trained on MNIST has only ever seen light ink on a black background, size-normalised
 into a 20x20 box (aspect ratio kept, anti-aliased) and placed in a 28x28 field so that the
@@ -76,7 +75,6 @@ MERGE_OVERLAP = 0.5  # parts sharing this fraction of the narrower one's columns
 MIN_STROKE = 1.5
 TARGET_STROKE = 2.0
 SUPERSAMPLE = 4
-
 
 # What Pillow raises on a corrupt file besides OSError and ValueError: its PNG reader a SyntaxError
 # ("broken PNG file"), other readers EOFError, struct.error or IndexError on data cut short or mangled.

@@ -124,7 +124,7 @@ def test_one_damaged_manifest_hides_no_other_version(cli_env, s3_client, trained
     damaged = b"{not json"
     s3_client.put_object(Bucket=MODELS_BUCKET, Key=key, Body=damaged)
 
-    code, out, err = run(["models", "list"], capsys)
+    code, out, err = run(["models", "list", "-o", "json"], capsys)
 
     assert code == 0, err
     old, new = json.loads(out)
