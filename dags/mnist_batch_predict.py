@@ -159,7 +159,7 @@ def mnist_batch_predict() -> None:
 
 
 def _run_dir(base_uri: str, run_id: str) -> str:
-    """The run's own directory under a base URI (run ids hold ':' and '+': storage.safe_name keeps them apart)."""
+    """The run's own directory under a base URI (run ids hold ':' and '+': files.safe_name keeps them apart)."""
     from mnist_tasks.files import safe_name
 
     return f"{base_uri.rstrip('/')}/{safe_name(run_id)}/"

@@ -63,7 +63,7 @@ before use, so any task may run on any worker. `anything_new`, `train` and
 - Alerts (optional): an SMTP connection `mnist_alerts_smtp` with
   `MNIST_ALERT_EMAIL_TO`, and/or an HTTP connection `mnist_alerts_webhook`
   (Slack-compatible JSON); `MNIST_RUN_DEADLINE_MINUTES` (default 120),
-  `MNIST_NOTIFY_ON_SUCCESS`. See the README's *Alerts*.
+  `MNIST_NOTIFY_ON_SUCCESS`. See the docs' *Operations*, *Alerts*.
 
 **Trigger by hand** with *Trigger DAG* and change any of the Params below;
 the form refuses values outside their bounds.

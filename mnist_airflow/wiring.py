@@ -6,7 +6,6 @@ mnist_airflow/schedules.py, registered by plugins/mnist_schedules.py.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from mnist_tasks.flow.artifacts import ArtifactStore
     from mnist_tasks.registry import ModelRegistry
 
-log = logging.getLogger(__name__)
 
 def published_model_asset(settings: Settings) -> Asset:
     """The Asset mnist_retraining updates when it publishes and mnist_batch_predict is scheduled on.

@@ -97,7 +97,7 @@ class ParamSpec:
         return bounds
 
 
-# The defaults train in a fraction of the write-up's time to a higher accuracy (README,
+# The defaults train in a fraction of the write-up's time to a higher accuracy (docs/training.md,
 # *Training speed*; `make bench` measures both). The write-up's own recipe is
 # WRITE_UP_RECIPE below, one trigger away.
 TRAINING_PARAMS = (
@@ -106,7 +106,7 @@ TRAINING_PARAMS = (
         str,
         "dense",
         "dense: the original write-up's Flatten -> Dense(hidden_units) -> Dense(10). cnn: two convolutions "
-        "before that hidden layer; slower to train, and reads real handwriting better (README, Architectures).",
+        "before that hidden layer; slower to train, and reads real handwriting better (docs: Training).",
         choices=ARCHITECTURES,
     ),
     ParamSpec(

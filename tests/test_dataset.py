@@ -1,4 +1,4 @@
-"""dataset.py on tiny synthetic MNIST: downloads from a real HTTP server on 127.0.0.1,
+"""data/download.py, idx.py and prepare.py on tiny synthetic MNIST: downloads from a real HTTP server on 127.0.0.1,
 file:// and moto's S3; IDX validation; the prepared cache."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.flow.lineage import code_sha256, compare_with_latest, training_identity
+from mnist_tasks.flow.lineage import PACKAGE_DIR, code_sha256, compare_with_latest, training_identity
 from mnist_tasks.registry import LATEST_FILE, ModelRegistry, PublishVerificationError, build_manifest, publish_model
 
 MODELS_URI = "s3://models/mnist/"
@@ -28,6 +28,15 @@ def test_the_code_checksum_follows_every_source_file_by_path_and_content(tmp_pat
     (tmp_path / "sub" / "b.py").write_text("B = 2\n")
     (tmp_path / "sub" / "b.py").rename(tmp_path / "b.py")
     assert code_sha256(tmp_path) != first
+
+
+def test_the_code_identity_covers_every_subpackage_of_mnist_tasks():
+    """lineage.py moved into flow/ (issue 21) and its PACKAGE_DIR still went up one level only: the
+    identity covered flow/ alone, so a change to training code never asked for a new model."""
+    import mnist_tasks
+
+    assert Path(mnist_tasks.__file__).resolve().parent == PACKAGE_DIR
+    assert (PACKAGE_DIR / "model" / "train.py").is_file() and (PACKAGE_DIR / "data" / "prepare.py").is_file()
 
 
 def test_the_identity_changes_with_the_data_and_the_params_and_not_with_their_order_or_spelling():

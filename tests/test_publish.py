@@ -1,4 +1,4 @@
-"""publish.py against moto's S3 server: version numbers, keys, manifest checksums, the pointer, refusals."""
+"""registry/publish.py against moto's S3 server: version numbers, keys, manifest checksums, the pointer, refusals."""
 
 from __future__ import annotations
 

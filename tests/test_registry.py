@@ -1,4 +1,5 @@
-"""registry.py against moto's S3 server: listing, manifests, rollback by promote, verified downloads."""
+"""The registry (mnist_tasks/registry/) against moto's S3 server: listing, manifests, rollback by promote,
+verified downloads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""storage.py: atomic writes (and the temp files of a writer killed with SIGKILL removed by the next one),
+"""files.py: atomic writes (and the temp files of a writer killed with SIGKILL removed by the next one),
 the one checksum check, S3 directory URIs, and safe Keras loading."""
 
 from __future__ import annotations

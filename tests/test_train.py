@@ -20,7 +20,7 @@ FAST = {"epochs": 3, "hidden_units": 32, "batch_size": 32}
 def write_prepared(
     directory: Path, *, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
 ) -> Path:
-    """A prepared-dataset directory in the layout dataset.prepare_dataset writes."""
+    """A prepared-dataset directory in the layout data/prepare.py's prepare_dataset writes."""
     directory.mkdir(parents=True)
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     for name, array in arrays.items():

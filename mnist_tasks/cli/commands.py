@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mnist_tasks.registry import DownloadedVersion, Manifest, ModelRegistry, Pointer, Sealed, VersionRow
 
 
-def _s3_client_if(needed: bool) -> S3Client | None:
+def s3_client_if(needed: bool) -> S3Client | None:
     from mnist_tasks.s3 import s3_client_from_env
 
     return s3_client_from_env() if needed else None
@@ -35,7 +35,7 @@ def mirror(args: argparse.Namespace) -> Mirror:
     return build_mirror(
         to=args.to,
         work_dir=args.work_dir,
-        s3_client=_s3_client_if(args.to.startswith("s3://")),
+        s3_client=s3_client_if(args.to.startswith("s3://")),
         wheel=args.wheel,
     )
 
@@ -46,7 +46,7 @@ def download(args: argparse.Namespace) -> DownloadedMnist:
     return download_mnist(
         mirrors=args.mirror,
         raw_dir=args.data_dir / "raw",
-        s3_client=_s3_client_if(any(m.startswith("s3://") for m in args.mirror)),
+        s3_client=s3_client_if(any(m.startswith("s3://") for m in args.mirror)),
     )
 
 

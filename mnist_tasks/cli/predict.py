@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from mnist_tasks.cli.commands import _s3_client_if
+from mnist_tasks.cli.commands import s3_client_if
 
 PREDICT_EPILOG = """\
 --model is one of:
@@ -37,7 +37,7 @@ def predict(args: argparse.Namespace) -> None:
     paths = expand_inputs(args.inputs)
     local = parse_model_reference(args.model, models_uri=args.models_uri).path is not None
     model, source = load_model_for_prediction(
-        model=args.model, models_uri=args.models_uri, s3_client=_s3_client_if(not local)
+        model=args.model, models_uri=args.models_uri, s3_client=s3_client_if(not local)
     )
     if source["verified_against"] is None:
         print(f"warning: no manifest.json beside {args.model}: loading it unverified", file=sys.stderr)

@@ -162,7 +162,6 @@ def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-
 def load_prepared(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test), memory-mapped read-only from a prepare_dataset cache."""
     return (*load_split(cache_dir, "train"), *load_split(cache_dir, "test"))

@@ -9,7 +9,7 @@ the people's side, which takes them *out*, one decision at a time. The "MNIST re
     <labeled_uri><digit>/<sha256 of the image><suffix>     a labelled image, which labeled.py trains on
     <review_log_uri><YYYY-MM-DD>/<UTC time>-<uuid4>.json   one audit record per label or discard
 
-The run dir is a batch-prediction run's id, one segment by storage.safe_name. An audit
+The run dir is a batch-prediction run's id, one segment by files.safe_name. An audit
 record is {"action": "label" | "discard", "user", "at" (ISO 8601, UTC), "review_key",
 "labeled_key" and "digit" (labels only), "model_top3", "model_version", "source"}.
 
@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from mnist_tasks.errors import MnistError, PermanentError
 from mnist_tasks.inference.preprocess import is_image_name
-from mnist_tasks.s3 import get_bytes, is_missing, split_s3_dir
+from mnist_tasks.s3 import get_bytes, is_missing, json_bytes, split_s3_dir
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -243,7 +243,7 @@ def _review_item(s3_client: S3Client, bucket: str, prefix: str, key: str) -> Rev
     return {
         "key": key,
         "name": PurePosixPath(key).name,
-        # The DAG encodes a run id into its directory name (storage.safe_name); people know the run id.
+        # The DAG encodes a run id into its directory name (files.safe_name); people know the run id.
         "run": unquote(_run_dir(key, prefix)),
         "top3": top3,
         "problem": problem,
@@ -302,7 +302,7 @@ def _write_record(
         s3_client.put_object(
             Bucket=bucket,
             Key=record_key,
-            Body=(json.dumps(record, indent=2) + "\n").encode(),
+            Body=json_bytes(record),
             ContentType="application/json",
         )
 

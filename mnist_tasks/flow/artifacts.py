@@ -72,7 +72,7 @@ class ArtifactStore:
 
     `cache_dir` is this worker's copy of the store: an object's local copy is
     `cache_dir/<its key>`, so a prepared dataset's arrays sit side by side under
-    the file names `dataset.load_split` reads.
+    the file names `prepare.load_split` reads.
     """
 
     def __init__(self, uri: str, *, cache_dir: Path, s3_client: S3Client | None = None) -> None:

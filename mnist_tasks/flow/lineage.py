@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 if TYPE_CHECKING:
     from mnist_tasks.registry import ModelRegistry
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+# The whole package (this module is in mnist_tasks/flow/): every source file that can change a model.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # What a TrainingIdentity sums up.
 INPUTS: tuple[Literal["data_sha256", "params", "code_sha256", "libraries"], ...] = (
     "data_sha256", "params", "code_sha256", "libraries",

@@ -9,10 +9,9 @@ step may run on any worker. The functions underneath (`dataset`, `train`,
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from mnist_tasks.files import sha256_file
 from mnist_tasks.flow.artifacts import ArtifactStore, dataset_key, run_key
@@ -34,8 +33,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from mnist_tasks.feedback.labeled import ExcludedFile, LabeledImage
-    from mnist_tasks.registry import Claim, ModelRegistry, Published
-    from mnist_tasks.registry.manifest import ManifestMetrics
+    from mnist_tasks.registry import ModelRegistry, Published
 
 DATASET_INFO = "dataset.json"
 
@@ -306,31 +304,41 @@ def publish(
     run claimed the version renders the report from that claim, so it publishes
     the same bytes (versions are immutable).
     """
+    from mnist_tasks.flow.run_manifest import run_manifest
     from mnist_tasks.model.evaluate import METRICS_FILE
     from mnist_tasks.model.report import REPORT_FILE, write_report
-    from mnist_tasks.registry import publish_model
+    from mnist_tasks.registry import (
+        DamagedObjectError,
+        PublishVerificationError,
+        UnfinishedPublishError,
+        VersionNotFoundError,
+        publish_model,
+    )
 
     files = _run_files(store, trained, evaluated)
-    manifest = _manifest_for(
-        registry=registry,
-        version=version,
-        run_id=run_id,
-        build=lambda: _new_manifest(
-            version=version, dag_id=dag_id, run_id=run_id, started_at=started_at, downloaded=downloaded,
-            prepared=prepared, trained=trained, evaluated=evaluated, identity=identity,
-        ),
+    manifest = run_manifest(
+        registry=registry, version=version, dag_id=dag_id, run_id=run_id, started_at=started_at,
+        downloaded=downloaded, prepared=prepared, trained=trained, evaluated=evaluated, identity=identity,
     )  # fmt: skip
     # Rendered here, not in evaluate: the report shows the manifest's lineage.
     report = store.local_path(run_key(dag_id, run_id, REPORT_FILE))
     pictures = {name: path for name, path in files.items() if name.endswith(".png")}
     write_report(metrics_path=files[METRICS_FILE], manifest=manifest, pictures=pictures, path=report)
-    return publish_model(
-        registry=registry,
-        version=version,
-        files={**files, REPORT_FILE: report},
-        manifest=manifest,
-        compared_latest_etag=evaluated["champion_latest_etag"],
-    )
+    try:
+        return publish_model(
+            registry=registry,
+            version=version,
+            files={**files, REPORT_FILE: report},
+            manifest=manifest,
+            compared_latest_etag=evaluated["champion_latest_etag"],
+        )
+    except (PublishVerificationError, VersionNotFoundError) as err:
+        if isinstance(err, DamagedObjectError):
+            raise  # latest.json or a manifest a person must mend
+        # What failed to verify is this attempt's own work (an upload the store dropped, a serving
+        # copy that differs, its earlier attempt's manifest gone): the retry writes it again. Met
+        # by a reader (anything_new, evaluate, batch predictions), the same errors fail at once.
+        raise UnfinishedPublishError(str(err)) from err
 
 
 def _run_files(store: ArtifactStore, trained: Trained, evaluated: Mapping[str, Any]) -> dict[str, Path]:
@@ -344,54 +352,3 @@ def _run_files(store: ArtifactStore, trained: Trained, evaluated: Mapping[str, A
         **{name: store.get(ref) for name, ref in evaluated["artifacts"].items()},
         **{f"{SAVED_MODEL_DIR}/{name}": store.get(ref) for name, ref in trained["saved_model"]["files"].items()},
     }
-
-
-def _manifest_for(*, registry: ModelRegistry, version: int, run_id: str, build: Callable[[], Claim]) -> Claim:
-    """The manifest (without files) this run publishes `version` with: its earlier claim, or a new one."""
-    from mnist_tasks.registry import read_claim
-
-    claim = read_claim(registry=registry, version=version)
-    if claim is not None and claim["run_id"] == run_id:
-        return claim
-    # In the key order the stored claim will have, so a retry renders the same report.
-    return cast("Claim", json.loads(json.dumps(build(), sort_keys=True)))
-
-
-def _new_manifest(
-    *,
-    version: int,
-    dag_id: str,
-    run_id: str,
-    started_at: str | None,
-    downloaded: Downloaded,
-    prepared: Prepared,
-    trained: Trained,
-    evaluated: Mapping[str, Any],
-    identity: TrainingIdentity,
-) -> Claim:
-    """The run's manifest, its files aside: the data, the training run, its export and its evaluation."""
-    from mnist_tasks.model.serving import manifest_entry
-    from mnist_tasks.registry import build_manifest
-
-    return build_manifest(
-        version=version,
-        run_id=run_id,
-        dag_id=dag_id,
-        params=trained["params"],
-        # The MNIST files as downloaded, with the identity of all the data (the labelled set's too).
-        data={
-            **downloaded,
-            "data_sha256": prepared["data_sha256"],
-            "mnist_data_sha256": prepared["mnist_data_sha256"],
-            "labeled": prepared["labeled"],
-        },
-        metrics=cast("ManifestMetrics", evaluated),
-        started_at=started_at,
-        training={
-            "model": trained["model"], "history": trained["history"], "final": trained["final"],
-            "train_count": trained["train_count"], "labeled_train_count": trained["labeled_train_count"],
-            "seconds": trained["seconds"],
-        },  # fmt: skip
-        serving=manifest_entry(version=version, signature=trained["saved_model"]["signature"]),
-        training_identity=identity,
-    )

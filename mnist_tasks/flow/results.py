@@ -17,7 +17,7 @@ from mnist_tasks.model.serving import ServingSignature
 
 class DownloadedFile(TypedDict):
     sha256: str
-    """Of the decompressed content, as `dataset.MNIST_FILES` pins it."""
+    """Of the decompressed content, as `download.MNIST_FILES` pins it."""
     bytes: int
     source: str
     """The mirror URL it came from now, or "cache" when this worker already had it."""

@@ -7,7 +7,7 @@ Three steps, each a task that may run on any worker and shares nothing but S3:
    shards of `shard_size` (at least one shard, so an empty prefix still gets its outputs).
    It writes the listing and the shards to `<output>`, and returns the shards' refs: the
    mapped tasks' input is URIs and checksums.
-2. `batch_shard.score_shard` streams one shard's images through the model into its parts,
+2. `shard.score_shard` streams one shard's images through the model into its parts,
    in memory that does not grow with the shard, and sends the images the model was unsure
    of (below `min_confidence`) or found blank to review (mnist_tasks/feedback/review.py).
 3. `combine_shards` checks the parts it reads and writes the run's outputs.

@@ -1,4 +1,4 @@
-"""Scoring one shard of a batch run (batch_predict.py has the run): the mapped task's job.
+"""Scoring one shard of a batch run (batch.py has the run): the mapped task's job.
 
 The shard's images stream through: GETs with bounded concurrency (FETCHES threads, through
 signed_get's lean path), each image decoded and preprocessed in the shard's own thread with

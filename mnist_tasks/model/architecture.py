@@ -29,7 +29,7 @@ def build_model(
     then Dropout(0.5) -> Dense(hidden_units, relu) -> Dense(10, softmax), in the spirit
     of Keras' mnist_convnet example plus a hidden layer; 225,034 weights with 128 units.
     Convolutions see a stroke's shape wherever it sits, which is what carries over to
-    handwriting that never came from MNIST (README, *Architectures*).
+    handwriting that never came from MNIST (docs/training.md, *Architectures*).
 
     Both compile with Adam (Keras' defaults unless given), sparse categorical
     cross-entropy (labels are the digits 0-9, not one-hot) and accuracy.

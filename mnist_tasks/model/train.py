@@ -87,7 +87,7 @@ def train_model(
 
     The same seed and data give the same weights: all seeds are set from `seed`
     and TensorFlow runs deterministic kernels (a process-wide switch, slightly slower).
-    `augment` auto means on for cnn and off for dense (README, *Architectures*).
+    `augment` auto means on for cnn and off for dense (docs/training.md, *Architectures*).
     """
     params = _check_params(
         dict(architecture=architecture, augment=augment, epochs=epochs, batch_size=batch_size,
@@ -139,7 +139,6 @@ def _fit(
     import keras
 
     from mnist_tasks.model.architecture import build_model
-
 
     # Like Keras' validation_split: the *last* part of the arrays is held out, before
     # shuffling; MNIST's training file is not ordered by class, so that tail is a fair sample.

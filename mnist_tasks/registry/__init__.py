@@ -39,6 +39,7 @@ from mnist_tasks.registry.errors import (
     NothingPublishedError,
     PointerMissingError,
     PublishVerificationError,
+    UnfinishedPublishError,
     VersionConflictError,
     VersionNotFoundError,
 )
@@ -81,7 +82,7 @@ __all__ = [  # by module, as imported above
     "download_version", "fetch_model",
     "DamagedObjectError", "FileNotPublishedError", "GateFailedError", "GateNotPassedError", "LatestMovedError",
     "ModelReferenceError", "NothingPublishedError", "PointerMissingError", "PublishVerificationError",
-    "VersionConflictError", "VersionNotFoundError",
+    "UnfinishedPublishError", "VersionConflictError", "VersionNotFoundError",
     "LATEST_FILE", "MANIFEST_FILE", "ModelRegistry",
     "VersionRow", "list_versions",
     "Claim", "Manifest", "claim_version", "gate_passed", "read_claim", "read_manifest", "read_manifest_and_sha256",

@@ -18,19 +18,24 @@ class FileNotPublishedError(PermanentError, LookupError):
     """The version exists, but its manifest lists no file of that name."""
 
 
-class PublishVerificationError(MnistError, RuntimeError):
-    """An object in the bucket is missing or differs from what its manifest records."""
+class PublishVerificationError(PermanentError, RuntimeError):
+    """An object in the bucket is missing or differs from what its manifest records: the version stays damaged."""
 
 
 class PublishChecksumError(ChecksumMismatchError, PublishVerificationError):
     """An object's bytes are not the ones its manifest (or `latest.json`, for a manifest) records."""
 
 
-class DamagedObjectError(PermanentError, PublishVerificationError):
+class DamagedObjectError(PublishVerificationError):
     """A registry object (a manifest, latest.json) a person must mend: a retry meets it the same.
 
     Raised as such for one that cannot be parsed; PointerMissingError for latest.json gone.
     """
+
+
+class UnfinishedPublishError(MnistError, RuntimeError):
+    """A publish attempt's own writes did not verify (raised by the pipeline's publish step): its retry
+    writes them again. The PublishVerificationError it stands for is its __cause__."""
 
 
 class PointerMissingError(DamagedObjectError):

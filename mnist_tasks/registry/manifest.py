@@ -9,7 +9,7 @@ seal (published before seals existed, or its seal deleted) is read only where la
 pins its manifest's checksum; listing flags it, promote refuses it, until a person seals
 it (`seal_version`, `models seal`). The seal guards against accidents and a careless edit,
 not against someone who may rewrite both objects: that takes the bucket's own protection
-(versioning or object lock), which the README's Guarantees names.
+(versioning or object lock), which docs/operations.md's Guarantees names.
 
 `claim.json` is the manifest to come without its files, written first and once: whose the
 version is.

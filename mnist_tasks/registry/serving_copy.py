@@ -4,7 +4,7 @@
 directory there. So a version's export is copied there only as `latest` moves
 to it (pointer.move_latest), and since publishing only moves `latest` forward, the
 highest one is the latest, until someone promotes an older version by hand (the
-README says how to make TensorFlow Serving follow such a rollback).
+docs/serving.md says how to make TensorFlow Serving follow such a rollback).
 """
 
 from __future__ import annotations

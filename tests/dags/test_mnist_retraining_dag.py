@@ -256,14 +256,12 @@ def test_the_write_up_recipe_is_a_valid_trigger(dag):
         assert dag.params.get_param(name).resolve(value) == value
 
 
-def test_an_artifact_handed_over_damaged_or_gone_fails_the_task_without_retries(monkeypatch):
+def test_an_artifact_handed_over_damaged_or_gone_fails_the_task_without_retries():
     # A retry reads the same store: only the task that made the artifact can make it again.
     from airflow.sdk.exceptions import AirflowFailException
 
-    from mnist_tasks.flow.artifacts import ArtifactIntegrityError, ArtifactMissingError
-
-    monkeypatch.syspath_prepend(str(REPO / "plugins"))
     from mnist_airflow.wiring import not_retried
+    from mnist_tasks.flow.artifacts import ArtifactIntegrityError, ArtifactMissingError
 
     for error in (
         ArtifactMissingError("s3://b/runs/model.keras is not in the artifact store"),
@@ -273,15 +271,29 @@ def test_an_artifact_handed_over_damaged_or_gone_fails_the_task_without_retries(
             raise error
 
 
-def test_a_registry_object_a_person_must_mend_fails_publish_without_retries(monkeypatch):
+def test_a_registry_object_a_person_must_mend_fails_publish_without_retries():
     # latest.json deleted between evaluate and publish: waiting 300-600 s cannot bring it back.
     from airflow.sdk.exceptions import AirflowFailException
 
-    from mnist_tasks.registry import DamagedObjectError, PointerMissingError
-
-    monkeypatch.syspath_prepend(str(REPO / "plugins"))
     from mnist_airflow.wiring import not_retried
+    from mnist_tasks.registry import DamagedObjectError, PointerMissingError
 
     for error in (DamagedObjectError("s3://b/mnist/latest.json is not valid JSON"), PointerMissingError("gone")):
         with pytest.raises(AirflowFailException), not_retried():
             raise error
+
+
+def test_a_damaged_published_version_fails_a_reader_at_once_and_publish_retries_its_own_unfinished_writes():
+    # anything_new, evaluate and batch predictions read published versions: a damaged one stays so.
+    # The publish step turns the failure of its own writes into UnfinishedPublishError (flow/pipeline.py):
+    # a dropped upload or a serving copy that differs is written again by the retry.
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_airflow.wiring import not_retried
+    from mnist_tasks.registry import PublishVerificationError, UnfinishedPublishError
+
+    missing = "s3://b/mnist/1/model.keras: expected sha256 " + "a" * 64 + ", got a missing object"
+    with pytest.raises(AirflowFailException, match="got a missing object"), not_retried():
+        raise PublishVerificationError(missing)
+    with pytest.raises(UnfinishedPublishError), not_retried():
+        raise UnfinishedPublishError(missing)
