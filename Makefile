@@ -136,9 +136,6 @@ bench-handwriting: mirror
 	$(BIN)/python scripts/benchmark_handwriting.py --work-dir $(HANDWRITING_DIR) "$${models[@]}"; \
 	$(BIN)/python scripts/benchmark_handwriting_labeled.py --prepared $$prepared --work-dir $(HANDWRITING_DIR)/labeled
 
-# Two pytest processes (pytest-xdist): the cluster's tests (tests/system/), which mostly wait out a
-# real cluster's heartbeat timeout and retry delay, beside all the others (tests/conftest.py).
-PYTEST_ARGS ?= --numprocesses 2 --dist loadgroup
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy

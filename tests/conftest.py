@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -69,45 +69,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in held:
             sock.close()
-
-# `make test` runs two pytest processes (pytest-xdist, --dist loadgroup): the cluster's tests,
-# which mostly wait out a real cluster's timeouts, in one; every other test in the other, in
-# collection order, as a plain `pytest` runs them.
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        group = "cluster" if item.path.is_relative_to(REPO / "tests" / "system") else "main"
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
-FAULT_LEDGER = pytest.StashKey[dict[str, int]]()
-
-
-def report_fault_ledger(config: pytest.Config, counts: dict[str, int]) -> None:
-    """The fault suite's figures (tests/faults/conftest.py): to xdist's controller, or kept for the summary."""
-    workeroutput = getattr(config, "workeroutput", None)
-    if workeroutput is not None:
-        workeroutput["fault_ledger"] = counts
-        return
-    total = config.stash.setdefault(FAULT_LEDGER, {})
-    for name, count in counts.items():
-        total[name] = total.get(name, 0) + count
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: object) -> None:
-    """xdist's controller: a worker finished; add up its fault suite's figures."""
-    if counts := getattr(node, "workeroutput", {}).get("fault_ledger"):
-        report_fault_ledger(node.config, counts)
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if counts := config.stash.get(FAULT_LEDGER, None):
-        terminalreporter.write_line(
-            f"fault suite: {counts['scenarios']} scenarios run, {counts['bad_inputs']} bad inputs tried, "
-            f"{counts['bad_models']} bad models published, {counts['lost']} artifacts lost"
-        )
-
 
 def free_port_block(count: int) -> int:
     """The first of `count` consecutive free ports on 127.0.0.1 (the embedded store takes 8); see free_ports."""

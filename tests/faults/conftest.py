@@ -27,7 +27,7 @@ from mnist_tasks.registry import (
     read_latest,
     verify_version,
 )
-from tests.conftest import aws_connection_json, report_fault_ledger
+from tests.conftest import aws_connection_json
 
 # The e2e fixtures: tiny data served by a local HTTP mirror, Airflow's database, dag.test() loading.
 from tests.e2e.conftest import airflow_db, http_mirror, pipeline_env, tiny_mirror  # noqa: F401
@@ -184,10 +184,9 @@ def ledger() -> Ledger:
     return LEDGER
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The ledger's figures, for the summary tests/conftest.py prints (from each worker under make test)."""
+def pytest_terminal_summary(terminalreporter) -> None:
     if LEDGER.scenarios:
-        report_fault_ledger(session.config, {
-            "scenarios": len(LEDGER.scenarios), "bad_inputs": LEDGER.bad_inputs,
-            "bad_models": len(LEDGER.bad_models), "lost": len(LEDGER.lost),
-        })  # fmt: skip
+        terminalreporter.write_line(
+            f"fault suite: {len(LEDGER.scenarios)} scenarios run, {LEDGER.bad_inputs} bad inputs tried, "
+            f"{len(LEDGER.bad_models)} bad models published, {len(LEDGER.lost)} artifacts lost"
+        )
