@@ -3,8 +3,8 @@
 Each step reads its inputs through `ArtifactStore.get` (this worker's verified
 copy), leaves its outputs in the store and returns what XCom carries: refs
 (URI, sha256, size), checksums and small metrics, never a local path. So any
-step may run on any worker. The functions underneath (`dataset`, `train`,
-`evaluate`, `publish`) work on local files and are what the CLI calls.
+step may run on any worker. The functions underneath (data/, model/, registry/)
+work on local files and the registry, and are what the CLI calls.
 """
 
 from __future__ import annotations
