@@ -26,41 +26,19 @@ def run_manifest(
     evaluated: Mapping[str, Any],
     identity: TrainingIdentity,
 ) -> Claim:
-    """The manifest (without files) this run publishes `version` with: its earlier claim, or a new one.
+    """The manifest (without files) this run publishes `version` with: its earlier claim, or a new one
+    (the data, the training run, its export and its evaluation).
 
     A retry after an earlier attempt of this run claimed the version gets that claim, so it
     publishes the same bytes (versions are immutable).
     """
-    from mnist_tasks.registry import read_claim
+    from mnist_tasks.model.serving import manifest_entry
+    from mnist_tasks.registry import build_manifest, read_claim
 
     claim = read_claim(registry=registry, version=version)
     if claim is not None and claim["run_id"] == run_id:
         return claim
-    built = _new_manifest(
-        version=version, dag_id=dag_id, run_id=run_id, started_at=started_at, downloaded=downloaded,
-        prepared=prepared, trained=trained, evaluated=evaluated, identity=identity,
-    )  # fmt: skip
-    # In the key order the stored claim will have, so a retry renders the same report.
-    return cast("Claim", json.loads(json.dumps(built, sort_keys=True)))
-
-
-def _new_manifest(
-    *,
-    version: int,
-    dag_id: str,
-    run_id: str,
-    started_at: str | None,
-    downloaded: Downloaded,
-    prepared: Prepared,
-    trained: Trained,
-    evaluated: Mapping[str, Any],
-    identity: TrainingIdentity,
-) -> Claim:
-    """The run's manifest, its files aside: the data, the training run, its export and its evaluation."""
-    from mnist_tasks.model.serving import manifest_entry
-    from mnist_tasks.registry import build_manifest
-
-    return build_manifest(
+    built = build_manifest(
         version=version,
         run_id=run_id,
         dag_id=dag_id,
@@ -82,3 +60,5 @@ def _new_manifest(
         serving=manifest_entry(version=version, signature=trained["saved_model"]["signature"]),
         training_identity=identity,
     )
+    # In the key order the stored claim will have, so a retry renders the same report.
+    return cast("Claim", json.loads(json.dumps(built, sort_keys=True)))
